@@ -1,0 +1,50 @@
+"""The `intercept-rl` command: one entry point, one subcommand per job.
+
+Each subcommand lives with the package that owns it and is imported only when used, so `--help` stays fast and a
+CPU box never imports what a GPU subcommand needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with a `main(argv) -> int`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "gate": ("control_plane.cli", "run a standalone interception gate (debugging, custom workers)"),
+    "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
+    "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
+    "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset cpu-demo` on a laptop)"),
+    "space": ("space_app.deploy", "deploy the trainer to a Hugging Face Space (`space deploy --dry-run`)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: intercept-rl <command> [options]", "", "commands:"]
+    width = max(len(name) for name in SUBCOMMANDS)
+    for name, (_, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {text}")
+    lines += ["", "`intercept-rl <command> --help` documents each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(version("intercept-rl"))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"intercept-rl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
