@@ -11,11 +11,9 @@ import sys
 
 # name -> (module with a `main(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "gate": ("control_plane.cli", "run a standalone interception gate (debugging, custom workers)"),
     "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
     "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset cpu-demo` on a laptop)"),
-    "space": ("space_app.deploy", "deploy the trainer to a Hugging Face Space (`space deploy --dry-run`)"),
 }
 
 
