@@ -1,0 +1,80 @@
+"""Configuration of the rollout worker: how many rollouts, how they sample, when they end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorkerConfig:
+    """Knobs of [`rollout_worker.worker.RolloutWorker`].
+
+    Sampling belongs to the trainer: `temperature`, `top_p` and `top_k` here are what the engine samples with, and the
+    agent's own sampling values are ignored (the PPO ratio is computed at the trainer's temperature, so letting the
+    agent change it would silently bias the update). The agent's `max_tokens` / `max_completion_tokens` is honoured
+    only below `max_tokens_per_turn`.
+    """
+
+    served_model_name: str = field(
+        default="policy", metadata={"help": "Model name the engine serves and the agents are told to use."}
+    )
+    num_generations: int = field(default=4, metadata={"help": "Rollouts per task; one GRPO group."})
+    max_inflight: int = field(default=4, metadata={"help": "Rollouts (agents + sandboxes) running at once."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (the trainer's)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling; keep 1.0 for an unbiased PPO ratio."})
+    top_k: int = field(default=-1, metadata={"help": "Top-k sampling; -1 disables it."})
+    max_tokens_per_turn: int = field(
+        default=1024, metadata={"help": "Cap on tokens sampled per agent call (the agent may ask for fewer)."}
+    )
+    max_turns: int = field(default=30, metadata={"help": "Agent calls per rollout before the budget ends it."})
+    max_completion_tokens: int | None = field(
+        default=None, metadata={"help": "Sampled tokens per rollout before the budget ends it (None: no cap)."}
+    )
+    max_staleness: int | None = field(
+        default=None,
+        metadata={
+            "help": "End a rollout early (unscorable) once the live policy is this many versions ahead of its first "
+            "turn. None keeps every rollout; TRL still drops stale samples at dequeue."
+        },
+    )
+    overlong_policy: str = field(
+        default="exclude",
+        metadata={
+            "help": "What a rollout whose prompt outgrew the engine's max_model_len becomes: 'exclude' (unscorable, "
+            "not trained) or 'zero' (reward 0, trained)."
+        },
+    )
+    drop_zero_variance_groups: bool = field(
+        default=True,
+        metadata={"help": "Drop groups whose scorable rewards are all equal (no learning signal); counted."},
+    )
+    advantage_eps: float = field(default=1e-8, metadata={"help": "Added to the group std (TRL's value)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the task order (reshuffled every pass)."})
+    max_groups: int | None = field(
+        default=None, metadata={"help": "Stop launching after this many groups (None: run until stopped)."}
+    )
+    request_timeout_s: float = field(
+        default=900.0, metadata={"help": "Longest wait for an agent's next call before the rollout is checked."}
+    )
+    episode_timeout_s: float = field(
+        default=1800.0, metadata={"help": "Hard cap on one rollout (agent + grading); past it the rollout is cancelled."}
+    )
+    engine_timeout_s: float = field(default=600.0, metadata={"help": "Timeout of one engine completion call."})
+    queue_maxsize: int = field(
+        default=4096, metadata={"help": "Capacity of the sample queue; the worker stops launching when it is full."}
+    )
+    keep_trajectories: bool = field(
+        default=False, metadata={"help": "Also publish full trajectory records (for `intercept-rl rollouts`)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 1:
+            raise ValueError("num_generations must be >= 1")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        if self.overlong_policy not in ("exclude", "zero"):
+            raise ValueError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.max_tokens_per_turn < 1 or self.max_turns < 1:
+            raise ValueError("max_tokens_per_turn and max_turns must be >= 1")

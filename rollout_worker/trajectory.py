@@ -1,0 +1,98 @@
+"""What one rollout leaves behind: its training rows, its outcome, its drift counters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .groups import Slot
+from .types import EpisodeResult
+
+
+@dataclass
+class Trajectory:
+    """A finished rollout, before its group is complete (the advantage comes with the group)."""
+
+    rollout_id: str
+    slot: Slot
+    result: EpisodeResult
+    rows: list[Any]  # rollout_worker.assembly.TrainingRow
+    stats: dict[str, float]
+    first_model_version: int | None
+    started_at: float
+    finished_at: float = field(default_factory=time.time)
+
+    @property
+    def reward(self) -> float | None:
+        return self.result.reward if self.result.scorable else None
+
+    def record(self, advantage: float | None, group_dropped: str | None) -> dict[str, Any]:
+        """One JSON-serializable line for `intercept-rl rollouts` and tests."""
+        res = self.result
+        return {
+            "rollout_id": self.rollout_id,
+            "task_id": self.slot.task.instance_id,
+            "group_id": self.slot.group_id,
+            "group_index": self.slot.index,
+            "status": res.status,
+            "reward": res.reward,
+            "resolved": res.resolved,
+            "scorable": res.scorable,
+            "advantage": advantage,
+            "group_dropped": group_dropped,
+            "turns": int(self.stats.get("turns", 0)),
+            "rows": [
+                {
+                    "input_ids": list(map(int, row.input_ids)),
+                    "completion_mask": list(map(int, row.completion_mask)),
+                    "old_log_probs": [float(x) for x in row.old_log_probs],
+                    "model_versions": list(row.model_versions),
+                }
+                for row in self.rows
+            ],
+            "drift": {
+                "forks": int(self.stats.get("forks", 0)),
+                "sampled_tokens": int(self.stats.get("sampled_tokens", 0)),
+                "trained_tokens": int(self.stats.get("trained_tokens", 0)),
+                "parse_failures": int(self.stats.get("parse_failures", 0)),
+            },
+            "model_version": self.first_model_version,
+            "timings": {**res.timings, "total": self.finished_at - self.started_at},
+            "exit_code": res.exit_code,
+            "details": res.details,
+            "agent_output": res.agent_output,
+        }
+
+
+def build_samples(traj: Trajectory, advantage: float, reward_std: float) -> list[Any]:
+    """TRL `RolloutSample`s for every row of a trained rollout (one advantage per conversation, like TRL)."""
+    from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+
+    samples = []
+    for row in traj.rows:
+        mask = np.asarray(row.completion_mask, dtype=np.int64)
+        if not mask.any():
+            continue
+        samples.append(
+            RolloutSample(
+                prompt=row.prompt_messages,
+                completion=row.completion_messages,
+                input_ids=np.asarray(row.input_ids, dtype=np.int64),
+                completion_mask=mask,
+                old_log_probs=np.asarray(row.old_log_probs, dtype=np.float32),
+                advantage=float(advantage),
+                # The oldest turn's policy: staleness is judged by the most off-policy tokens in the row.
+                model_version=int(min(row.model_versions)) if row.model_versions else 0,
+                group_id=traj.slot.group_id,
+                metrics={
+                    "reward": float(traj.result.reward or 0.0),
+                    "reward_std": float(reward_std),
+                    "turns": float(traj.stats.get("turns", 0)),
+                },
+                enqueued_at=time.time(),
+            )
+        )
+    return samples

@@ -1,0 +1,159 @@
+"""Serving one rollout's agent calls: messages → exact prompt ids → engine → parsed reply.
+
+One coroutine per rollout answers its calls in order. Everything that ends a rollout early (a budget, an overlong
+prompt, a stale policy, a dead engine) answers the pending call with an OpenAI-style error and sets `stop`, so the
+episode runner kills the agent; nothing here waits without a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from control_plane import RolloutClosed
+
+from .config import WorkerConfig
+from .engine_client import EngineClient, EngineError, PromptTooLongError
+from .parsing import parse_completion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnState:
+    """What the serving loop learned about its rollout; read by the worker when the episode ends."""
+
+    turns: int = 0
+    completion_tokens: int = 0
+    first_model_version: int | None = None
+    ended_by: str | None = None  # "turns", "tokens", "overlong", "stale", "engine_error"
+    engine_error: str | None = None
+    parse_failures: int = 0
+    discarded_replies: int = 0  # sampled, but the agent had gone: not trained
+    engine_latency_s: list[float] = field(default_factory=list)
+    overhead_s: list[float] = field(default_factory=list)  # our time per turn, engine excluded
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+class TurnServer:
+    """Answers the calls of one rollout through the shared engine and the rollout's own conversation."""
+
+    def __init__(
+        self,
+        *,
+        config: WorkerConfig,
+        engine: EngineClient,
+        tokenizer,
+        max_model_len: int,
+        model_version: Callable[[], int],
+    ):
+        self.config = config
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.model_version = model_version
+
+    async def serve(self, handle, conversation, state: TurnState, stop: asyncio.Event) -> None:
+        """Answer calls until the rollout is closed (the worker closes it when the episode ends)."""
+        while True:
+            try:
+                request = await handle.next_request(timeout=self.config.request_timeout_s)
+            except asyncio.TimeoutError:
+                continue  # an agent thinking for a long time is not an error; the episode budget bounds it
+            except RolloutClosed:
+                return
+            try:
+                await self._answer(request, conversation, state, stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not hang the agent: answer, end the rollout, report
+                logger.exception("turn failed")
+                state.ended_by = state.ended_by or "engine_error"
+                state.engine_error = state.engine_error or f"{type(exc).__name__}: {exc}"
+                stop.set()
+                await request.fail(500, "internal error while serving this call", code="internal_error")
+            state.last_activity = time.monotonic()
+
+    async def _end(self, request, stop, state, reason, status, message, code) -> None:
+        state.ended_by = state.ended_by or reason
+        stop.set()
+        await request.fail(status, message, code=code)
+
+    async def _answer(self, request, conversation, state: TurnState, stop: asyncio.Event) -> None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        if stop.is_set():
+            await request.fail(409, "this rollout has ended", code="rollout_ended")
+            return
+        version = self.model_version()  # stamped at request time, not at rollout end
+        if state.first_model_version is None:
+            state.first_model_version = version
+        if cfg.max_staleness is not None and version - state.first_model_version > cfg.max_staleness:
+            msg = f"policy moved {version - state.first_model_version} versions since this rollout began"
+            return await self._end(request, stop, state, "stale", 409, msg, "stale_rollout")
+        if state.turns >= cfg.max_turns:
+            msg = f"turn budget of {cfg.max_turns} calls is exhausted"
+            return await self._end(request, stop, state, "turns", 400, msg, "budget_exceeded")
+
+        plan = conversation.prepare(request.messages, request.tools)
+        prompt_len = len(plan.prompt_ids)
+        if prompt_len >= self.max_model_len:
+            return await self._end(request, stop, state, "overlong", 400, self._overlong_message(prompt_len),
+                                   "context_length_exceeded")
+        max_tokens = min(cfg.max_tokens_per_turn, self.max_model_len - prompt_len)
+        asked = request.params.get("max_completion_tokens") or request.params.get("max_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            max_tokens = min(max_tokens, asked)
+        if cfg.max_completion_tokens is not None:
+            max_tokens = min(max_tokens, max(1, cfg.max_completion_tokens - state.completion_tokens))
+
+        t1 = time.perf_counter()
+        try:
+            completion = await self.engine.complete(
+                plan.prompt_ids,
+                max_tokens=max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+            )
+        except PromptTooLongError:
+            return await self._end(request, stop, state, "overlong", 400, self._overlong_message(prompt_len),
+                                   "context_length_exceeded")
+        except EngineError as exc:
+            state.engine_error = str(exc)
+            return await self._end(request, stop, state, "engine_error", 502, "the inference engine failed",
+                                   "engine_error")
+        t2 = time.perf_counter()
+        state.engine_latency_s.append(t2 - t1)
+        if request.disconnected.is_set():
+            # The agent never saw this reply; training on it would teach a context the agent did not continue.
+            state.discarded_replies += 1
+            return
+
+        parsed = parse_completion(self.tokenizer, completion.token_ids, plan.prompt_ids, request.tools)
+        if not parsed.ok:
+            state.parse_failures += 1
+        conversation.commit(plan, completion.token_ids, completion.logprobs, parsed.message,
+                            completion.finish_reason, version)
+        state.turns += 1
+        state.completion_tokens += len(completion.token_ids)
+        finish = "tool_calls" if parsed.message.get("tool_calls") else completion.finish_reason
+        n_out = len(completion.token_ids)
+        await request.reply(
+            parsed.message,
+            finish_reason=finish,
+            usage={"prompt_tokens": prompt_len, "completion_tokens": n_out, "total_tokens": prompt_len + n_out},
+        )
+        state.overhead_s.append((t1 - t0) + (time.perf_counter() - t2))
+        if cfg.max_completion_tokens is not None and state.completion_tokens >= cfg.max_completion_tokens:
+            state.ended_by = state.ended_by or "tokens"
+            stop.set()
+
+    def _overlong_message(self, prompt_len: int) -> str:
+        return (
+            f"This model's maximum context length is {self.max_model_len} tokens. However, your messages resulted "
+            f"in {prompt_len} tokens. Please reduce the length of the messages."
+        )

@@ -1,0 +1,333 @@
+"""The rollout worker: runs agent episodes through the gate and feeds TRL's AsyncGRPOTrainer.
+
+It implements TRL 1.16's `RolloutWorkerProtocol`. Everything asynchronous (the gate, the engine client, the
+episodes) lives on one event loop in a background thread, so the trainer's thread is never blocked; the two sides
+meet only at thread-safe queues (`rollout_buffer`, `metrics_queue`, `trajectories`) and an integer model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+from control_plane import GateConfig, InterceptionServer
+
+from .assembly import PromptAssembler
+from .config import WorkerConfig
+from .engine_client import EngineClient
+from .groups import GroupScheduler, Slot, group_advantages
+from .trajectory import Trajectory, build_samples
+from .turns import TurnServer, TurnState
+from .types import BUDGET, CANCELLED, INFRA_ERROR, OVERLONG, EpisodeResult, EpisodeRunner, RolloutEndpoint, Task
+
+logger = logging.getLogger(__name__)
+
+_STOP_TIMEOUT_S = 60.0
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker's loop died; the trainer must not wait for samples that will never come."""
+
+
+class RolloutWorker:
+    """Produces `RolloutSample`s from real agent episodes (TRL's `RolloutWorkerProtocol`).
+
+    Args:
+        config: worker knobs (groups, sampling, budgets).
+        tasks: the tasks to run, in any order (the worker shuffles them with `config.seed`).
+        episode_runner: runs one agent episode against a rollout endpoint and grades it.
+        tokenizer: the policy's tokenizer.
+        chat_template: the prefix-preserving training template prompts are rendered with.
+        engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended).
+        gate_host, gate_port, gate_config: where the interception gate listens (port 0: any free port).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        tasks: list[Task],
+        episode_runner: EpisodeRunner,
+        tokenizer,
+        chat_template: str,
+        engine_url: str,
+        gate_host: str = "127.0.0.1",
+        gate_port: int = 0,
+        gate_config: GateConfig | None = None,
+    ):
+        self.config = config
+        self.tasks = tasks
+        self.episode_runner = episode_runner
+        self.tokenizer = tokenizer
+        self.assembler = PromptAssembler(tokenizer, chat_template)
+        self.engine_url = engine_url
+        self._gate_args = dict(host=gate_host, port=gate_port, config=gate_config or GateConfig(),
+                               served_model_name=config.served_model_name)
+        self.scheduler: GroupScheduler[Trajectory] = GroupScheduler(
+            tasks, config.num_generations, seed=config.seed, max_groups=config.max_groups
+        )
+        # TRL reads `rollout_buffer` once in its __init__: both queues must exist before start().
+        self.rollout_buffer: queue.Queue = queue.Queue(maxsize=config.queue_maxsize)
+        self.metrics_queue: queue.Queue = queue.Queue(maxsize=4096)
+        self.trajectories: queue.Queue = queue.Queue()  # records, when config.keep_trajectories
+        self.finished = threading.Event()  # set once max_groups groups are complete (or the loop ended)
+        self._model_version = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._crash: BaseException | None = None
+        self._ready = threading.Event()
+        self._last_progress = time.monotonic()
+        self._started_at = 0.0
+        self._inflight: dict[str, tuple[asyncio.Task, TurnState]] = {}
+        self._backlog: collections.deque = collections.deque()
+        self.gate: InterceptionServer | None = None
+        self.counters = {"rollouts": 0, "groups": 0, "samples": 0, "zero_variance_groups": 0,
+                         "no_scorable_groups": 0, "dropped_metrics": 0}
+
+    # -- RolloutWorkerProtocol -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("worker already started")
+        self._started_at = self._last_progress = time.monotonic()
+        self._thread = threading.Thread(target=self._thread_main, name="rollout-worker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=120):
+            raise WorkerCrashed("rollout worker did not come up within 120 s")
+        if self._crash is not None:
+            raise WorkerCrashed(f"rollout worker failed to start: {self._crash!r}") from self._crash
+
+    def stop(self) -> None:
+        """Cancel in-flight rollouts (their runners clean up sandboxes and agents), close the gate, join."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        if thread.is_alive() and self._stop_requested is not None:
+            loop.call_soon_threadsafe(self._stop_requested.set)
+        thread.join(timeout=_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            logger.error("rollout worker did not stop within %.0f s", _STOP_TIMEOUT_S)
+
+    def update_model_version(self, model_version: int) -> None:
+        self._model_version = int(model_version)
+
+    def check_health(self, stale_after_s: float) -> None:
+        if self._crash is not None:
+            raise WorkerCrashed(f"rollout worker crashed: {self._crash!r}") from self._crash
+        if self._thread is not None and not self._thread.is_alive() and not self.finished.is_set():
+            raise WorkerCrashed("rollout worker thread exited")
+        idle = time.monotonic() - self._last_progress
+        if self._inflight_activity_within(stale_after_s):
+            return
+        if idle > stale_after_s and not self.finished.is_set():
+            raise WorkerCrashed(f"no rollout progress for {idle:.0f} s (stale_after_s={stale_after_s})")
+
+    def _inflight_activity_within(self, seconds: float) -> bool:
+        now = time.monotonic()
+        return any(now - state.last_activity < seconds for _, state in list(self._inflight.values()))
+
+    # -- resume ----------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "counters": dict(self.counters)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._thread is not None:
+            raise RuntimeError("load worker state before start()")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.counters.update(state.get("counters", {}))
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - surfaced through check_health / start
+            self._crash = exc
+            logger.exception("rollout worker crashed")
+        finally:
+            self._ready.set()
+            self.finished.set()
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop_requested = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self.gate = InterceptionServer(**self._gate_args)
+        await self.gate.start()
+        try:
+            async with EngineClient(self.engine_url, self.config.served_model_name,
+                                    timeout_s=self.config.engine_timeout_s) as engine:
+                max_model_len = await engine.max_model_len()
+                self.turns = TurnServer(config=self.config, engine=engine, tokenizer=self.tokenizer,
+                                        max_model_len=max_model_len, model_version=lambda: self._model_version)
+                self._ready.set()
+                await self._schedule()
+        finally:
+            await self._cancel_inflight()
+            await self.gate.stop()
+
+    async def _schedule(self) -> None:
+        cfg = self.config
+        while not self._stop_requested.is_set():
+            self._flush_backlog()
+            while (len(self._inflight) < cfg.max_inflight and not self._buffer_full()
+                   and (slot := self.scheduler.next_slot()) is not None):
+                rollout_id = f"g{slot.group_id}-{slot.index}-{uuid.uuid4().hex[:8]}"
+                state = TurnState()
+                task = asyncio.create_task(self._run_rollout(rollout_id, slot, state), name=rollout_id)
+                self._inflight[rollout_id] = (task, state)
+            if not self._inflight and not self._backlog and self.scheduler.exhausted:
+                self.finished.set()
+                return
+            self._wakeup.clear()
+            stop_wait = asyncio.ensure_future(self._stop_requested.wait())
+            wake_wait = asyncio.ensure_future(self._wakeup.wait())
+            await asyncio.wait({stop_wait, wake_wait}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel(), wake_wait.cancel()
+
+    def _flush_backlog(self) -> None:
+        # Never block the event loop on a full queue: what does not fit waits here, in order, and nothing is lost.
+        while self._backlog:
+            try:
+                self.rollout_buffer.put_nowait(self._backlog[0])
+            except queue.Full:
+                return
+            self._backlog.popleft()
+
+    def _buffer_full(self) -> bool:
+        return bool(self._backlog) or self.rollout_buffer.qsize() >= self.config.queue_maxsize // 2
+
+    async def _cancel_inflight(self) -> None:
+        tasks = [t for t, _ in self._inflight.values()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S / 2)
+
+    async def _run_rollout(self, rollout_id: str, slot: Slot, state: TurnState) -> None:
+        started = time.time()
+        stop = asyncio.Event()
+        try:
+            handle = await self.gate.open_rollout(rollout_id)
+        except BaseException:
+            self._inflight.pop(rollout_id, None)
+            raise
+        conversation = self.assembler.new_conversation()
+        endpoint = RolloutEndpoint(rollout_id, handle.base_url, handle.api_key, self.config.served_model_name)
+        server = asyncio.create_task(self.turns.serve(handle, conversation, state, stop))
+        try:
+            try:
+                result = await asyncio.wait_for(self.episode_runner.run(slot.task, endpoint, stop),
+                                                timeout=self.config.episode_timeout_s)
+            except asyncio.TimeoutError:
+                result = EpisodeResult(status=CANCELLED, reward=None, scorable=False,
+                                       details={"error": f"episode exceeded {self.config.episode_timeout_s} s"})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an infrastructure failure is unscorable, never reward 0
+                logger.exception("episode %s failed", rollout_id)
+                result = EpisodeResult(status=INFRA_ERROR, reward=None, scorable=False,
+                                       details={"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            await handle.close()
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+            self._inflight.pop(rollout_id, None)
+            self._wakeup.set()
+        result = self._apply_turn_outcome(result, state)
+        traj = Trajectory(
+            rollout_id=rollout_id, slot=slot, result=result, rows=conversation.rows(),
+            stats={**conversation.stats, "parse_failures": state.parse_failures,
+                   "discarded_replies": state.discarded_replies},
+            first_model_version=state.first_model_version, started_at=started,
+        )
+        self._last_progress = time.monotonic()
+        self._publish_rollout_metrics(traj, state)
+        group = self.scheduler.finish(slot, traj)
+        if group is not None:
+            self._complete_group(group)
+
+    def _apply_turn_outcome(self, result: EpisodeResult, state: TurnState) -> EpisodeResult:
+        """Fold what the serving loop saw into the episode's status and reward."""
+        ended = state.ended_by
+        if ended == "overlong":
+            result.status = OVERLONG
+            if self.config.overlong_policy == "zero":
+                result.reward, result.resolved, result.scorable = 0.0, False, True
+            else:
+                result.reward, result.scorable = None, False
+        elif ended in ("stale", "engine_error"):
+            result.status = CANCELLED if ended == "stale" else INFRA_ERROR
+            result.reward, result.scorable = None, False
+            result.details.setdefault("error", state.engine_error or "rollout went stale")
+        elif ended in ("turns", "tokens") and result.scorable:
+            result.status = BUDGET
+        result.details.setdefault("ended_by", ended)
+        return result
+
+    def _complete_group(self, group: list[Trajectory]) -> None:
+        rewards = [t.reward for t in group]
+        adv = group_advantages(rewards, eps=self.config.advantage_eps,
+                               drop_zero_variance=self.config.drop_zero_variance_groups)
+        self.counters["groups"] += 1
+        metrics: dict[str, Any] = {"rollout/groups_total": 1.0}
+        if adv.dropped == "zero_variance":
+            self.counters["zero_variance_groups"] += 1
+            metrics["rollout/zero_variance_groups_total"] = 1.0
+        elif adv.dropped == "no_scorable":
+            self.counters["no_scorable_groups"] += 1
+            metrics["rollout/unscorable_groups_total"] = 1.0
+        n_samples = 0
+        for traj, advantage in zip(group, adv.advantages, strict=True):
+            if advantage is not None:
+                for sample in build_samples(traj, advantage, adv.reward_std):
+                    self._backlog.append(sample)
+                    n_samples += 1
+            if self.config.keep_trajectories:
+                self.trajectories.put(traj.record(advantage, adv.dropped))
+        self._flush_backlog()
+        self.counters["samples"] += n_samples
+        metrics["rollout/samples_total"] = float(n_samples)
+        metrics["rollout/queue_depth"] = float(self.rollout_buffer.qsize())
+        self._put_metrics(metrics)
+
+    def _publish_rollout_metrics(self, traj: Trajectory, state: TurnState) -> None:
+        self.counters["rollouts"] += 1
+        res, stats = traj.result, traj.stats
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        m: dict[str, Any] = {
+            "rollout/rollouts_total": 1.0,
+            "rollout/rollouts_per_s": self.counters["rollouts"] / elapsed,
+            "rollout/turns": float(stats.get("turns", 0)),
+            "rollout/forks_total": float(stats.get("forks", 0)),
+            "rollout/sampled_tokens_total": float(stats.get("sampled_tokens", 0)),
+            "rollout/trained_tokens_total": float(stats.get("trained_tokens", 0)),
+            "rollout/parse_failures_total": float(state.parse_failures),
+            "rollout/overlong_total": float(res.status == OVERLONG),
+            "rollout/unscorable_total": float(not res.scorable),
+            "rollout/scorable": (float(res.scorable), 1.0),
+        }
+        if res.scorable and res.reward is not None:
+            m["rollout/reward_mean"] = float(res.reward)
+            m["rollout/resolved"] = (float(res.resolved), 1.0)
+        if state.engine_latency_s:
+            m["rollout/engine_latency_s"] = sum(state.engine_latency_s) / len(state.engine_latency_s)
+        if state.overhead_s:
+            m["rollout/gate_overhead_ms"] = 1000 * sum(state.overhead_s) / len(state.overhead_s)
+        self._put_metrics(m)
+
+    def _put_metrics(self, metrics: dict[str, Any]) -> None:
+        try:
+            self.metrics_queue.put_nowait(metrics)
+        except queue.Full:
+            self.counters["dropped_metrics"] += 1  # the trainer drains it at every log; losing a window is benign
