@@ -1,0 +1,206 @@
+"""The worker's side of the gate: one `RolloutHandle` per rollout, one `InterceptedRequest` per agent chat call.
+
+Everything here runs on the server's event loop. Requests flow through an `asyncio.Queue` per rollout (no polling);
+each request carries one future that the worker settles with `reply()` or `fail()` and the HTTP handler awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import GateError, RolloutClosed
+from .responses import new_completion_id, normalize_reply
+
+if TYPE_CHECKING:
+    from rollout_worker.types import RolloutEndpoint
+
+# Why a request ended without a reply (`InterceptedRequest.end_reason`).
+REPLIED = "replied"
+FAILED = "failed"
+CLIENT_DISCONNECTED = "client_disconnected"
+TIMED_OUT = "timeout"
+ROLLOUT_CLOSED = "rollout_closed"
+
+
+class _Reply:
+    __slots__ = ("message", "finish_reason", "usage")
+
+    def __init__(self, message: dict, finish_reason: str, usage: dict) -> None:
+        self.message = message
+        self.finish_reason = finish_reason
+        self.usage = usage
+
+
+class InterceptedRequest:
+    """One chat-completion call from an agent, waiting for the worker's answer.
+
+    Attributes:
+        rollout_id: the rollout the call arrived on.
+        id: the `chatcmpl-…` id the answer will carry.
+        messages: the validated `messages` list, exactly as sent.
+        tools: the `tools` list, or None.
+        stream: whether the agent asked for SSE.
+        include_usage: whether the agent asked for a usage chunk (`stream_options.include_usage`).
+        params: the sampling keys the agent sent (temperature, top_p, max_tokens, stop, seed, …), nulls dropped.
+        model: the `model` string the agent sent, if any.
+        raw: the whole request body.
+        received_at: `time.monotonic()` when the body was accepted.
+        disconnected: set when the request can no longer be answered before a reply was given — the client went away,
+            the request timed out, or the rollout closed (`end_reason` says which). Watch it to cancel generation.
+        end_reason: None while open; then one of "replied", "failed", "client_disconnected", "timeout",
+            "rollout_closed".
+    """
+
+    def __init__(self, rollout_id: str, body: dict, *, messages: list[dict], tools: list[dict] | None, stream: bool,
+                 include_usage: bool, params: dict[str, Any], model: str | None) -> None:
+        self.rollout_id = rollout_id
+        self.id = new_completion_id()
+        self.raw = body
+        self.messages = messages
+        self.tools = tools
+        self.stream = stream
+        self.include_usage = include_usage
+        self.params = params
+        self.model = model
+        self.received_at = time.monotonic()
+        self.disconnected = asyncio.Event()
+        self.end_reason: str | None = None
+        self.taken = False  # handed to a worker by `next_request`
+        self._outcome: asyncio.Future[_Reply | GateError] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"InterceptedRequest(rollout_id={self.rollout_id!r}, id={self.id!r}, stream={self.stream})"
+
+    @property
+    def done(self) -> bool:
+        """True once the request was answered, failed, or abandoned."""
+        return self._outcome.done()
+
+    async def reply(self, message: dict, finish_reason: str = "stop", usage: dict | None = None) -> bool:
+        """Answer with an assistant message (`content`, optional `tool_calls`, optional `reasoning_content`).
+
+        Returns False (and does nothing) when the request already ended: client gone, timed out, rollout closed, or
+        answered before. Raises `ValueError` on a malformed message. Must run on the server's event loop.
+        """
+        if self._outcome.done():
+            return False
+        wire_message, wire_usage = normalize_reply(message, finish_reason, usage)
+        self._settle(_Reply(wire_message, finish_reason, wire_usage), REPLIED)
+        return True
+
+    async def fail(self, status: int, message: str, code: str | None = None, type: str | None = None) -> bool:
+        """Answer with an OpenAI-style error: JSON with `status`, or an SSE error event if the stream has started.
+
+        Returns False (and does nothing) when the request already ended.
+        """
+        if self._outcome.done():
+            return False
+        self._settle(GateError(status, message, code=code, type=type), FAILED)
+        return True
+
+    def _settle(self, outcome: _Reply | GateError | None, reason: str) -> None:
+        """Settle once; every end other than a worker's reply/fail also sets `disconnected`."""
+        if self._outcome.done():
+            return
+        self.end_reason = reason
+        if outcome is None:  # the client is gone; nothing will be written
+            outcome = GateError(499, "client disconnected", code="client_disconnected")
+        self._outcome.set_result(outcome)
+        if reason not in (REPLIED, FAILED):
+            self.disconnected.set()
+
+
+_CLOSED = object()  # queue sentinel: wakes every `next_request` waiter once the rollout closes
+
+
+class RolloutHandle:
+    """One rollout's URL, key and request queue.
+
+    `base_url` ends in `/v1` (give it to the agent as its OpenAI base URL) and `api_key` opens this rollout only.
+    """
+
+    def __init__(self, server: Any, rollout_id: str, base_url: str, api_key: str, model: str) -> None:
+        self._server = server
+        self.rollout_id = rollout_id
+        self.base_url = base_url
+        self.api_key = api_key
+        self.model = model
+        self.opened_at = time.monotonic()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._pending: set[InterceptedRequest] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:  # never show the key
+        return f"RolloutHandle(rollout_id={self.rollout_id!r}, base_url={self.base_url!r}, closed={self._closed})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Requests of this rollout that are queued or awaiting their reply."""
+        return len(self._pending)
+
+    @property
+    def endpoint(self) -> RolloutEndpoint:
+        """This rollout as the `RolloutEndpoint` contract episode runners receive."""
+        from rollout_worker.types import RolloutEndpoint
+
+        return RolloutEndpoint(rollout_id=self.rollout_id, base_url=self.base_url, api_key=self.api_key,
+                               model=self.model)
+
+    async def next_request(self, timeout: float | None = None) -> InterceptedRequest:
+        """The next chat call of this rollout, in arrival order.
+
+        Raises `asyncio.TimeoutError` when none arrives within `timeout` seconds (None: wait until one arrives or the
+        rollout closes) and `RolloutClosed` once the rollout is closed. Calls whose client already left are skipped.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._closed:
+                raise RolloutClosed(f"rollout {self.rollout_id!r} is closed")
+            if not self._queue.empty():
+                item = self._queue.get_nowait()
+            elif deadline is None:
+                item = await self._queue.get()
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError(f"no request on rollout {self.rollout_id!r} within {timeout} s")
+                item = await asyncio.wait_for(self._queue.get(), remaining)
+            if item is _CLOSED:
+                self._queue.put_nowait(_CLOSED)  # leave it for the next waiter
+                raise RolloutClosed(f"rollout {self.rollout_id!r} is closed")
+            if item.done:
+                continue
+            item.taken = True
+            return item
+
+    async def close(self, reason: str = "rollout closed") -> None:
+        """Close the rollout: its URL answers 404 from now on and every pending or queued request fails at once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server._forget_rollout(self)
+        error_message = f"{reason}; this rollout accepts no more requests"
+        for req in list(self._pending):
+            req._settle(GateError(404, error_message, code="rollout_closed"), ROLLOUT_CLOSED)
+        self._pending.clear()
+        self._queue.put_nowait(_CLOSED)
+
+    # -- used by the HTTP handler ------------------------------------------------------------------------------
+    def _admit(self, req: InterceptedRequest, max_pending: int) -> None:
+        if self._closed:
+            raise GateError(404, f"rollout {self.rollout_id!r} is closed", code="rollout_closed")
+        if len(self._pending) >= max_pending:
+            raise GateError(429, f"too many concurrent requests on this rollout (limit {max_pending})",
+                            code="too_many_pending_requests")
+        self._pending.add(req)
+        self._queue.put_nowait(req)
+
+    def _release(self, req: InterceptedRequest) -> None:
+        self._pending.discard(req)

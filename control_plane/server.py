@@ -1,0 +1,308 @@
+"""The interception gate: an aiohttp server standing where an agent expects an OpenAI-compatible endpoint.
+
+Routes (all errors are OpenAI-style JSON, aiohttp's own 404/405/413 included):
+    POST /rollout/{rollout_id}/v1/chat/completions   chat call, JSON or SSE, answered by the worker
+    GET  /rollout/{rollout_id}/v1/models             the served model name
+    GET  /healthz                                    liveness + counts (no ids, no secrets)
+    GET  /metrics                                    Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .config import GateConfig
+from .errors import GateError
+from .metrics import CLIENT_CLOSED, GateMetrics
+from .responses import KEEPALIVE, completion_body, sse_error, stream_body
+from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, RolloutHandle, _Reply
+from .validation import parse_json_body, validate_chat_body
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class InterceptionServer:
+    """OpenAI-compatible chat endpoint per rollout; each call is queued for the worker to answer.
+
+    Args:
+        host, port: where to listen; port 0 picks a free port (read `url` after `start()`).
+        config: limits and timings (`GateConfig`).
+        served_model_name: the name `/v1/models` lists and responses carry.
+        secret: the server secret rollout keys are derived from (HMAC-SHA256(secret, rollout id)); random by default.
+            Never logged.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: GateConfig | None = None,
+                 served_model_name: str = "policy", *, secret: bytes | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.config = config or GateConfig()
+        self.served_model_name = served_model_name
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        if len(self._secret) < 16:
+            raise ValueError("secret must be at least 16 bytes")
+        self._rollouts: dict[str, RolloutHandle] = {}
+        self._used_ids: set[str] = set()  # a closed id is never reopened: its key would open the new rollout
+        self._metrics = GateMetrics()
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self._started_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"InterceptionServer(url={self._url!r}, open_rollouts={len(self._rollouts)})"
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the server is not started")
+        return self._url
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the server is already started")
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._error_middleware])
+        app.router.add_post("/rollout/{rollout_id}/v1/chat/completions", self._chat, name="chat_completions")
+        app.router.add_get("/rollout/{rollout_id}/v1/models", self._models, name="models", allow_head=False)
+        app.router.add_get("/healthz", self._healthz, name="healthz", allow_head=False)
+        app.router.add_get("/metrics", self._metrics_text, name="metrics", allow_head=False)
+        # handler_cancellation: a client that disconnects cancels its handler, which is how the worker learns of it.
+        # No access log: it is per-request work on the hot path and would record rollout ids.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                               shutdown_timeout=self.config.shutdown_timeout_s)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self.port = port
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self._started_at = time.monotonic()
+
+    async def stop(self) -> None:
+        """Close every rollout (failing its pending requests) and shut the site down."""
+        for rollout in list(self._rollouts.values()):
+            await rollout.close("server stopping")
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # -- rollouts -------------------------------------------------------------------------------------------------
+    async def open_rollout(self, rollout_id: str) -> RolloutHandle:
+        """Open a rollout: its own URL (`base_url`, ends in /v1) and key (`api_key`). Ids are single-use."""
+        if self._url is None:
+            raise RuntimeError("start() the server before opening rollouts")
+        if not isinstance(rollout_id, str) or not ROLLOUT_ID_PATTERN.match(rollout_id):
+            raise ValueError("rollout_id must be 1-128 characters of [A-Za-z0-9._-], starting alphanumeric")
+        if rollout_id in self._used_ids:
+            raise ValueError(f"rollout id {rollout_id!r} was already used; rollout ids are single-use")
+        self._used_ids.add(rollout_id)
+        handle = RolloutHandle(self, rollout_id, f"{self._url}/rollout/{rollout_id}/v1", self._key_for(rollout_id),
+                               self.served_model_name)
+        self._rollouts[rollout_id] = handle
+        self._metrics.rollouts_opened_total += 1
+        return handle
+
+    def get_rollout(self, rollout_id: str) -> RolloutHandle | None:
+        return self._rollouts.get(rollout_id)
+
+    @property
+    def open_rollouts(self) -> int:
+        return len(self._rollouts)
+
+    @property
+    def pending_requests(self) -> int:
+        return sum(r.pending for r in self._rollouts.values())
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of the counters, for tests and logs."""
+        return self._metrics.snapshot(self.open_rollouts, self.pending_requests)
+
+    def _forget_rollout(self, rollout: RolloutHandle) -> None:
+        if self._rollouts.get(rollout.rollout_id) is rollout:
+            del self._rollouts[rollout.rollout_id]
+
+    def _key_for(self, rollout_id: str) -> str:
+        return "irl-" + hmac.new(self._secret, rollout_id.encode(), hashlib.sha256).hexdigest()
+
+    # -- HTTP plumbing --------------------------------------------------------------------------------------------
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Turn every error into OpenAI-style JSON and count every request by route and status."""
+        start = time.monotonic()
+        route = request.match_info.route.name or "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except GateError as exc:
+            status = exc.status
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                status = exc.status
+                raise
+            status = exc.status
+            message = {
+                404: f"no such route: {request.method} {request.path}",
+                405: f"method {request.method} is not allowed on {request.path}",
+                413: f"request body too large (limit {self.config.max_body_bytes} bytes)",
+            }.get(exc.status, exc.reason)
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
+            return GateError(exc.status, message, code=code).response(headers)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        except Exception:
+            logger.exception("gate handler failed on %s %s", request.method, route)
+            return GateError(500, "internal gate error", code="internal_error").response()
+        finally:
+            self._metrics.observe(route, status, time.monotonic() - start)
+
+    def _authorized_rollout(self, request: web.Request) -> RolloutHandle:
+        """Authenticate before looking the rollout up, so an unauthenticated caller learns nothing about which ids
+        exist: no key / wrong key → 401, then unknown or closed rollout → 404."""
+        rollout_id = request.match_info["rollout_id"]
+        key = request.headers.get("x-api-key")
+        if key is None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                key = value.strip()
+        if not key:
+            raise GateError(401, "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
+                            code="missing_api_key")
+        expected = self._key_for(rollout_id)
+        if not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode()):
+            raise GateError(401, "invalid API key for this rollout", code="invalid_api_key")
+        rollout = self._rollouts.get(rollout_id)
+        if rollout is None:
+            raise GateError(404, "rollout not found or closed", code="rollout_not_found")
+        return rollout
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "ok",
+            "open_rollouts": self.open_rollouts,
+            "pending_requests": self.pending_requests,
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+        })
+
+    async def _metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._metrics.render(self.open_rollouts, self.pending_requests),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self._authorized_rollout(request)
+        model = {"id": self.served_model_name, "object": "model", "created": int(time.time()),
+                 "owned_by": "intercept-rl"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    # -- chat completions -----------------------------------------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        rollout = self._authorized_rollout(request)
+        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+            raise GateError(413, f"request body too large (limit {self.config.max_body_bytes} bytes)",
+                            code="request_too_large")
+        body = parse_json_body(await request.read())  # read() raises 413 past client_max_size (chunked bodies)
+        chat = validate_chat_body(body)
+        req = InterceptedRequest(rollout.rollout_id, body, messages=chat.messages, tools=chat.tools,
+                                 stream=chat.stream, include_usage=chat.include_usage, params=chat.params,
+                                 model=chat.model)
+        rollout._admit(req, self.config.max_pending_per_rollout)
+        try:
+            if req.stream:
+                return await self._answer_stream(request, req)
+            outcome = await self._await_outcome(req, None)
+            if isinstance(outcome, GateError):
+                return outcome.response()
+            return web.Response(body=self._completion(req, outcome), content_type="application/json")
+        except asyncio.CancelledError:
+            self._client_left(req)
+            raise
+        finally:
+            rollout._release(req)
+
+    def _client_left(self, req: InterceptedRequest) -> None:
+        if not req.done:
+            self._metrics.disconnects_total += 1
+        req._settle(None, CLIENT_DISCONNECTED)
+
+    def _completion(self, req: InterceptedRequest, reply: _Reply) -> bytes:
+        return completion_body(req.id, int(time.time()), self.served_model_name, reply.message, reply.finish_reason,
+                               reply.usage)
+
+    async def _answer_stream(self, request: web.Request, req: InterceptedRequest) -> web.StreamResponse:
+        """SSE answer. Headers go out with the first keep-alive, so an early failure is still a plain HTTP error."""
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+
+        async def keepalive() -> None:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(KEEPALIVE)
+
+        try:
+            outcome = await self._await_outcome(req, keepalive)
+            if isinstance(outcome, GateError):
+                if not response.prepared:
+                    return outcome.response()
+                await response.write(sse_error(outcome.body()))
+            else:
+                payload = stream_body(req.id, int(time.time()), self.served_model_name, outcome.message,
+                                      outcome.finish_reason, outcome.usage, req.include_usage,
+                                      self.config.stream_chunk_chars)
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write(payload)
+            await response.write_eof()
+        except ConnectionError:  # the client left between our writes
+            self._client_left(req)
+        return response
+
+    async def _await_outcome(self, req: InterceptedRequest, keepalive: Any) -> _Reply | GateError:
+        """Wait for the worker's answer, bounded by the queue and request timeouts, sending keep-alives if asked."""
+        future = req._outcome
+        config = self.config
+        interval = config.keepalive_interval_s
+        next_keepalive = req.received_at + interval
+        while not future.done():
+            now = time.monotonic()
+            deadline = req.received_at + config.request_timeout_s
+            queued = not req.taken
+            if queued:
+                deadline = min(deadline, req.received_at + config.queue_timeout_s)
+            if now >= deadline:
+                self._metrics.timeouts_total += 1
+                if queued:
+                    error = GateError(503, f"no worker took the request within {config.queue_timeout_s} s",
+                                      code="queue_timeout")
+                else:
+                    error = GateError(504, f"no reply within {config.request_timeout_s} s", code="request_timeout")
+                req._settle(error, TIMED_OUT)
+                break
+            wake = deadline if keepalive is None else min(deadline, next_keepalive)
+            await asyncio.wait((future,), timeout=max(wake - now, 0.0))
+            if keepalive is not None and not future.done() and time.monotonic() >= next_keepalive:
+                await keepalive()
+                next_keepalive = time.monotonic() + interval
+        return future.result()

@@ -1,0 +1,261 @@
+"""Validation of chat-completion request bodies.
+
+Accepts what real agents send (DESIGN §7): content as a string or a list of text parts, `content: null` on
+tool-call turns, unknown extra keys anywhere (`provider_specific_fields`, `store`, `metadata`, `cache_control`…).
+Rejects, with a 400 that names the offending field, anything the worker could not turn into a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GateError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+# Sampling keys copied into `InterceptedRequest.params` when present and not null, with their accepted JSON types.
+# The worker decides which of them, if any, may influence the policy (DESIGN §4: the policy's own sampling params win).
+_NUMBER = "number"
+_INT = "integer"
+_BOOL = "boolean"
+_STR = "string"
+_OBJ = "object"
+SAMPLING_KEYS: dict[str, str] = {
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "top_k": _INT,
+    "min_p": _NUMBER,
+    "max_tokens": _INT,
+    "max_completion_tokens": _INT,
+    "stop": "stop",
+    "seed": _INT,
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "repetition_penalty": _NUMBER,
+    "logprobs": _BOOL,
+    "top_logprobs": _INT,
+    "logit_bias": _OBJ,
+    "parallel_tool_calls": _BOOL,
+    "tool_choice": "tool_choice",
+    "response_format": _OBJ,
+    "reasoning_effort": _STR,
+}
+
+_MAX_STOP_SEQUENCES = 16
+
+
+@dataclass
+class ValidatedChat:
+    """The parts of a valid chat-completion body the gate and the worker use."""
+
+    messages: list[dict]
+    tools: list[dict] | None
+    stream: bool
+    include_usage: bool
+    params: dict[str, Any]
+    model: str | None
+
+
+def _bad(message: str, code: str = "invalid_request") -> GateError:
+    return GateError(400, message, code=code)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Parse a request body as strict JSON (no NaN/Infinity), mapping every failure to a 400."""
+    if not raw:
+        raise _bad("request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _bad("request body is nested too deeply", "invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _bad(f"request body is not valid JSON: {exc}", "invalid_json") from None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_text_parts(parts: list, where: str, allow_refusal: bool) -> None:
+    for j, part in enumerate(parts):
+        pwhere = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise _bad(f"{pwhere} must be an object, got {_type_name(part)}")
+        kind = part.get("type")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{pwhere}.text must be a string")
+        elif kind == "refusal" and allow_refusal:
+            if not isinstance(part.get("refusal"), str):
+                raise _bad(f"{pwhere}.refusal must be a string")
+        elif kind in ("image_url", "input_image", "image"):
+            raise _bad(f"{pwhere}: image content is not supported; this endpoint serves a text-only model",
+                       "unsupported_content")
+        elif kind in ("input_audio", "file", "audio"):
+            raise _bad(f"{pwhere}: {kind} content is not supported; only text parts are accepted",
+                       "unsupported_content")
+        else:
+            raise _bad(f"{pwhere}.type must be 'text', got {kind!r}")
+
+
+def _check_content(msg: dict, where: str, role: str, has_tool_calls: bool) -> None:
+    if "content" not in msg or msg["content"] is None:
+        if role == "assistant":
+            return  # tool-call-only turns (pi sends content: null; OpenAI allows omitting it)
+        raise _bad(f"{where}.content is required for role {role!r}")
+    content = msg["content"]
+    if isinstance(content, str):
+        return
+    if isinstance(content, list):
+        _check_text_parts(content, f"{where}.content", allow_refusal=role == "assistant")
+        return
+    raise _bad(f"{where}.content must be a string, null or a list of text parts, got {_type_name(content)}")
+
+
+def _check_tool_calls(tool_calls: Any, where: str) -> None:
+    if not isinstance(tool_calls, list):
+        raise _bad(f"{where}.tool_calls must be an array, got {_type_name(tool_calls)}")
+    for k, call in enumerate(tool_calls):
+        cwhere = f"{where}.tool_calls[{k}]"
+        if not isinstance(call, dict):
+            raise _bad(f"{cwhere} must be an object")
+        if not isinstance(call.get("id"), str) or not call["id"]:
+            raise _bad(f"{cwhere}.id must be a non-empty string")
+        if call.get("type", "function") != "function":
+            raise _bad(f"{cwhere}.type must be 'function'")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise _bad(f"{cwhere}.function must be an object")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise _bad(f"{cwhere}.function.name must be a non-empty string")
+        if not isinstance(function.get("arguments"), str):
+            raise _bad(f"{cwhere}.function.arguments must be a string (JSON-encoded arguments)")
+
+
+def validate_messages(messages: Any) -> list[dict]:
+    if messages is None:
+        raise _bad("'messages' is required")
+    if not isinstance(messages, list):
+        raise _bad(f"'messages' must be an array, got {_type_name(messages)}")
+    if not messages:
+        raise _bad("'messages' must not be empty")
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise _bad(f"{where} must be an object, got {_type_name(msg)}")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise _bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
+        if "name" in msg and msg["name"] is not None and not isinstance(msg["name"], str):
+            raise _bad(f"{where}.name must be a string")
+        tool_calls = msg.get("tool_calls")
+        if tool_calls is not None:
+            if role != "assistant":
+                raise _bad(f"{where}.tool_calls is only allowed on assistant messages")
+            _check_tool_calls(tool_calls, where)
+        _check_content(msg, where, role, bool(tool_calls))
+        if role == "tool" and (not isinstance(msg.get("tool_call_id"), str) or not msg["tool_call_id"]):
+            raise _bad(f"{where}.tool_call_id is required for tool messages (a non-empty string)")
+    return messages
+
+
+def validate_tools(tools: Any) -> list[dict] | None:
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise _bad(f"'tools' must be an array, got {_type_name(tools)}")
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad(f"{where} must be an object")
+        if tool.get("type", "function") != "function":
+            raise _bad(f"{where}.type must be 'function', got {tool.get('type')!r}")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise _bad(f"{where}.function must be an object")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise _bad(f"{where}.function.name must be a non-empty string")
+        if "description" in function and function["description"] is not None and not isinstance(
+            function["description"], str
+        ):
+            raise _bad(f"{where}.function.description must be a string")
+        if "parameters" in function and function["parameters"] is not None and not isinstance(
+            function["parameters"], dict
+        ):
+            raise _bad(f"{where}.function.parameters must be an object (a JSON schema)")
+    return tools
+
+
+def _check_param(key: str, kind: str, value: Any) -> None:
+    if kind == _NUMBER:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind == _INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == _BOOL:
+        ok = isinstance(value, bool)
+    elif kind == _STR:
+        ok = isinstance(value, str)
+    elif kind == _OBJ:
+        ok = isinstance(value, dict)
+    elif kind == "stop":
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and len(value) <= _MAX_STOP_SEQUENCES and all(isinstance(s, str) for s in value)
+        )
+    else:  # tool_choice: "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}
+        ok = value in ("none", "auto", "required") or isinstance(value, dict)
+    if not ok:
+        raise _bad(f"'{key}' has an invalid value of type {_type_name(value)}", "invalid_parameter")
+    if key in ("max_tokens", "max_completion_tokens") and value < 1:
+        raise _bad(f"'{key}' must be at least 1", "invalid_parameter")
+    if key in ("temperature", "top_p", "min_p") and value < 0:
+        raise _bad(f"'{key}' must not be negative", "invalid_parameter")
+
+
+def validate_chat_body(body: Any) -> ValidatedChat:
+    """Check a parsed chat-completion body; raise `GateError(400)` naming the first problem found."""
+    if not isinstance(body, dict):
+        raise _bad(f"request body must be a JSON object, got {_type_name(body)}")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string")
+    messages = validate_messages(body.get("messages"))
+    tools = validate_tools(body.get("tools"))
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
+        raise _bad(f"'stream' must be a boolean, got {_type_name(stream)}")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("'stream_options' must be an object")
+        include_usage = options.get("include_usage", False)
+        if include_usage is None:
+            include_usage = False
+        if not isinstance(include_usage, bool):
+            raise _bad("'stream_options.include_usage' must be a boolean")
+    n = body.get("n")
+    if n is not None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise _bad("'n' must be a positive integer", "invalid_parameter")
+        if n > 1:
+            raise _bad("'n' > 1 is not supported: each agent call gets exactly one completion", "invalid_parameter")
+    params: dict[str, Any] = {}
+    for key, kind in SAMPLING_KEYS.items():
+        value = body.get(key)
+        if value is not None:
+            _check_param(key, kind, value)
+            params[key] = value
+    return ValidatedChat(messages, tools, stream, include_usage, params, model)
