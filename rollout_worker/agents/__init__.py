@@ -1,0 +1,32 @@
+"""Agent launchers: the shipped agents and `get_agent(spec)`.
+
+Specs: `mini-swe-agent` (alias `mini`), `pi`, `cmd:<shell command>`, `oracle`, `noop`.
+"""
+
+from __future__ import annotations
+
+from rollout_worker.agents.base import AgentCommand, AgentLauncher, AgentUnavailableError, openai_env
+from rollout_worker.agents.mini_swe_agent import MiniSweAgentLauncher
+from rollout_worker.agents.pi import PiLauncher
+from rollout_worker.agents.simple import CommandAgent, NoopAgent, OracleAgent
+
+__all__ = [
+    "AgentCommand", "AgentLauncher", "AgentUnavailableError", "CommandAgent", "MiniSweAgentLauncher", "NoopAgent",
+    "OracleAgent", "PiLauncher", "get_agent", "openai_env",
+]
+
+_NAMED = {"mini-swe-agent": MiniSweAgentLauncher, "mini": MiniSweAgentLauncher, "pi": PiLauncher,
+          "oracle": OracleAgent, "noop": NoopAgent}
+
+
+def get_agent(spec: str) -> AgentLauncher:
+    """The launcher a spec names (see the module docstring)."""
+    if spec.startswith("cmd:"):
+        command = spec[len("cmd:"):].strip()
+        if not command:
+            raise ValueError("`cmd:` needs a shell command, e.g. cmd:my-agent --task-file $TASK_FILE")
+        return CommandAgent(command)
+    try:
+        return _NAMED[spec]()
+    except KeyError:
+        raise ValueError(f"unknown agent {spec!r}: expected one of {sorted(_NAMED)} or cmd:<shell command>") from None

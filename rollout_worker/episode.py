@@ -1,0 +1,156 @@
+"""The sandboxed episode: sandbox → agent → exit / budget / stop → kill → host-side grading → destroy.
+
+`SandboxEpisodeRunner` implements `EpisodeRunner` (rollout_worker/types.py). Grading always sees the agent's tree
+after every agent process is dead (DESIGN §2.5, §7), and the sandbox is destroyed on every path, cancellation
+included. Failures map to unscorable statuses: sandbox creation → INFRA_ERROR, agent preparation/start or a
+crash → AGENT_ERROR, grader failure → INFRA_ERROR. The reward never reaches the agent: it is dead by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rollout_worker.types import (
+    AGENT_ERROR,
+    BUDGET,
+    COMPLETED,
+    INFRA_ERROR,
+    EpisodeResult,
+    RolloutEndpoint,
+    Task,
+)
+
+if TYPE_CHECKING:
+    from rollout_worker.agents.base import AgentLauncher
+    from rollout_worker.sandbox.base import Sandbox, SandboxBackend, SandboxProcess
+
+logger = logging.getLogger(__name__)
+
+
+class EpisodeGrader(Protocol):
+    """What the runner needs from the grader (rollout_worker.grading.Grader fits)."""
+
+    async def grade(self, task: Task, agent_repo_dir: Path) -> Any:
+        """Grade the repository the agent left; returns an object with reward, resolved, scorable, details."""
+        ...
+
+
+@dataclass
+class EpisodeConfig:
+    """Budgets and bookkeeping of one sandboxed episode."""
+
+    wall_time_s: float = field(default=1800.0, metadata={"help": "Agent wall-time budget; past it the agent is "
+                                                           "killed and its work graded (status `budget`)."})
+    output_tail_bytes: int = field(default=65536, metadata={"help": "How much of the agent's output to keep."})
+    crash_is_agent_error: bool = field(
+        default=True,
+        metadata={"help": "An agent exiting non-zero on its own is AGENT_ERROR (unscorable); False grades it."},
+    )
+    file_setup_timeout_s: float = field(default=60.0, metadata={"help": "Bound on writing the agent's files."})
+
+
+class SandboxEpisodeRunner:
+    """Runs one agent episode in a fresh sandbox and grades it on the host (implements `EpisodeRunner`)."""
+
+    def __init__(
+        self, backend: SandboxBackend, agent: AgentLauncher, grader: EpisodeGrader, config: EpisodeConfig | None = None
+    ):
+        self.backend = backend
+        self.agent = agent
+        self.grader = grader
+        self.config = config or EpisodeConfig()
+
+    async def run(self, task: Task, endpoint: RolloutEndpoint, stop: asyncio.Event) -> EpisodeResult:
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        try:
+            sandbox = await self.backend.create(task, endpoint.rollout_id, endpoint)
+        except Exception as exc:
+            logger.warning("episode %s: sandbox creation failed: %r", endpoint.rollout_id, exc)
+            return _unscorable(INFRA_ERROR, f"sandbox creation failed: {exc}", timings)
+        timings["sandbox_setup"] = time.monotonic() - started
+        try:
+            return await self._run_in(sandbox, task, stop, timings)
+        finally:
+            # Shielded: a cancelled episode still tears its sandbox down completely.
+            await asyncio.shield(sandbox.destroy())
+
+    async def _run_in(
+        self, sandbox: Sandbox, task: Task, stop: asyncio.Event, timings: dict[str, float]
+    ) -> EpisodeResult:
+        started = time.monotonic()
+        try:
+            command = self.agent.prepare(sandbox, sandbox.endpoint, task)
+            async with asyncio.timeout(self.config.file_setup_timeout_s):
+                for path, data in command.files.items():
+                    await sandbox.write_file(path, data)
+            process = await sandbox.start(command.argv, command.env, command.cwd, self.config.output_tail_bytes)
+        except Exception as exc:
+            logger.warning("episode: agent %s failed to start: %r", self.agent.name, exc)
+            return _unscorable(AGENT_ERROR, f"agent {self.agent.name} failed to start: {exc}", timings)
+
+        try:
+            ended_by = await self._wait_for_end(process, stop)
+        finally:
+            await asyncio.shield(sandbox.kill())  # every agent process is gone before grading reads the tree
+        timings["agent"] = time.monotonic() - started
+        exit_code = process.returncode
+        output = process.output_tail()
+
+        if ended_by == "exit":
+            crashed = exit_code != 0 and self.config.crash_is_agent_error
+            status = AGENT_ERROR if crashed else COMPLETED
+        else:
+            status = BUDGET
+        details: dict[str, Any] = {"ended_by": ended_by, "agent": self.agent.name}
+        if status == AGENT_ERROR:
+            details["reason"] = f"agent exited with code {exit_code}"
+            return EpisodeResult(AGENT_ERROR, None, scorable=False, agent_output=output, exit_code=exit_code,
+                                 details=details, timings=timings)
+
+        grading_started = time.monotonic()
+        try:
+            grade = await self.grader.grade(task, await sandbox.host_repo_dir())
+        except Exception as exc:
+            logger.warning("episode: grading failed: %r", exc)
+            details["reason"] = f"grading failed: {type(exc).__name__}: {exc}"
+            return EpisodeResult(INFRA_ERROR, None, scorable=False, agent_output=output, exit_code=exit_code,
+                                 details=details, timings=timings)
+        finally:
+            timings["grading"] = time.monotonic() - grading_started
+        details.update(grade.details or {})
+        return EpisodeResult(
+            status=status if grade.scorable else INFRA_ERROR,
+            reward=grade.reward if grade.scorable else None,
+            resolved=bool(grade.resolved),
+            scorable=bool(grade.scorable),
+            agent_output=output,
+            exit_code=exit_code,
+            details=details,
+            timings=timings,
+        )
+
+    async def _wait_for_end(self, process: SandboxProcess, stop: asyncio.Event) -> str:
+        """'exit' (the agent ended on its own), 'stop' (the worker's event) or 'wall_time'."""
+        if stop.is_set():
+            return "stop"
+        exited = asyncio.ensure_future(process.wait(self.config.wall_time_s))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (exited, stopped):
+                waiter.cancel()
+        # The worker's stop wins a tie: the agent often exits *because* the gate closed its rollout.
+        if stop.is_set():
+            return "stop"
+        return "exit" if process.returncode is not None else "wall_time"
+
+
+def _unscorable(status: str, reason: str, timings: dict[str, float]) -> EpisodeResult:
+    return EpisodeResult(status, None, scorable=False, details={"reason": reason}, timings=timings)
