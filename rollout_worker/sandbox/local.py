@@ -69,6 +69,7 @@ class LocalSandbox:
         self._proxy: GateProxy | None = None
         self._processes: list[BwrapProcess] = []
         self._destroyed = False
+        self._copying: asyncio.Future | None = None
 
     @property
     def sandbox_id(self) -> str:
@@ -93,8 +94,12 @@ class LocalSandbox:
     async def _setup(self, task: Task) -> None:
         if not task.repo_dir or not Path(task.repo_dir).is_dir():
             raise SandboxError(f"task {task.instance_id}: repo_dir {task.repo_dir!r} is not a directory")
-        # copytree blocks; run it off the loop (repos can be large).
-        await asyncio.to_thread(shutil.copytree, task.repo_dir, self.host_workdir, symlinks=True)
+        # copytree blocks, so it runs off the loop; shielded and remembered so that a cancelled create still waits
+        # for the copy to finish before destroy() removes the directory under it.
+        self._copying = asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.copytree(task.repo_dir, self.host_workdir, symlinks=True)
+        )
+        await asyncio.shield(self._copying)
         self.host_home.mkdir()
         if self._host_endpoint is not None:
             self._proxy = GateProxy(
@@ -205,6 +210,8 @@ class LocalSandbox:
         finally:
             if self._proxy is not None:
                 await self._proxy.close()
+            if self._copying is not None:
+                await asyncio.wait([self._copying])
             await asyncio.to_thread(remove_tree, self.root)
 
     async def __aenter__(self) -> LocalSandbox:
