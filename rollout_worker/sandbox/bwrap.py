@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rollout_worker.agents.install import agent_runtime_paths
@@ -248,7 +248,11 @@ class LocalSandboxTestExecutor:
     __test__ = False
 
     def __init__(self, config: LocalSandboxConfig | None = None, output_limit: int = 1 << 20):
-        self.config = config or LocalSandboxConfig()
+        config = config or LocalSandboxConfig()
+        # The grader's default runner is `<this python> -m pytest`: expose this interpreter's venv (read-only).
+        if sys.prefix not in config.ro_paths:
+            config = replace(config, ro_paths=[*config.ro_paths, sys.prefix])
+        self.config = config
         self.output_limit = output_limit
 
     async def run(self, repo_dir: Path, argv: list[str], timeout: float) -> ExecResult:
