@@ -55,10 +55,11 @@ def normalize_reply(message: dict, finish_reason: str, usage: dict | None) -> tu
             if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
                 raise ValueError(f"malformed tool call in reply: {call!r}")
             arguments = function.get("arguments", "")
-            if isinstance(arguments, dict):
-                arguments = _dumps(arguments)
-            elif not isinstance(arguments, str):
-                raise ValueError("tool call arguments must be a JSON string or a dict")
+            if not isinstance(arguments, str):  # parsed arguments (a dict from `parse_response`): re-encode
+                try:
+                    arguments = _dumps(arguments)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"tool call arguments are not JSON-serializable: {exc}") from None
             call_id = call.get("id") or new_tool_call_id()
             if not isinstance(call_id, str):
                 raise ValueError("tool call id must be a string")
