@@ -1,0 +1,99 @@
+"""`intercept-rl engine`: load a model directory (or the embedded tiny model) and serve it on HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from aiohttp import web
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+from local_engine.generation import BatchedGenerator
+from local_engine.server import EngineConfig, EngineServer
+
+logger = logging.getLogger("local_engine")
+
+EMBEDDED_MODEL = "embedded"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_model_dir(model: str) -> Path:
+    """`embedded` → the cached tiny model (built on first use); anything else must be a local model directory."""
+    if model == EMBEDDED_MODEL:
+        from local_engine.embedded import ensure_tiny_model
+
+        return ensure_tiny_model()
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model!r} is not a model directory (no config.json); the local engine "
+                                "loads local directories only (or `embedded`)")
+    return path
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a generation: the generation config's EOS ids plus the tokenizer's EOS (as vLLM)."""
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def create_engine_server(config: EngineConfig) -> EngineServer:
+    """Load the model and tokenizer (offline) and wire them to a generator and the HTTP handlers."""
+    model_dir = resolve_model_dir(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=DTYPES[config.dtype], local_files_only=True, attn_implementation="sdpa"
+    )
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    max_model_len = config.max_model_len or limit
+    if max_model_len < 2 or (limit and max_model_len > limit):
+        raise ValueError(f"--max-model-len {max_model_len} must lie in [2, {limit}] (the model's max positions)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generator = BatchedGenerator(
+        model,
+        eos_token_ids=eos_token_ids(model, tokenizer),
+        pad_token_id=int(pad if pad is not None else 0),
+        max_batch_size=config.max_batch_size,
+        seed=config.seed,
+        max_pause_s=config.max_pause_s,
+    )
+    return EngineServer(generator, tokenizer, config, max_model_len)
+
+
+async def serve(server: EngineServer, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM; print the bound URL once listening (port 0 picks a free port)."""
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        print(f"local engine serving {server.served_model_name!r} on http://{host}:{bound}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # runs on_shutdown: the generator thread stops and waiting requests fail cleanly
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(EngineConfig)
+    parser.prog = "intercept-rl engine"
+    parser.description = "Serve a model with the local engine (the vLLM API subset intercept-rl uses)."
+    (config,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = create_engine_server(config)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"intercept-rl engine: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(server, config.host, config.port))
+    return 0

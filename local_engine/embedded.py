@@ -1,0 +1,96 @@
+"""The embedded tiny model: a random-init Qwen3 with the real Qwen3 tokenizer, built once and cached (DESIGN §6).
+
+It cannot solve anything; it exists so that the whole machinery (engine, worker, trainer) runs on a CPU box with no
+download. The build is deterministic (fixed seed, fixed config), so every machine gets bit-identical weights and a
+test can rebuild them to compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+from rollout_worker.chat_template import load_qwen3_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL_NAME = "tiny-qwen3-v1"  # bump the suffix whenever the recipe below changes: caches are keyed by it
+TINY_MODEL_SEED = 20260601
+CACHE_ENV = "INTERCEPT_RL_CACHE"
+
+
+def default_cache_root() -> Path:
+    """`$INTERCEPT_RL_CACHE`, else `~/.cache/intercept-rl`."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "intercept-rl"
+
+
+def tiny_model_config(tokenizer) -> Qwen3Config:
+    """The fixed architecture of the embedded model; every field that affects the weights is spelled out."""
+    return Qwen3Config(
+        vocab_size=151936,  # Qwen3's embedding size (the tokenizer has 151669 ids; the rest is padding, as upstream)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        initializer_range=0.02,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        torch_dtype="float32",
+    )
+
+
+def build_tiny_model(target: Path) -> None:
+    """Write the tiny model and its tokenizer into the (new or empty) directory `target`."""
+    tokenizer = load_qwen3_tokenizer()
+    config = tiny_model_config(tokenizer)
+    # A private RNG scope: the build must not depend on, nor disturb, the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_MODEL_SEED)
+        model = Qwen3ForCausalLM(config).to(torch.float32).eval()
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    # Both of Qwen3's end tokens end a generation, as in the upstream instruct models' generation_config.json.
+    model.generation_config = GenerationConfig(
+        bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=True
+    )
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)  # carries TRL's qwen3.jinja as chat_template
+
+
+def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the embedded tiny model, building it on first use.
+
+    `cache_dir` is the cache root (default `$INTERCEPT_RL_CACHE`, else `~/.cache/intercept-rl`); the model lives in
+    `<root>/models/tiny-qwen3-v1`. The build happens in a temporary sibling directory that is renamed into place, so
+    a crash never leaves a half-written model and concurrent builders simply keep whichever finished first.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    target = root / "models" / TINY_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}-", dir=target.parent))
+    try:
+        logger.info("building the embedded tiny model into %s", target)
+        build_tiny_model(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
