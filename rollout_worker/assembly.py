@@ -213,28 +213,29 @@ class Conversation:
             if verdict is None:
                 if best is None or len(row.messages) > len(best.messages):
                     best = row
-            elif mismatch is None:
-                mismatch = verdict  # explained against the most recently used row
+            elif mismatch is None or verdict[2] > mismatch[2]:
+                mismatch = verdict  # explained against the row that agrees longest (ties: the most recent)
         if best is not None:
             try:
                 return self._extend(best, messages, tools)
             except _NotPrefixPreserving:
-                mismatch = (NOT_PREFIX_PRESERVING, "the template re-rendered the stub differently after new messages")
+                mismatch = (NOT_PREFIX_PRESERVING, "the template renders the stub differently after new messages", 0)
         return self._new_row_plan(messages, tools, mismatch)
 
-    def _divergence(self, row: _Row, messages: list[dict], tools) -> tuple[str, str] | None:
-        """None when `messages` extend what `row` holds, else (fork reason, detail)."""
+    def _divergence(self, row: _Row, messages: list[dict], tools) -> tuple[str, str, int] | None:
+        """None when `messages` extend what `row` holds, else (fork reason, detail, messages that agree)."""
         if not tools_equivalent(row.tools, tools):
-            return TOOLS_CHANGED, "the request's tools differ from the held conversation's"
+            return TOOLS_CHANGED, "the request's tools differ from the held conversation's", 0
         held = row.messages
         for i, held_message in enumerate(held):
             if i >= len(messages):
-                return HISTORY_SHORTENED, f"the request has {len(messages)} messages, the held conversation {len(held)}"
+                detail = f"the request has {len(messages)} messages, the held conversation {len(held)}"
+                return HISTORY_SHORTENED, detail, i
             raw = messages[i]
             if raw == row.raw[i]:  # the agent re-sent this message unchanged: no need to normalize it again
                 continue
             if not normalized_equivalent(held_message, normalize_message(raw, i)):
-                return HISTORY_EDITED, f"message {i} ({held_message['role']}) differs from the held conversation"
+                return HISTORY_EDITED, f"message {i} ({held_message['role']}) differs from the held conversation", i
         return None
 
     def _extend(self, row: _Row, messages: list[dict], tools) -> PromptPlan:
@@ -259,10 +260,10 @@ class Conversation:
             _conversation=self,
         )
 
-    def _new_row_plan(self, messages: list[dict], tools, mismatch: tuple[str, str] | None) -> PromptPlan:
+    def _new_row_plan(self, messages: list[dict], tools, mismatch: tuple[str, str, int] | None) -> PromptPlan:
         normalized = normalize_messages(messages)
         prompt_ids = self._assembler.full_prompt_ids(normalized, tools)
-        reason, detail = mismatch if self._rows else (None, None)
+        reason, detail = mismatch[:2] if self._rows else (None, None)
         return PromptPlan(
             prompt_ids=prompt_ids,
             forked=bool(self._rows),
