@@ -1,0 +1,196 @@
+"""Shared pieces of the trainer tests (no tests here): a rollout worker that feeds TRL samples built from the REAL
+local engine's completions, a weight transfer that probes the engine after every sync, and the trainer-side
+logprobs of a sequence computed through TRL's own scoring path (tree attention + fused LM head).
+
+Also importable from a subprocess (`python -c "from tests.test_trainer_helpers import ..."`), which the Trackio test
+needs because trackio fixes its directory at import time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import requests
+import torch
+from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+
+from trainer.weight_transfer import LocalEngineWeightTransfer
+
+PROMPTS = [
+    [{"role": "user", "content": "List the files in the repository."}],
+    [{"role": "user", "content": "Fix the failing test in tests/test_parser.py."}],
+    [{"role": "user", "content": "Explain what the function `merge_intervals` does."}],
+]
+
+
+def engine_complete(url: str, prompt_ids: list[int], *, max_tokens: int, temperature: float, seed: int | None = None,
+                    timeout: float = 120.0) -> tuple[list[int], list[float]]:
+    """One `/v1/completions` call with a token-id prompt; returns (sampled ids, their post-temperature logprobs)."""
+    body = {"model": "policy", "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": temperature,
+            "logprobs": 0, "return_token_ids": True}
+    if seed is not None:
+        body["seed"] = seed
+    response = requests.post(f"{url}/v1/completions", json=body, timeout=timeout)
+    response.raise_for_status()
+    choice = response.json()["choices"][0]
+    token_ids, logprobs = choice["token_ids"], choice["logprobs"]["token_logprobs"]
+    if not token_ids or len(token_ids) != len(logprobs) or any(lp is None for lp in logprobs):
+        raise AssertionError(f"malformed engine answer: {choice}")
+    return token_ids, [float(lp) for lp in logprobs]
+
+
+class EngineSampleWorker:
+    """TRL `RolloutWorkerProtocol` test worker: GRPO groups of real engine completions on fixed chat prompts.
+
+    The reward (fraction of sampled ids below `vocab/2`) is arbitrary but varies inside a group, so advantages are
+    non-zero and the optimizer really moves the weights. Each sample is stamped with the policy version that was live
+    when its request was sent.
+    """
+
+    def __init__(self, engine_url: str, tokenizer, *, num_generations: int = 4, max_tokens: int = 12,
+                 temperature: float = 1.0, queue_target: int = 8, max_groups: int | None = None):
+        self.engine_url = engine_url
+        self.num_generations = num_generations
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.queue_target = queue_target
+        self.max_groups = max_groups
+        self.prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False) for p in PROMPTS]
+        self.half_vocab = len(tokenizer) // 2
+        self.rollout_buffer: queue.Queue = queue.Queue()
+        self.metrics_queue: queue.Queue = queue.Queue()
+        self.model_version = 0
+        self.versions_seen: list[int] = []  # update_model_version calls, in order
+        self.samples_made: list[RolloutSample] = []
+        self.started_at_version: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._next_group = 0
+
+    def start(self) -> None:
+        self.started_at_version = self.model_version
+        self._thread = threading.Thread(target=self._run, name="engine-sample-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+
+    def update_model_version(self, model_version: int) -> None:
+        self.model_version = model_version
+        self.versions_seen.append(model_version)
+
+    def check_health(self, stale_after_s: float) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"test worker crashed: {self._error!r}") from self._error
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.max_groups is not None and self._next_group >= self.max_groups:
+                    return
+                if self.rollout_buffer.qsize() >= self.queue_target:
+                    self._stop.wait(0.05)
+                    continue
+                self._make_group()
+        except BaseException as error:  # noqa: BLE001 - surfaced through check_health
+            self._error = error
+
+    def _make_group(self) -> None:
+        group_id = self._next_group
+        self._next_group += 1
+        prompt_index = group_id % len(self.prompt_ids)
+        prompt = self.prompt_ids[prompt_index]
+        rows = []
+        for _ in range(self.num_generations):
+            version = self.model_version
+            ids, logprobs = engine_complete(self.engine_url, prompt, max_tokens=self.max_tokens,
+                                            temperature=self.temperature)
+            rows.append((version, ids, logprobs, sum(i < self.half_vocab for i in ids) / len(ids)))
+        rewards = np.array([r[3] for r in rows], dtype=np.float64)
+        if rewards.std() == 0:
+            return
+        advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+        for (version, ids, logprobs, reward), advantage in zip(rows, advantages, strict=True):
+            sample = RolloutSample(
+                prompt=PROMPTS[prompt_index],
+                completion=[{"role": "assistant", "content": f"<{len(ids)} sampled tokens>"}],
+                input_ids=np.array(prompt + ids, dtype=np.int64),
+                completion_mask=np.array([0] * len(prompt) + [1] * len(ids), dtype=np.int64),
+                old_log_probs=np.array([0.0] * len(prompt) + logprobs, dtype=np.float32),
+                advantage=float(advantage),
+                model_version=version,
+                group_id=group_id,
+                metrics={"reward": float(reward)},
+                enqueued_at=time.time(),
+            )
+            self.samples_made.append(sample)
+            self.rollout_buffer.put(sample)
+        self.metrics_queue.put({"rollout/groups_total": 1.0, "rollout/reward_mean": float(rewards.mean())})
+
+
+def trainer_logprobs(model: torch.nn.Module, input_ids: list[int]) -> torch.Tensor:
+    """Logprob of every token after the first, through TRL's training forward (tree attention, fused LM head at the
+    temperature TRL patched in): exactly what `compute_loss` scores a single-sequence row with."""
+    length = len(input_ids)
+    ids = torch.tensor([input_ids])
+    labels = torch.cat([ids[0, 1:], torch.tensor([-100])])[None]
+    bounds = torch.tensor([0, length], dtype=torch.int32)
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            position_ids=torch.arange(length)[None],
+            shift_labels=labels,
+            fused_lm_head=True,
+            tree_kv_index=torch.arange(length),
+            tree_cu_seqlens_q=bounds,
+            tree_cu_seqlens_k=bounds,
+            tree_max_seqlen_q=length,
+            tree_max_seqlen_k=length,
+        )
+    return out.log_probs.flatten()[: length - 1].float()
+
+
+class ProbingWeightTransfer(LocalEngineWeightTransfer):
+    """`LocalEngineWeightTransfer` that, after every sync, samples a fixed probe from the engine and scores the same
+    tokens with the trainer's model, so a test can compare them (F2). Also records the names the engine received."""
+
+    def __init__(self, engine_url: str, probe_prompt_ids: list[int], *, probe_tokens: int = 16,
+                 temperature: float = 1.0, **kwargs):
+        super().__init__(engine_url, **kwargs)
+        self.probe_prompt_ids = probe_prompt_ids
+        self.probe_tokens = probe_tokens
+        self.temperature = temperature
+        self.model: torch.nn.Module | None = None  # set by the test once the trainer exists
+        self.pushed_names: list[list[str]] = []
+        self.probes: list[dict] = []
+
+    def send_weights(self, iterator) -> None:
+        names: list[str] = []
+
+        def recording():
+            for name, tensor in iterator:
+                names.append(name)
+                yield name, tensor
+
+        super().send_weights(recording())
+        self.pushed_names.append(names)
+
+    def resume(self) -> None:
+        super().resume()
+        if self.model is None:
+            raise AssertionError("ProbingWeightTransfer.model must be set before training")
+        ids, engine_lp = engine_complete(self.engine_url, self.probe_prompt_ids, max_tokens=self.probe_tokens,
+                                         temperature=self.temperature, seed=1234)
+        full = self.probe_prompt_ids + ids
+        ours = trainer_logprobs(self.model, full)[len(self.probe_prompt_ids) - 1:]
+        engine = torch.tensor(engine_lp)
+        version = requests.get(f"{self.engine_url}/weights_version", timeout=30).json()["version"]
+        self.probes.append({"version": self.version, "engine_version": version, "ids": ids, "engine": engine,
+                            "trainer": ours, "max_abs_diff": float((engine - ours).abs().max())})

@@ -1,0 +1,87 @@
+"""Builds the rollout side of a training run from its arguments: the engine, the tasks, sandboxes, agent, grader
+and the rollout worker. Kept apart from the trainer builder so tests can inject their own worker instead."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from trainer.config import SweTrainArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineHandle:
+    """Where rollouts are generated and how weights get there. `weight_transfer` is None for vLLM (TRL's NCCL)."""
+
+    url: str
+    weight_transfer: object | None
+
+
+@contextlib.contextmanager
+def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterator[EngineHandle]:
+    """With `--vllm-url`, use that server; otherwise start the local engine on the model and stop it on every path."""
+    if script.vllm_url:
+        from trainer.weight_transfer import vllm_serve_command
+
+        logger.info("using vLLM at %s; it must have been started as:\n  %s", script.vllm_url,
+                    vllm_serve_command(model_path, script.served_model_name, script.max_model_len, training.dtype))
+        yield EngineHandle(url=script.vllm_url.rstrip("/"), weight_transfer=None)
+        return
+
+    from local_engine.launcher import LocalEngineProcess
+
+    from trainer.weight_transfer import LocalEngineWeightTransfer
+
+    with LocalEngineProcess(
+        model_path,
+        served_model_name=script.served_model_name,
+        max_model_len=script.max_model_len,
+        dtype=training.dtype if training.dtype in ("float32", "bfloat16") else "float32",
+        seed=training.seed,
+        startup_timeout_s=script.engine_startup_timeout_s,
+    ) as engine:
+        logger.info("local engine up at %s", engine.url)
+        yield EngineHandle(url=engine.url, weight_transfer=LocalEngineWeightTransfer(engine.url))
+
+
+def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str):
+    """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples."""
+    from transformers import AutoTokenizer
+
+    from rollout_worker.agents import get_agent
+    from rollout_worker.chat_template import resolve_training_template
+    from rollout_worker.config import WorkerConfig
+    from rollout_worker.episode import SandboxEpisodeRunner
+    from rollout_worker.grading import Grader, GradingConfig
+    from rollout_worker.sandbox import LocalSandboxTestExecutor, get_backend
+    from rollout_worker.tasks import load_tasks
+    from rollout_worker.worker import RolloutWorker
+
+    tasks = load_tasks(script.tasks, split=script.task_split, max_tasks=script.max_tasks, seed=training.seed)
+    if not tasks:
+        raise ValueError(f"--tasks {script.tasks!r} yielded no tasks")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    chat_template = resolve_training_template(tokenizer, script.chat_template)
+    grader = Grader(LocalSandboxTestExecutor(), GradingConfig())
+    runner = SandboxEpisodeRunner(get_backend(script.sandbox), get_agent(script.agent), grader)
+    config = WorkerConfig(
+        served_model_name=script.served_model_name,
+        num_generations=training.num_generations,
+        max_inflight=script.max_inflight,
+        temperature=training.temperature,
+        top_p=training.top_p,
+        top_k=training.top_k if training.top_k and training.top_k > 0 else -1,
+        max_tokens_per_turn=script.max_tokens_per_turn,
+        max_turns=script.max_turns,
+        max_completion_tokens=training.max_completion_length,
+        max_staleness=training.max_staleness,
+        seed=training.seed,
+        episode_timeout_s=script.episode_timeout_s,
+    )
+    logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.agent, script.sandbox)
+    return RolloutWorker(config, tasks=tasks, episode_runner=runner, tokenizer=tokenizer,
+                         chat_template=chat_template, engine_url=engine_url)

@@ -1,0 +1,154 @@
+"""Weight sync from the trainer to the engine that generates rollouts (DESIGN §4, §5).
+
+Two backends, one per engine:
+
+* **Local engine** (CPU, tests, CI): [`LocalEngineWeightTransfer`] implements TRL's `WeightTransferProtocol` over the
+  engine's HTTP endpoints: `POST /pause`, one versioned `POST /update_weights` carrying the whole iterator (via
+  `local_engine.client.push_weights`), `POST /resume`. TRL calls it from `_sync_weight_merged`, which has already
+  folded a LoRA adapter into the base weights and hands us `_iter_vllm_named_params`'s stream: base-checkpoint names
+  (`base_model.model.` / `.base_layer` stripped, `lora_*` tensors skipped). So the engine always receives MERGED
+  weights under the names of the plain HF model — `tests/test_weight_sync.py` proves it by comparing logprobs.
+
+* **vLLM** (GPU): TRL's own `WeightTransferClient` (NCCL), unchanged. `build_trainer` passes `weight_transfer=None` and
+  TRL builds it from `vllm_server_base_url`. vLLM must run on GPUs the trainer does not use (NCCL refuses two ranks on
+  one GPU), e.g. on an 8-GPU host, vLLM on GPUs 6-7 and the trainer on 0-5::
+
+      CUDA_VISIBLE_DEVICES=6,7 VLLM_SERVER_DEV_MODE=1 vllm serve <model> --served-model-name policy \\
+          --tensor-parallel-size 2 --weight-transfer-config '{"backend":"nccl"}' \\
+          --logprobs-mode processed_logprobs --max-model-len <L> --dtype <trainer dtype> --port 8000
+      CUDA_VISIBLE_DEVICES=0,1,2,3,4,5 accelerate launch --num_processes 6 trainer/train_swe_async_grpo.py \\
+          --model_name_or_path <model> --vllm_url http://127.0.0.1:8000 --dtype <trainer dtype> ...
+
+  [`vllm_serve_command`] renders that line from the training arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import requests
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class WeightTransferError(RuntimeError):
+    """The engine refused or failed a pause / push / resume; training must stop rather than drift silently."""
+
+
+class LocalEngineWeightTransfer:
+    """TRL `WeightTransferProtocol` for the local engine: pause, push every tensor as one versioned update, resume.
+
+    Args:
+        engine_url: base URL of the local engine (`http://host:port`, no `/v1`).
+        timeout_s: bound on the push (the whole model in one request) and on the readiness wait.
+        control_timeout_s: bound on `/pause` and `/resume`.
+        first_version: the version the next push carries minus one. TRL counts syncs from 0 in every process (its
+            resume path restores `model_version` only for its own worker), so 0 keeps the engine's version equal to
+            the trainer's `model_version` after each sync.
+    """
+
+    def __init__(
+        self,
+        engine_url: str,
+        *,
+        timeout_s: float = 600.0,
+        control_timeout_s: float = 60.0,
+        first_version: int = 0,
+    ):
+        self.engine_url = engine_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.control_timeout_s = control_timeout_s
+        self.version = first_version
+        self.last_push: dict[str, float] = {}  # tensors / bytes / seconds of the last push, for logs and tests
+        self._session: requests.Session | None = None
+
+    # -- WeightTransferProtocol ------------------------------------------------------------------------------------
+
+    def init_weight_transfer(self) -> None:
+        """Wait (bounded) until the engine answers `/health`; there is no transfer group to build over HTTP."""
+        deadline = time.monotonic() + self.timeout_s
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = self._http().get(f"{self.engine_url}/health", timeout=5)
+                if response.status_code == 200:
+                    return
+                last_error = f"HTTP {response.status_code}"
+            except requests.RequestException as error:
+                last_error = f"{type(error).__name__}: {error}"
+            time.sleep(0.5)
+        raise WeightTransferError(f"local engine at {self.engine_url} not healthy after {self.timeout_s:.0f} s "
+                                  f"({last_error})")
+
+    def pause(self) -> None:
+        self._control("pause")
+
+    def send_weights(self, iterator: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Push everything `iterator` yields as ONE versioned update, so the engine never serves a half-synced model.
+
+        TRL un-merges a LoRA adapter right after this returns, so the tensors are serialized before returning.
+        """
+        from local_engine.client import push_weights
+
+        version = self.version + 1
+        stats = {"tensors": 0, "bytes": 0}
+
+        def counted():
+            for name, tensor in iterator:
+                stats["tensors"] += 1
+                stats["bytes"] += tensor.numel() * tensor.element_size()
+                yield name, tensor.detach().to("cpu")
+
+        start = time.perf_counter()
+        try:
+            push_weights(self.engine_url, counted(), version=version, timeout=self.timeout_s)
+        except Exception as error:
+            raise WeightTransferError(
+                f"pushing weights version {version} to the local engine at {self.engine_url} failed: {error}"
+            ) from error
+        self.version = version
+        self.last_push = {**stats, "seconds": time.perf_counter() - start, "version": version}
+        logger.info(
+            "weight sync v%d: %d tensors, %.1f MB in %.2f s",
+            version, stats["tensors"], stats["bytes"] / 1e6, self.last_push["seconds"],
+        )
+
+    def resume(self) -> None:
+        self._control("resume")
+
+    def destroy(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session
+
+    def _control(self, action: str) -> None:
+        try:
+            response = self._http().post(f"{self.engine_url}/{action}", timeout=self.control_timeout_s)
+        except requests.RequestException as error:
+            raise WeightTransferError(f"{action} of the local engine at {self.engine_url} failed: {error}") from error
+        if response.status_code != 200:
+            raise WeightTransferError(
+                f"{action} of the local engine at {self.engine_url} answered HTTP {response.status_code}: "
+                f"{response.text[:500]}"
+            )
+
+
+def vllm_serve_command(
+    model: str, served_model_name: str, max_model_len: int, dtype: str, port: int = 8000, tensor_parallel_size: int = 1
+) -> str:
+    """The `vllm serve` line a training run with these arguments needs (DESIGN §5)."""
+    return (
+        f"VLLM_SERVER_DEV_MODE=1 vllm serve {model} --served-model-name {served_model_name} "
+        f"--tensor-parallel-size {tensor_parallel_size} --weight-transfer-config '{{\"backend\":\"nccl\"}}' "
+        f"--logprobs-mode processed_logprobs --max-model-len {max_model_len} --dtype {dtype} --port {port}"
+    )
