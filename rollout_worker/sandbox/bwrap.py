@@ -209,10 +209,10 @@ class BwrapProcess:
     async def kill(self) -> None:
         if self._proc.returncode is None:
             # bwrap's --die-with-parent and the pid namespace take down everything inside once bwrap is gone.
+            # killpg, not Popen.kill(): the latter polls first and would reap the pid behind asyncio's child
+            # watcher's back, which then reports exit status 255 instead of the real one.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._proc.wait()), self._kill_timeout_s)
         await self._finish_readers()
