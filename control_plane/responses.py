@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
+
+import orjson
 
 FINISH_REASONS = frozenset({"stop", "tool_calls", "length", "content_filter"})
 KEEPALIVE = b": keep-alive\n\n"
@@ -20,7 +21,7 @@ def new_tool_call_id() -> str:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(obj).decode()
 
 
 def normalize_reply(message: dict, finish_reason: str, usage: dict | None) -> tuple[dict, dict]:
@@ -67,7 +68,12 @@ def normalize_reply(message: dict, finish_reason: str, usage: dict | None) -> tu
                 {"id": call_id, "type": "function", "function": {"name": function["name"], "arguments": arguments}}
             )
         out["tool_calls"] = wire_calls
-    return out, normalize_usage(usage)
+    wire_usage = normalize_usage(usage)
+    try:  # fail here, in the worker, rather than mid-response (e.g. lone surrogates in decoded text)
+        orjson.dumps(out), orjson.dumps(wire_usage)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise ValueError(f"reply is not JSON-encodable: {exc}") from None
+    return out, wire_usage
 
 
 def normalize_usage(usage: dict | None) -> dict:
@@ -84,7 +90,7 @@ def normalize_usage(usage: dict | None) -> dict:
 def completion_body(completion_id: str, created: int, model: str, message: dict, finish_reason: str,
                     usage: dict) -> bytes:
     """A full non-streaming `chat.completion` object, encoded."""
-    return _dumps(
+    return orjson.dumps(
         {
             "id": completion_id,
             "object": "chat.completion",
@@ -94,7 +100,7 @@ def completion_body(completion_id: str, created: int, model: str, message: dict,
             "usage": usage,
             "system_fingerprint": None,
         }
-    ).encode()
+    )
 
 
 def _pieces(text: str, size: int) -> list[str]:
@@ -104,11 +110,11 @@ def _pieces(text: str, size: int) -> list[str]:
 def stream_body(completion_id: str, created: int, model: str, message: dict, finish_reason: str, usage: dict,
                 include_usage: bool, chunk_chars: int) -> bytes:
     """Every SSE event of a streamed reply, `data: [DONE]` included, as one buffer (one write on the hot path)."""
-    head = f'{{"id":{_dumps(completion_id)},"object":"chat.completion.chunk","created":{created},"model":{_dumps(model)},'
 
-    def event(delta: dict, finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return f'data: {head}"choices":[{_dumps(choice)}]}}\n\n'
+    def event(delta: dict, finish: str | None = None) -> bytes:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     events = [event({"role": "assistant", "content": ""})]
     for piece in _pieces(message.get("reasoning_content") or "", chunk_chars):
@@ -124,10 +130,13 @@ def stream_body(completion_id: str, created: int, model: str, message: dict, fin
             events.append(event({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     events.append(event({}, finish_reason))
     if include_usage:
-        events.append(f'data: {head}"choices":[],"usage":{_dumps(usage)}}}\n\n')
-    return "".join(events).encode() + DONE
+        usage_chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [], "usage": usage}
+        events.append(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
+    events.append(DONE)
+    return b"".join(events)
 
 
 def sse_error(body: dict) -> bytes:
     """An error inside an already-started stream: the OpenAI SDKs raise `APIError` on a `data:` event with `error`."""
-    return f"data: {_dumps(body)}\n\n".encode()
+    return b"data: " + orjson.dumps(body) + b"\n\n"

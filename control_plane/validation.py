@@ -7,10 +7,11 @@ Rejects, with a 400 that names the offending field, anything the worker could no
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .errors import GateError
 
@@ -63,19 +64,20 @@ def _bad(message: str, code: str = "invalid_request") -> GateError:
     return GateError(400, message, code=code)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json_body(raw: bytes) -> Any:
-    """Parse a request body as strict JSON (no NaN/Infinity), mapping every failure to a 400."""
+    """Parse a request body as strict JSON, mapping every failure to a 400.
+
+    orjson: about twice as fast as `json` on long conversations (this runs on every agent call), and stricter where
+    it matters downstream — it rejects NaN/Infinity, lone surrogates (which would break tokenization later) and
+    nesting deeper than 1024.
+    """
     if not raw:
         raise _bad("request body is empty; expected a JSON object", "invalid_json")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise _bad("request body is nested too deeply", "invalid_json") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise _bad("request body is nested too deeply", "invalid_json") from None
         raise _bad(f"request body is not valid JSON: {exc}", "invalid_json") from None
 
 
@@ -151,23 +153,64 @@ def validate_messages(messages: Any) -> list[dict]:
     if not messages:
         raise _bad("'messages' must not be empty")
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _bad(f"{where} must be an object, got {_type_name(msg)}")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise _bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
-        if "name" in msg and msg["name"] is not None and not isinstance(msg["name"], str):
-            raise _bad(f"{where}.name must be a string")
-        tool_calls = msg.get("tool_calls")
-        if tool_calls is not None:
-            if role != "assistant":
-                raise _bad(f"{where}.tool_calls is only allowed on assistant messages")
-            _check_tool_calls(tool_calls, where)
-        _check_content(msg, where, role, bool(tool_calls))
-        if role == "tool" and (not isinstance(msg.get("tool_call_id"), str) or not msg["tool_call_id"]):
-            raise _bad(f"{where}.tool_call_id is required for tool messages (a non-empty string)")
+        # The whole history is re-sent on every call: accept the common shapes cheaply and leave anything else
+        # (text-part lists, and every invalid message) to the thorough check, which names the problem.
+        if not _plainly_valid(msg):
+            _validate_message(i, msg)
     return messages
+
+
+def _plainly_valid(msg: Any) -> bool:
+    """A fast, accept-only check: True only for messages `_validate_message` would also accept."""
+    if type(msg) is not dict:
+        return False
+    role = msg.get("role")
+    content = msg.get("content")
+    name = msg.get("name")
+    if name is not None and type(name) is not str:
+        return False
+    if role == "tool":
+        call_id = msg.get("tool_call_id")
+        return type(content) is str and type(call_id) is str and call_id != "" and "tool_calls" not in msg
+    if role not in ROLES or (type(content) is not str and (content is not None or role != "assistant")):
+        return False
+    tool_calls = msg.get("tool_calls")
+    if tool_calls is None:
+        return True
+    if role != "assistant" or type(tool_calls) is not list:
+        return False
+    for call in tool_calls:
+        if type(call) is not dict:
+            return False
+        function = call.get("function")
+        call_id = call.get("id")
+        if type(call_id) is not str or not call_id or call.get("type", "function") != "function":
+            return False
+        if type(function) is not dict or type(function.get("arguments")) is not str:
+            return False
+        fname = function.get("name")
+        if type(fname) is not str or not fname:
+            return False
+    return True
+
+
+def _validate_message(i: int, msg: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise _bad(f"{where} must be an object, got {_type_name(msg)}")
+    role = msg.get("role")
+    if role not in ROLES:
+        raise _bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
+    if "name" in msg and msg["name"] is not None and not isinstance(msg["name"], str):
+        raise _bad(f"{where}.name must be a string")
+    tool_calls = msg.get("tool_calls")
+    if tool_calls is not None:
+        if role != "assistant":
+            raise _bad(f"{where}.tool_calls is only allowed on assistant messages")
+        _check_tool_calls(tool_calls, where)
+    _check_content(msg, where, role, bool(tool_calls))
+    if role == "tool" and (not isinstance(msg.get("tool_call_id"), str) or not msg["tool_call_id"]):
+        raise _bad(f"{where}.tool_call_id is required for tool messages (a non-empty string)")
 
 
 def validate_tools(tools: Any) -> list[dict] | None:

@@ -26,6 +26,7 @@ MALFORMED = [
     ("json null body", b"null", 400, "object"),
     ("NaN literal", b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400, "JSON"),
     ("invalid utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "JSON"),
+    ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "JSON"),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
     ("messages missing", json.dumps({"model": "policy"}).encode(), 400, "messages"),
     ("messages not a list", body_with(messages="hello"), 400, "array"),

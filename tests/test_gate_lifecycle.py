@@ -209,7 +209,8 @@ async def test_bad_reply_raises_in_the_worker_and_the_request_stays_answerable(m
         for bad, kwargs in (({"role": "user", "content": "x"}, {}), ({"content": 5}, {}),
                             ({"content": "x"}, {"finish_reason": "maybe"}),
                             ({"tool_calls": [{"function": {"arguments": "{}"}}]}, {}),
-                            ({"content": "x"}, {"usage": {"prompt_tokens": -1}})):
+                            ({"content": "x"}, {"usage": {"prompt_tokens": -1}}),
+                            ({"content": "\ud800"}, {})):
             with pytest.raises(ValueError):
                 await req.reply(bad, **kwargs)
         assert not req.done
