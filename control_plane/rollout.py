@@ -24,6 +24,17 @@ TIMED_OUT = "timeout"
 ROLLOUT_CLOSED = "rollout_closed"
 
 
+def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Futures are not thread-safe: settle them only from the server's loop (use `BackgroundGate.run` elsewhere)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not loop:
+        raise RuntimeError("gate objects must be used on the server's event loop; from another thread use "
+                           "BackgroundGate.run(coro)")
+
+
 class _Reply:
     __slots__ = ("message", "finish_reason", "usage")
 
@@ -84,6 +95,7 @@ class InterceptedRequest:
         Returns False (and does nothing) when the request already ended: client gone, timed out, rollout closed, or
         answered before. Raises `ValueError` on a malformed message. Must run on the server's event loop.
         """
+        _require_loop(self._outcome.get_loop())
         if self._outcome.done():
             return False
         wire_message, wire_usage = normalize_reply(message, finish_reason, usage)
@@ -95,6 +107,7 @@ class InterceptedRequest:
 
         Returns False (and does nothing) when the request already ended.
         """
+        _require_loop(self._outcome.get_loop())
         if self._outcome.done():
             return False
         self._settle(GateError(status, message, code=code, type=type), FAILED)
@@ -128,6 +141,7 @@ class RolloutHandle:
         self.api_key = api_key
         self.model = model
         self.opened_at = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._pending: set[InterceptedRequest] = set()
         self._closed = False
@@ -158,7 +172,8 @@ class RolloutHandle:
         Raises `asyncio.TimeoutError` when none arrives within `timeout` seconds (None: wait until one arrives or the
         rollout closes) and `RolloutClosed` once the rollout is closed. Calls whose client already left are skipped.
         """
-        loop = asyncio.get_running_loop()
+        _require_loop(self._loop)
+        loop = self._loop
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._closed:
@@ -182,6 +197,7 @@ class RolloutHandle:
 
     async def close(self, reason: str = "rollout closed") -> None:
         """Close the rollout: its URL answers 404 from now on and every pending or queued request fails at once."""
+        _require_loop(self._loop)
         if self._closed:
             return
         self._closed = True

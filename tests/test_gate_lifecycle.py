@@ -264,6 +264,9 @@ def test_background_gate_is_bounded_and_thread_safe():
             gate.run(asyncio.sleep(10), timeout=0.1)  # a stuck coroutine cannot block the caller
         assert time.monotonic() - start < 1.0
         assert gate.run(asyncio.sleep(0, result=42)) == 42
+        with pytest.raises(RuntimeError, match="event loop"):  # handles belong to the gate's loop
+            asyncio.run(rollouts[2].close())
+        assert not rollouts[2].closed
         gate.close_rollout(rollouts[1])
         gate.close_rollout("never-opened")
         assert gate.server.open_rollouts == 2 and url.startswith("http://127.0.0.1:")
