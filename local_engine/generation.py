@@ -15,6 +15,7 @@ a pause that outlasts `max_pause_s` fails the requests it holds with `EnginePaus
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -96,6 +97,7 @@ class BatchedGenerator:
         self.max_batch_size = max_batch_size
         self.max_pause_s = max_pause_s
         self.weights_version = 0
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # batch size -> batches run
         self._rng = torch.Generator().manual_seed(seed)  # used only by the worker thread, for unseeded requests
         self._state = self.model.state_dict()  # tensors sharing storage with the parameters (tied ones included)
         self._step_lock = threading.Lock()
@@ -202,6 +204,7 @@ class BatchedGenerator:
                         break
                     batch = self._pending[: self.max_batch_size]
                     del self._pending[: self.max_batch_size]
+                    self.batch_sizes[len(batch)] += 1
                     self._batch_running = True
                 try:
                     self._run_batch(batch)
