@@ -24,6 +24,10 @@ class GateConfig:
             "HTTP 504 (or an SSE error event once the stream has started)."
         },
     )
+    body_timeout_s: float = field(
+        default=60.0,
+        metadata={"help": "How long the gate waits for a request body to arrive in full before answering HTTP 408."},
+    )
     queue_timeout_s: float = field(
         default=600.0,
         metadata={
@@ -54,7 +58,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
-        for name in ("request_timeout_s", "queue_timeout_s", "keepalive_interval_s", "shutdown_timeout_s"):
+        for name in ("request_timeout_s", "body_timeout_s", "queue_timeout_s", "keepalive_interval_s", "shutdown_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_pending_per_rollout < 1:

@@ -30,6 +30,7 @@ from .validation import parse_json_body, validate_chat_body
 logger = logging.getLogger(__name__)
 
 ROLLOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LINGER_S = 1.0
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -80,7 +81,9 @@ class InterceptionServer:
         app.router.add_get("/metrics", self._metrics_text, name="metrics", allow_head=False)
         # handler_cancellation: a client that disconnects cancels its handler, which is how the worker learns of it.
         # No access log: it is per-request work on the hot path and would record rollout ids.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+        # lingering_time: after an early answer (408/413) aiohttp drains the unread body before closing; 10 s by
+        # default would let a trickling client hold the connection, 0 risks a reset that eats the answer.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=_LINGER_S,
                                shutdown_timeout=self.config.shutdown_timeout_s)
         await runner.setup()
         try:
@@ -106,8 +109,8 @@ class InterceptionServer:
     # -- rollouts -------------------------------------------------------------------------------------------------
     async def open_rollout(self, rollout_id: str) -> RolloutHandle:
         """Open a rollout: its own URL (`base_url`, ends in /v1) and key (`api_key`). Ids are single-use."""
-        if self._url is None:
-            raise RuntimeError("start() the server before opening rollouts")
+        if self._url is None or self._runner is None:
+            raise RuntimeError("the server is not running: start() it before opening rollouts")
         if not isinstance(rollout_id, str) or not ROLLOUT_ID_PATTERN.match(rollout_id):
             raise ValueError("rollout_id must be 1-128 characters of [A-Za-z0-9._-], starting alphanumeric")
         if rollout_id in self._used_ids:
@@ -155,7 +158,10 @@ class InterceptionServer:
             return response
         except GateError as exc:
             status = exc.status
-            return exc.response()
+            response = exc.response()
+            if status in (408, 413):  # the body was not read in full: do not reuse the connection
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -172,6 +178,9 @@ class InterceptionServer:
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
+        except ConnectionError:  # the client left mid-body; nobody reads this answer
+            status = CLIENT_CLOSED
+            return GateError(400, "client connection lost", code="client_disconnected").response()
         except Exception:
             logger.exception("gate handler failed on %s %s", request.method, route)
             return GateError(500, "internal gate error", code="internal_error").response()
@@ -224,7 +233,12 @@ class InterceptionServer:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
             raise GateError(413, f"request body too large (limit {self.config.max_body_bytes} bytes)",
                             code="request_too_large")
-        body = parse_json_body(await request.read())  # read() raises 413 past client_max_size (chunked bodies)
+        try:  # read() raises 413 past client_max_size (chunked bodies); a trickling body must not hold us forever
+            raw = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise GateError(408, f"request body not received within {self.config.body_timeout_s} s",
+                            code="body_timeout") from None
+        body = parse_json_body(raw)
         chat = validate_chat_body(body)
         req = InterceptedRequest(rollout.rollout_id, body, messages=chat.messages, tools=chat.tools,
                                  stream=chat.stream, include_usage=chat.include_usage, params=chat.params,

@@ -246,8 +246,9 @@ async def test_stop_closes_everything_and_rollout_ids_are_single_use():
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(f"{server.url}/healthz")
     await rollout.close()  # idempotent
-    with pytest.raises(ValueError):
-        await server.open_rollout("r1")
+    await server.stop()  # idempotent
+    with pytest.raises(RuntimeError):
+        await server.open_rollout("r2")
 
 
 def test_background_gate_is_bounded_and_thread_safe():
@@ -274,3 +275,22 @@ def test_background_gate_is_bounded_and_thread_safe():
         gate.stop()
     gate.stop()  # idempotent
     assert gate._thread is None
+
+
+async def test_a_trickling_body_gets_408_instead_of_holding_the_handler(make_gate):
+    gate = await make_gate(body_timeout_s=0.3)
+    rollout = await gate.open_rollout("r1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    try:
+        writer.write((f"POST /rollout/r1/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {rollout.api_key}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: 1000\r\n\r\n" + '{"messages": [').encode())
+        await writer.drain()
+        start = time.monotonic()
+        status_line = await asyncio.wait_for(reader.readline(), 3)
+        assert b" 408 " in status_line and time.monotonic() - start < 2.0
+        head, _, body = (await asyncio.wait_for(reader.read(), 3)).partition(b"\r\n\r\n")  # then closes
+        assert json.loads(body)["error"]["code"] == "body_timeout"
+    finally:
+        writer.close()
+    assert rollout.pending == 0
