@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -114,5 +115,7 @@ def embedded_rows(names: list[str] | None = None, cache_dir: Path | None = None)
             "repo_dir": str(repo_dir),
             "patch": (folder / "gold.patch").read_text("utf-8"),
             "test_patch": (folder / "test.patch").read_text("utf-8"),
+            # Plain pytest, no third-party plugins: the tasks need none, and auto-loading them costs ~1 s a run.
+            "test_command": [sys.executable, "-m", "pytest", "--disable-plugin-autoload"],
         })
     return rows

@@ -16,6 +16,7 @@ in `Task.extra`):
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ _KNOWN = {*_REQUIRED_STRINGS, *_OPTIONAL_STRINGS, "FAIL_TO_PASS", "PASS_TO_PASS"
 
 @dataclass(frozen=True)
 class RowError:
-    """Why one row was rejected."""
+    """Why one row was rejected. `row` is the 0-based index in the source (`dataset[row]`, line row+1 of a JSONL)."""
 
     row: int
     field: str | None
@@ -77,6 +78,19 @@ def _test_ids(value: Any, name: str, fail: Any) -> list[str]:
         if not isinstance(item, str) or not item.strip():
             fail(name, f"item {i} must be a non-empty string, got {item!r}")
     return ids
+
+
+def _json_safe(value: Any) -> Any:
+    # Extra columns travel into trajectory JSONL: `datasets` turns ISO dates into datetimes, which JSON cannot hold.
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _argv(value: Any, fail: Any) -> list[str] | None:
@@ -163,5 +177,5 @@ def task_from_row(
         repo_dir=repo_dir,
         image=image,
         test_command=_argv(row.get("test_command"), fail),
-        extra=extra,
+        extra=_json_safe(extra),
     )

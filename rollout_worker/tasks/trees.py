@@ -71,9 +71,10 @@ class TreeFilter:
                   "a change to its [tool.pytest] table is dropped."},
     )
     junk: tuple[str, ...] = field(
-        default=(".git", "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+        default=("[.][gG][iI][tT]", "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".ruff_cache",
                  "*.egg-info", ".irl-junit-*.xml"),
-        metadata={"help": "Path components ignored on both sides (VCS data, caches, build metadata)."},
+        metadata={"help": "Path components ignored on both sides (VCS data — `.git` in any case, which git refuses "
+                  "to apply —, caches, build metadata)."},
     )
 
     def is_junk(self, rel: str) -> bool:
