@@ -1,4 +1,15 @@
-"""The interception gate: per-rollout OpenAI-compatible endpoints whose chat calls the rollout worker answers."""
+"""The interception gate: per-rollout OpenAI-compatible endpoints whose chat calls the rollout worker answers.
+
+    server = InterceptionServer(host="127.0.0.1", port=0, config=GateConfig(), served_model_name="policy")
+    await server.start()                              # server.url -> "http://127.0.0.1:PORT"
+    rollout = await server.open_rollout("r1")         # .base_url (…/rollout/r1/v1), .api_key (opens r1 only)
+    req = await rollout.next_request(timeout=5.0)     # InterceptedRequest; asyncio.TimeoutError / RolloutClosed
+    await req.reply({"role": "assistant", "content": "...", "tool_calls": [...]}, finish_reason="tool_calls",
+                    usage={"prompt_tokens": 1, "completion_tokens": 2})   # or: await req.fail(400, "...", code=...)
+    await rollout.close(); await server.stop()
+
+`BackgroundGate` runs the same server on its own event-loop thread for synchronous callers.
+"""
 
 from .background import BackgroundGate
 from .config import GateConfig

@@ -58,7 +58,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
-        for name in ("request_timeout_s", "body_timeout_s", "queue_timeout_s", "keepalive_interval_s", "shutdown_timeout_s"):
+        timeouts = ("request_timeout_s", "body_timeout_s", "queue_timeout_s", "keepalive_interval_s",
+                    "shutdown_timeout_s")
+        for name in timeouts:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_pending_per_rollout < 1:

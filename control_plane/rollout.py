@@ -183,10 +183,14 @@ class RolloutHandle:
             elif deadline is None:
                 item = await self._queue.get()
             else:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise asyncio.TimeoutError(f"no request on rollout {self.rollout_id!r} within {timeout} s")
-                item = await asyncio.wait_for(self._queue.get(), remaining)
+                timed_out = asyncio.TimeoutError(f"no request on rollout {self.rollout_id!r} within {timeout} s")
+                if deadline <= loop.time():
+                    raise timed_out
+                try:
+                    async with asyncio.timeout_at(deadline):  # no task per call, unlike wait_for
+                        item = await self._queue.get()
+                except TimeoutError:
+                    raise timed_out from None
             if item is _CLOSED:
                 self._queue.put_nowait(_CLOSED)  # leave it for the next waiter
                 raise RolloutClosed(f"rollout {self.rollout_id!r} is closed")

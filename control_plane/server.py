@@ -158,10 +158,7 @@ class InterceptionServer:
             return response
         except GateError as exc:
             status = exc.status
-            response = exc.response()
-            if status in (408, 413):  # the body was not read in full: do not reuse the connection
-                response.force_close()
-            return response
+            return self._error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -174,7 +171,7 @@ class InterceptionServer:
             }.get(exc.status, exc.reason)
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
-            return GateError(exc.status, message, code=code).response(headers)
+            return self._error_response(GateError(exc.status, message, code=code), headers)
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
@@ -186,6 +183,13 @@ class InterceptionServer:
             return GateError(500, "internal gate error", code="internal_error").response()
         finally:
             self._metrics.observe(route, status, time.monotonic() - start)
+
+    @staticmethod
+    def _error_response(error: GateError, headers: dict[str, str] | None = None) -> web.Response:
+        response = error.response(headers)
+        if error.status in (408, 413):  # the body was not read in full: do not reuse the connection
+            response.force_close()
+        return response
 
     def _authorized_rollout(self, request: web.Request) -> RolloutHandle:
         """Authenticate before looking the rollout up, so an unauthenticated caller learns nothing about which ids
@@ -234,8 +238,9 @@ class InterceptionServer:
             raise GateError(413, f"request body too large (limit {self.config.max_body_bytes} bytes)",
                             code="request_too_large")
         try:  # read() raises 413 past client_max_size (chunked bodies); a trickling body must not hold us forever
-            raw = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
             raise GateError(408, f"request body not received within {self.config.body_timeout_s} s",
                             code="body_timeout") from None
         body = parse_json_body(raw)

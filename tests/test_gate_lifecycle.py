@@ -65,7 +65,8 @@ async def test_close_ends_an_open_sse_stream_with_an_error_event(make_gate):
     gate = await make_gate(keepalive_interval_s=0.05)
     rollout = await gate.open_rollout("r1")
     async with session() as http:
-        async with http.post(f"{rollout.base_url}/chat/completions", json=STREAM_BODY, headers=headers(rollout)) as resp:
+        url = f"{rollout.base_url}/chat/completions"
+        async with http.post(url, json=STREAM_BODY, headers=headers(rollout)) as resp:
             assert resp.status == 200 and resp.content_type == "text/event-stream"
             first = await asyncio.wait_for(resp.content.readline(), 2)
             assert first == b": keep-alive\n"  # the stream is open and waiting
@@ -140,7 +141,8 @@ async def test_keepalive_comments_arrive_while_the_reply_is_slow(make_gate):
 
     worker = asyncio.create_task(slow_worker())
     async with session() as http:
-        async with http.post(f"{rollout.base_url}/chat/completions", json=STREAM_BODY, headers=headers(rollout)) as resp:
+        url = f"{rollout.base_url}/chat/completions"
+        async with http.post(url, json=STREAM_BODY, headers=headers(rollout)) as resp:
             lines = await read_events(resp)
     await worker
     keepalives = [line for line in lines if line == ": keep-alive"]
