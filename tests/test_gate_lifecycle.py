@@ -146,7 +146,7 @@ async def test_keepalive_comments_arrive_while_the_reply_is_slow(make_gate):
             lines = await read_events(resp)
     await worker
     keepalives = [line for line in lines if line == ": keep-alive"]
-    assert 3 <= len(keepalives) <= 7
+    assert 2 <= len(keepalives) <= 8  # ~5 expected; loose for a loaded CI box
     data = [line for line in lines if line.startswith("data: ")]
     assert lines.index(keepalives[-1]) < lines.index(data[0])  # keep-alives only before the reply
     assert data[-1] == "data: [DONE]"
