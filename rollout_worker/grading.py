@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rollout_worker.sandbox.base import ExecResult, TestExecutor
-from rollout_worker.tasks.pytest_report import TestOutcomes, parse_junit_xml, parse_summary_lines, test_files_of
+from rollout_worker.tasks.pytest_report import TestOutcomes, parse_junit_xml, parse_summary_lines, files_of_tests
 from rollout_worker.tasks.trees import (
     GitError,
     TreeFilter,
@@ -219,7 +219,7 @@ class Grader:
 
         report_name = f".irl-junit-{uuid.uuid4().hex}.xml"
         argv = [*self._test_command(task), "-rA", "-p", "no:cacheprovider", "--rootdir=.", "--tb=short",
-                "--continue-on-collection-errors", f"--junitxml={report_name}", *test_files_of(tests)]
+                "--continue-on-collection-errors", f"--junitxml={report_name}", *files_of_tests(tests)]
         run_started = time.monotonic()
         try:
             res = await self.executor.run(fresh, argv, cfg.timeout_s)

@@ -37,7 +37,7 @@ class TestOutcomes:
         return any(self.outcome(t) != "missing" for t in test_ids)
 
 
-def test_files_of(test_ids: list[str]) -> list[str]:
+def files_of_tests(test_ids: list[str]) -> list[str]:
     """The distinct files of `test_ids`, in order (`tests/a.py::t` → `tests/a.py`)."""
     return list(dict.fromkeys(t.split("::", 1)[0] for t in test_ids))
 
@@ -87,7 +87,7 @@ def parse_junit_xml(data: bytes, test_ids: list[str]) -> TestOutcomes:
             result.by_id[test_id] = reported[key]
         elif junit_key(test_id.split("::", 1)[0] + "::x")[0] in broken_modules:
             result.by_id[test_id] = "error"
-    result.collection_errors = sorted(f for f in test_files_of(test_ids)
+    result.collection_errors = sorted(f for f in files_of_tests(test_ids)
                                       if junit_key(f + "::x")[0] in broken_modules)
     return result
 
@@ -116,5 +116,5 @@ def parse_summary_lines(output: str, test_ids: list[str]) -> TestOutcomes | None
             result.by_id[test_id] = reported[test_id]
         elif test_id.split("::", 1)[0] in broken_files:
             result.by_id[test_id] = "error"
-    result.collection_errors = sorted(f for f in test_files_of(test_ids) if f in broken_files)
+    result.collection_errors = sorted(f for f in files_of_tests(test_ids) if f in broken_files)
     return result
