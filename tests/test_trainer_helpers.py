@@ -82,6 +82,12 @@ class EngineSampleWorker:
         if self._thread is not None:
             self._thread.join(timeout=120)
 
+    def state_dict(self) -> dict:
+        return {"next_group": self._next_group}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._next_group = int(state["next_group"])
+
     def update_model_version(self, model_version: int) -> None:
         self.model_version = model_version
         self.versions_seen.append(model_version)
@@ -194,3 +200,28 @@ class ProbingWeightTransfer(LocalEngineWeightTransfer):
         version = requests.get(f"{self.engine_url}/weights_version", timeout=30).json()["version"]
         self.probes.append({"version": self.version, "engine_version": version, "ids": ids, "engine": engine,
                             "trainer": ours, "max_abs_diff": float((engine - ours).abs().max())})
+
+
+def run_training_with_test_worker(argv: list[str], engine_url: str) -> None:
+    """What `main()` does, with this module's worker in place of the real agent pipeline; run in a fresh process.
+
+    Writes `log_history.json` into the output dir and prints the dashboard command.
+    """
+    import json
+    import os
+
+    from trainer.train_swe_async_grpo import TrainArgs, build_trainer, configure_trackio, dashboard_command
+
+    trackio_dir = configure_trackio(argv)  # the caller ran it before importing this module; this returns the dir
+    from transformers import AutoTokenizer
+
+    from trainer.config import parse_train_args
+
+    script, training = parse_train_args(argv)
+    tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
+    worker = EngineSampleWorker(engine_url, tokenizer, num_generations=4, max_tokens=12)
+    trainer = build_trainer(TrainArgs(script, training), worker, LocalEngineWeightTransfer(engine_url))
+    trainer.train()
+    with open(os.path.join(training.output_dir, "log_history.json"), "w") as handle:
+        json.dump(trainer.state.log_history, handle)
+    print(dashboard_command(trackio_dir, training.project), flush=True)

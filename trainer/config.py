@@ -179,7 +179,7 @@ def parse_train_args(argv: list[str] | None = None):
     preset = _preset_name(argv)
     if preset is not None:
         if preset not in PRESETS:
-            parser.error(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         parser.set_defaults(**PRESETS[preset])
     script_args, training_args = parser.parse_args_and_config(argv)
     validate(script_args, training_args)

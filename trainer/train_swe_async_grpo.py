@@ -153,8 +153,7 @@ def configure_trackio(argv: list[str]) -> str:
             logger.warning("trackio was imported before the run configured it: logging to %s, not %s",
                            trackio_utils.TRACKIO_DIR, directory)
         return str(trackio_utils.TRACKIO_DIR)
-    os.makedirs(directory, exist_ok=True)
-    os.environ["TRACKIO_DIR"] = directory
+    os.environ["TRACKIO_DIR"] = directory  # trackio creates it on first use
     return directory
 
 

@@ -1,0 +1,222 @@
+"""The trainer side: argument parsing (presets, --config, validation), the builder with an injected worker, and a real
+CPU training run (TRL 1.16 AsyncGRPOTrainer, tiny Qwen3, real local engine) for F1 and Trackio."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from trainer.config import (
+    DEFAULT_LORA_TARGETS,
+    PRESETS,
+    early_trackio_dir,
+    make_parser,
+    parse_train_args,
+    peft_config_from,
+    trackio_dir_for,
+)
+from trainer.train_swe_async_grpo import (
+    WORKER_STATE_FILE,
+    WorkerStateCallback,
+    dashboard_command,
+    load_worker_state,
+    main,
+    resolve_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_help_documents_every_option_the_issue_names():
+    text = make_parser().format_help()
+    for flag in ("--preset", "--model-name-or-path", "--vllm-url", "--served-model-name", "--tasks", "--agent",
+                 "--sandbox", "--num-generations", "--max-inflight", "--learning-rate", "--epsilon", "--epsilon-high",
+                 "--temperature", "--max-completion-length", "--max-staleness", "--weight-sync-steps",
+                 "--token-budget", "--use-peft", "--lora-r", "--lora-alpha", "--lora-target-modules", "--dtype",
+                 "--bf16", "--gradient-checkpointing", "--output-dir", "--save-steps", "--resume-from-checkpoint",
+                 "--report-to", "--project", "--trackio-space-id", "--seed", "--max-steps", "--tree-attention",
+                 "--config"):
+        assert flag in text, flag
+
+
+def test_preset_sets_defaults_and_flags_override_them():
+    script, training = parse_train_args(["--preset", "cpu-demo", "--learning-rate", "0.5", "--agent", "pi"])
+    demo = PRESETS["cpu-demo"]
+    assert script.model_name_or_path == "embedded" and script.tasks == "embedded" and script.sandbox == "local"
+    assert script.agent == "pi"  # flag beats preset
+    assert training.learning_rate == 0.5
+    assert training.max_steps == demo["max_steps"] and training.num_generations == demo["num_generations"]
+    assert training.token_budget == demo["token_budget"] and training.report_to == ["trackio"]
+    assert training.dtype == "float32" and training.bf16 is False
+    assert script.vllm_url is None
+
+
+def test_config_file_beats_preset_and_flags_beat_config(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: cpu-demo\nlearning_rate: 0.25\nmax_turns: 7\nuse_peft: true\nlora_r: 4\n"
+                      "output_dir: " + str(tmp_path / "from-yaml") + "\n")
+    script, training = parse_train_args(["--config", str(config), "--max-turns", "9"])
+    assert script.preset == "cpu-demo" and script.model_name_or_path == "embedded"  # preset named in the file
+    assert training.learning_rate == 0.25 and script.max_turns == 9
+    lora = peft_config_from(script)
+    assert lora.r == 4 and set(lora.target_modules) == set(DEFAULT_LORA_TARGETS) and lora.lora_dropout == 0.0
+    # The early (pre-import) trackio directory agrees with the parsed one.
+    assert early_trackio_dir(["--config", str(config), "--max-turns", "9"]) == trackio_dir_for(script, training)
+    assert trackio_dir_for(script, training) == str(tmp_path / "from-yaml" / "trackio")
+
+
+def test_early_trackio_dir_follows_flags_then_preset(tmp_path):
+    assert early_trackio_dir(["--preset", "cpu-demo"]) == os.path.abspath("runs/cpu-demo/trackio")
+    assert early_trackio_dir(["--preset", "cpu-demo", "--output-dir", str(tmp_path)]) == str(tmp_path / "trackio")
+    assert early_trackio_dir(["--trackio_dir", str(tmp_path / "t"), "--output_dir", "x"]) == str(tmp_path / "t")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-steps", "3"], "--model-name-or-path is required"),
+        (["--preset", "cpu-demo", "--max-steps", "0"], "--max-steps must be > 0"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--preset", "cpu-demo", "--use-peft", "--lora-target-modules", "lm_head"], "must not include lm_head"),
+        (["--preset", "cpu-demo", "--tree-attention", "fa9"], "tree_attention must be auto, torch or kernel"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(argv, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        parse_train_args(argv)
+    assert main(argv) == 2
+    assert message.split("'")[0] in capsys.readouterr().err
+
+
+def test_token_budget_defaults_to_the_local_engine_context_but_not_with_vllm():
+    script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1", "--max-model-len", "2048"])
+    assert training.token_budget == 2048
+    script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1", "--vllm-url", "http://x:8000"])
+    assert training.token_budget is None  # TRL asks vLLM's /v1/models for max_model_len
+
+
+def test_a_trackio_space_is_private_unless_asked_otherwise():
+    _, training = parse_train_args(["--preset", "cpu-demo", "--trackio-space-id", "me/dash"])
+    assert training.hub_private_repo is True
+    _, training = parse_train_args(["--preset", "cpu-demo", "--trackio-space-id", "me/dash",
+                                    "--hub-private-repo", "false"])
+    assert training.hub_private_repo is False
+
+
+def test_dashboard_command():
+    assert dashboard_command("/r/trackio", "p") == "GRADIO_SERVER_PORT=7861 TRACKIO_DIR=/r/trackio trackio show --project p"
+
+
+def test_resolve_checkpoint(tmp_path):
+    assert resolve_checkpoint(None, str(tmp_path)) is None
+    assert resolve_checkpoint("false", str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resolve_checkpoint("latest", str(tmp_path))
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-10").mkdir()
+    assert resolve_checkpoint("true", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        resolve_checkpoint(str(tmp_path / "missing"), str(tmp_path))
+
+
+class _StatefulWorker:
+    def __init__(self, position=0):
+        self.position = position
+
+    def state_dict(self):
+        return {"position": self.position, "rng": [1, 2, 3]}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+def test_worker_state_rides_along_with_each_checkpoint(tmp_path):
+    callback = WorkerStateCallback(_StatefulWorker(position=17))
+    state = SimpleNamespace(global_step=4, is_world_process_zero=True)
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    saved = tmp_path / "checkpoint-4" / WORKER_STATE_FILE
+    assert json.loads(saved.read_text()) == {"position": 17, "rng": [1, 2, 3]}
+    restored = _StatefulWorker()
+    assert load_worker_state(restored, str(tmp_path / "checkpoint-4"))
+    assert restored.position == 17
+    assert not load_worker_state(_StatefulWorker(), str(tmp_path))  # no state file: warn, start over
+
+
+def test_build_trainer_refuses_a_local_run_without_weight_transfer():
+    from trainer.train_swe_async_grpo import TrainArgs, build_trainer
+
+    script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1"])
+    with pytest.raises(ValueError, match="weight_transfer is required"):
+        build_trainer(TrainArgs(script, training), worker=_StatefulWorker(), weight_transfer=None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real CPU run, in a fresh process (trackio fixes its directory at import): F1 and Trackio
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    from local_engine.embedded import ensure_tiny_model
+    from local_engine.launcher import LocalEngineProcess
+
+    model_dir = ensure_tiny_model()
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["--model-name-or-path", str(model_dir), "--output-dir", str(out), "--max-steps", "3",
+            "--save-steps", "2", "--token-budget", "128", "--num-generations", "4", "--learning-rate", "1e-3",
+            "--temperature", "1.0", "--max-staleness", "2", "--dtype", "float32", "--bf16", "false",
+            "--report-to", "trackio", "--project", "trainer-test", "--seed", "0"]
+    # Like main(): trackio's directory is configured before anything (TRL, the helpers) imports trackio.
+    code = ("import json, sys; from trainer.train_swe_async_grpo import configure_trackio; "
+            "argv = json.loads(sys.argv[1]); configure_trackio(argv); "
+            "from tests.test_trainer_helpers import run_training_with_test_worker; "
+            "run_training_with_test_worker(argv, sys.argv[2])")
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("TRACKIO_DIR", None)
+    with LocalEngineProcess(str(model_dir), served_model_name="policy", max_model_len=4096) as engine:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(argv), engine.url], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    history = json.loads((out / "log_history.json").read_text())
+    return SimpleNamespace(out=out, history=history, stdout=proc.stdout)
+
+
+@pytest.mark.slow
+def test_f1_first_step_ratio_is_one_and_kl_zero(cpu_run):
+    steps = [entry for entry in cpu_run.history if "ratio" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2, 3]
+    first = steps[0]
+    print(f"F1 step 1: ratio={first['ratio']!r} kl={first['kl']!r} loss={first.get('loss')!r}")
+    assert abs(first["ratio"] - 1.0) <= 1e-5
+    assert first["kl"] <= 1e-6
+    assert first["batch/trained_tokens_per_step"] > 0
+    # Real optimizer steps: later steps score samples against moved weights.
+    assert any(abs(entry["ratio"] - 1.0) > 1e-5 or entry["kl"] > 1e-6 for entry in steps[1:])
+    assert (cpu_run.out / "checkpoint-2" / "model.safetensors").is_file()
+    assert json.loads((cpu_run.out / "checkpoint-2" / WORKER_STATE_FILE).read_text())["next_group"] >= 1
+
+
+@pytest.mark.slow
+def test_trackio_db_gets_the_metrics(cpu_run):
+    db = cpu_run.out / "trackio" / "trainer-test.db"
+    assert db.is_file(), list((cpu_run.out / "trackio").iterdir())
+    with sqlite3.connect(db) as conn:
+        rows = [(step, json.loads(metrics)) for step, metrics in
+                conn.execute("SELECT step, metrics FROM metrics ORDER BY id")]
+    logged = {key for _, metrics in rows for key in metrics}
+    for key in ("train/ratio", "train/kl", "train/loss", "train/reward", "train/rollout/reward_mean"):
+        assert key in logged, sorted(logged)
+    ratios = [metrics["train/ratio"] for _, metrics in rows if "train/ratio" in metrics]
+    assert len(ratios) == 3 and abs(ratios[0] - 1.0) <= 1e-5
+    assert f"TRACKIO_DIR={cpu_run.out / 'trackio'} trackio show --project trainer-test" in cpu_run.stdout
