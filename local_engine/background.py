@@ -28,7 +28,7 @@ class BackgroundEngine:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.server.app(), access_log=None)
+            self._runner = web.AppRunner(self.server.app(), access_log=None, handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(web.TCPSite(self._runner, self.host, 0).start())
             self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"

@@ -46,6 +46,8 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 def create_engine_server(config: EngineConfig) -> EngineServer:
     """Load the model and tokenizer (offline) and wire them to a generator and the HTTP handlers."""
     model_dir = resolve_model_dir(config.model)
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=DTYPES[config.dtype], local_files_only=True, attn_implementation="sdpa"
@@ -68,7 +70,8 @@ def create_engine_server(config: EngineConfig) -> EngineServer:
 
 async def serve(server: EngineServer, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; print the bound URL once listening (port 0 picks a free port)."""
-    runner = web.AppRunner(server.app(), access_log=None)
+    # handler_cancellation: a client that hangs up cancels its handler, which drops its request from the batch.
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

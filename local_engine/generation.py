@@ -98,6 +98,7 @@ class BatchedGenerator:
         self.max_pause_s = max_pause_s
         self.weights_version = 0
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # batch size -> batches run
+        self.dropped_requests = 0  # requests whose caller gave up (client hung up) before they finished
         self._rng = torch.Generator().manual_seed(seed)  # used only by the worker thread, for unseeded requests
         self._state = self.model.state_dict()  # tensors sharing storage with the parameters (tied ones included)
         self._step_lock = threading.Lock()
@@ -252,7 +253,12 @@ class BatchedGenerator:
                 for job in active:
                     _resolve(job.future, error=EngineClosedError("the engine shut down"))
                 return []
-        return [job for job in active if not job.future.cancelled()]
+        return self._drop_cancelled(active)
+
+    def _drop_cancelled(self, jobs: list[_Job]) -> list[_Job]:
+        kept = [job for job in jobs if not job.future.cancelled()]
+        self.dropped_requests += len(jobs) - len(kept)
+        return kept
 
     def _finish(self, job: _Job, reason: str, stop_reason: int | None = None) -> None:
         result = GenerationResult(
@@ -309,7 +315,7 @@ class BatchedGenerator:
             if run:
                 logits = outputs.logits[:, -1]
                 still = [job for row, job in enumerate(active) if not self._sample_row(job, logits[row])]
-                still = [job for job in still if not job.future.cancelled()]
+                still = self._drop_cancelled(still)
             else:
                 still = self._hold_while_paused(active)
             if not still:

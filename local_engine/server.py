@@ -53,6 +53,10 @@ class EngineConfig:
     max_pause_s: float = field(
         default=600.0, metadata={"help": "A pause longer than this fails the requests it holds (503), never hangs."}
     )
+    torch_threads: int = field(
+        default=0, metadata={"help": "Torch CPU threads for the model (0 = torch's default). 1 avoids thrashing "
+                             "when the engine shares a small CPU box with a trainer."}
+    )
     max_request_bytes: int = field(
         default=16 * 2**30, metadata={"help": "Largest request body accepted (weight pushes are the big ones)."}
     )

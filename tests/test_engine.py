@@ -7,8 +7,11 @@ context-length 400, clear 400s for bad input, pause/resume, and weight pushes (a
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
+
+import aiohttp
 
 import pytest
 import requests
@@ -304,6 +307,26 @@ def test_event_loop_stays_responsive_during_generation(engine):
         assert not long.done()
         assert len(long.result(timeout=300).json()["choices"][0]["token_ids"]) == 300
     assert health_latency < 1.0
+
+
+def test_a_client_that_hangs_up_frees_the_engine(model_dir):
+    with _engine(model_dir) as engine:
+        generator = engine.server.generator
+
+        async def hang_up():
+            async with aiohttp.ClientSession() as session:
+                call = asyncio.ensure_future(session.post(f"{engine.url}/v1/completions", json={
+                    "prompt": _prompt(5), "max_tokens": 500, "ignore_eos": True}))
+                await asyncio.sleep(0.5)
+                assert generator._batch_running and not call.done()
+                call.cancel()  # closes the connection mid-request
+
+        asyncio.run(hang_up())
+        deadline = time.monotonic() + 10
+        while generator._batch_running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not generator._batch_running and generator.dropped_requests == 1  # dropped, not run to the end
+        assert _complete(engine, prompt=[1, 2], max_tokens=1).status_code == 200
 
 
 def test_pause_keep_freezes_and_resume_continues(engine):
