@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -232,3 +233,22 @@ async def test_pyproject_changes_outside_pytest_config_are_kept(task, grader, tm
     assert result.reward == 1.0
     assert result.details["test_config_changes_dropped"] == []
     assert '+requires-python = ">=3.10"' in result.details["agent_patch"]
+
+
+async def test_cancelled_grading_kills_the_tests_and_removes_its_temp_dirs(task, tmp_path):
+    work_root = tmp_path / "grading-work"
+    work_root.mkdir()
+    pid_file = tmp_path / "test-run.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    config = GradingConfig(test_command=[sys.executable, "-c", code], work_root=str(work_root))
+    grading = asyncio.ensure_future(Grader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path)))
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert pid_file.exists(), "the test run never started"
+    grading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(grading, 30)
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    assert list(work_root.iterdir()) == []
