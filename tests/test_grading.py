@@ -252,3 +252,17 @@ async def test_cancelled_grading_kills_the_tests_and_removes_its_temp_dirs(task,
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     assert list(work_root.iterdir()) == []
+
+
+async def test_grading_through_the_bubblewrap_test_executor(task, tmp_path):
+    """The production executor (sandbox engineer's `LocalSandboxTestExecutor`) mounts the repo elsewhere: the grader's
+    relative paths (test files, junit report, --rootdir) must still line up."""
+    from rollout_worker.sandbox import LocalSandboxTestExecutor
+
+    grader = Grader(LocalSandboxTestExecutor())
+    noop = await grader.grade(task, agent_copy(task, tmp_path / "noop"))
+    assert (noop.reward, noop.scorable) == (0.0, True), noop.details.get("reason")
+    oracle_repo = agent_copy(task, tmp_path / "oracle")
+    git_apply(oracle_repo, task.patch)
+    oracle = await grader.grade(task, oracle_repo)
+    assert (oracle.reward, oracle.resolved) == (1.0, True), oracle.details.get("reason")
