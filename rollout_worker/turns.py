@@ -140,7 +140,9 @@ class TurnServer:
                             completion.finish_reason, version)
         state.turns += 1
         state.completion_tokens += len(completion.token_ids)
-        finish = "tool_calls" if parsed.message.get("tool_calls") else completion.finish_reason
+        # The gate speaks OpenAI's finish reasons only; an engine's own ("abort", …) reads as a plain stop.
+        finish = "tool_calls" if parsed.message.get("tool_calls") else (
+            "length" if completion.finish_reason == "length" else "stop")
         n_out = len(completion.token_ids)
         await request.reply(
             parsed.message,

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import openai
 from openai import OpenAI
 
 TOOLS = [{"type": "function", "function": {"name": "bash", "description": "run a shell command",
@@ -87,4 +88,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except openai.APIStatusError as exc:  # show what the agent was told, then fail like a real agent would
+        print(f"agent got HTTP {exc.status_code} code={exc.code}", flush=True)
+        sys.exit(3)
