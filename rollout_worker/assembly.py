@@ -16,6 +16,7 @@ bridge that starts with that "\n", which is what a full render would have there.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,15 @@ from .messages import (
 # The stub conversation the bridge is rendered after. Its assistant text only has to be findable in the render.
 _STUB_REPLY = "intercept-rl stub reply 0x5eed"
 _STUB = ({"role": "user", "content": "."}, {"role": "assistant", "content": _STUB_REPLY})
+# What probes the template with: every kind of message that can follow a held assistant turn.
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}
+_PROBE_MESSAGES = (
+    {"role": "tool", "content": "result one"},
+    {"role": "tool", "content": "result two <|im_end|> ünïcode"},
+    {"role": "user", "content": "next"},
+    {"role": "assistant", "content": "prefilled", "tool_calls": [{"type": "function", "function": {"name": "probe", "arguments": {"a": 1}}}]},
+    {"role": "system", "content": "mid-conversation system"},
+)
 
 # Fork reasons (PromptPlan.reason when forked).
 TOOLS_CHANGED = "tools_changed"
@@ -115,6 +125,34 @@ class PromptAssembler:
         self.turn_end_ids: list[int] = close
         # Characters of template glue after the turn-end token(s) in a render ("\n" for Qwen3).
         self._glue_chars = len(tail) - len(close_text)
+        self._fast_encoder = self._probe_fast_encoder()
+        self._bridge_needs_tools = self._probe_bridge_needs_tools()
+        self._stub_renders: dict[str, str] = {}
+
+    def _probe_fast_encoder(self):
+        """The Rust tokenizer itself, when it encodes exactly like `tokenizer.encode` (skips ~0.2 ms of wrapper)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if getattr(self.tokenizer, "is_fast", False) else None
+        if backend is None or backend.truncation is not None or backend.padding is not None:
+            return None
+        if getattr(backend, "encode_special_tokens", False):
+            return None
+        text = self.render([*_STUB, *_PROBE_MESSAGES], [_PROBE_TOOL], add_generation_prompt=True)
+        slow = self.tokenizer.encode(text, add_special_tokens=False)
+        return backend if backend.encode(text, add_special_tokens=False).ids == slow else None
+
+    def _probe_bridge_needs_tools(self) -> bool:
+        """Whether tools change how messages after the system part render (not for Qwen3: only the header)."""
+        try:
+            parts = []
+            for tools in ([_PROBE_TOOL], None):
+                stub = self.render(list(_STUB), tools, add_generation_prompt=False)
+                text = self.render([*_STUB, *_PROBE_MESSAGES], tools, add_generation_prompt=True)
+                if not text.startswith(stub):
+                    return True
+                parts.append(text[len(stub) :])
+        except Exception:  # a template that cannot render the probe: keep rendering bridges with the real tools
+            return True
+        return parts[0] != parts[1]
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
         """The training template's text for normalized `messages`."""
@@ -128,27 +166,33 @@ class PromptAssembler:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of template text (special tokens recognised, nothing added)."""
+        fast = getattr(self, "_fast_encoder", None)
+        if fast is not None:
+            return fast.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def full_prompt_ids(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
         """A whole prompt: normalized `messages` rendered with the generation prompt, then tokenized."""
         return self.encode(self.render(messages, tools, add_generation_prompt=True))
 
-    def stub_render(self, tools: list[dict] | None) -> str:
-        """The render of the stub conversation the bridges are cut from (depends on the tools only)."""
-        return self.render(list(_STUB), tools, add_generation_prompt=False)
-
-    def bridge_ids(self, new_messages: list[dict], tools: list[dict] | None, stub_render: str, closed: bool) -> list[int]:
+    def bridge_ids(self, new_messages: list[dict], tools: list[dict] | None, closed: bool) -> list[int]:
         """Ids that follow a held assistant turn: its glue, `new_messages` and the generation prompt.
 
         `closed` says whether the held turn's sampled ids end with the turn-end token; if not (the completion hit
         `max_tokens`), the bridge closes it first. Raises `_NotPrefixPreserving` when the template renders the stub
         differently once messages follow it.
         """
+        tools = tools if self._bridge_needs_tools else None
+        key = json.dumps(tools, sort_keys=True) if tools else ""
+        stub = self._stub_renders.get(key)
+        if stub is None:
+            stub = self.render(list(_STUB), tools, add_generation_prompt=False)
+            if len(self._stub_renders) < 64:
+                self._stub_renders[key] = stub
         text = self.render([*_STUB, *new_messages], tools, add_generation_prompt=True)
-        if not text.startswith(stub_render):
+        if not text.startswith(stub):
             raise _NotPrefixPreserving
-        ids = self.encode(text[len(stub_render) - self._glue_chars :])
+        ids = self.encode(text[len(stub) - self._glue_chars :])
         return ids if closed else [*self.turn_end_ids, *ids]
 
     def new_conversation(self) -> Conversation:
@@ -168,7 +212,6 @@ class _Row:
     mask: list[int]
     logprobs: list[float]
     tools: list[dict] | None
-    stub_render: str
     n_prompt_messages: int
     messages: list[dict] = field(default_factory=list)  # normalized, ending with our last reply
     raw: list[Any] = field(default_factory=list)  # last raw form the agent sent per message; None: not yet echoed
@@ -207,44 +250,52 @@ class Conversation:
         if not isinstance(messages, list) or not messages:
             normalize_messages(messages)  # raises the uniform error
         tools = tools or None
-        best, mismatch = None, None
+        best, best_refreshed, mismatch = None, None, None
         for row in self._recent:
             verdict = self._divergence(row, messages, tools)
-            if verdict is None:
+            if isinstance(verdict, dict):
                 if best is None or len(row.messages) > len(best.messages):
-                    best = row
+                    best, best_refreshed = row, verdict
             elif mismatch is None or verdict[2] > mismatch[2]:
                 mismatch = verdict  # explained against the row that agrees longest (ties: the most recent)
         if best is not None:
             try:
-                return self._extend(best, messages, tools)
+                return self._extend(best, messages, best_refreshed)
             except _NotPrefixPreserving:
                 mismatch = (NOT_PREFIX_PRESERVING, "the template renders the stub differently after new messages", 0)
         return self._new_row_plan(messages, tools, mismatch)
 
-    def _divergence(self, row: _Row, messages: list[dict], tools) -> tuple[str, str, int] | None:
-        """None when `messages` extend what `row` holds, else (fork reason, detail, messages that agree)."""
+    def _divergence(self, row: _Row, messages: list[dict], tools) -> dict[int, Any] | tuple[str, str, int]:
+        """How `messages` relate to what `row` holds.
+
+        When they extend it: {index: raw message} for held messages the agent re-sent in another form (an echo of our
+        reply) — the held form stays, the raw one is remembered for a fast exact match next time. Otherwise:
+        (fork reason, detail, number of messages that agree).
+        """
         if not tools_equivalent(row.tools, tools):
             return TOOLS_CHANGED, "the request's tools differ from the held conversation's", 0
-        held = row.messages
-        for i, held_message in enumerate(held):
-            if i >= len(messages):
-                detail = f"the request has {len(messages)} messages, the held conversation {len(held)}"
-                return HISTORY_SHORTENED, detail, i
+        held, seen = row.messages, row.raw
+        refreshed: dict[int, Any] = {}
+        for i in range(min(len(messages), len(held))):
             raw = messages[i]
-            if raw == row.raw[i]:  # the agent re-sent this message unchanged: no need to normalize it again
+            if raw == seen[i]:  # re-sent unchanged (the common case): a C-level comparison, no normalizing
                 continue
-            if not normalized_equivalent(held_message, normalize_message(raw, i)):
-                return HISTORY_EDITED, f"message {i} ({held_message['role']}) differs from the held conversation", i
-        return None
+            if not normalized_equivalent(held[i], normalize_message(raw, i)):
+                return HISTORY_EDITED, f"message {i} ({held[i]['role']}) differs from the held conversation", i
+            refreshed[i] = raw
+        if len(messages) < len(held):
+            detail = f"the request has {len(messages)} messages, the held conversation {len(held)}"
+            return HISTORY_SHORTENED, detail, len(messages)
+        return refreshed
 
-    def _extend(self, row: _Row, messages: list[dict], tools) -> PromptPlan:
+    def _extend(self, row: _Row, messages: list[dict], refreshed: dict[int, Any]) -> PromptPlan:
         n_held = len(row.messages)
         new = [normalize_message(m, i) for i, m in enumerate(messages[n_held:], start=n_held)]
         # The held tools, not the request's: equivalent, but possibly serialized in another key order.
-        bridge = self._assembler.bridge_ids(new, row.tools, row.stub_render, row.closed)
-        # Held messages stay as we hold them (they are what the ids say); only their raw forms are refreshed.
-        raw = [m if m == row.raw[i] else copy.deepcopy(m) for i, m in enumerate(messages[:n_held])]
+        bridge = self._assembler.bridge_ids(new, row.tools, row.closed)
+        raw = list(row.raw)
+        for i, message in refreshed.items():
+            raw[i] = copy.deepcopy(message)
         raw.extend(copy.deepcopy(messages[n_held:]))
         return PromptPlan(
             prompt_ids=row.ids + bridge,
@@ -324,7 +375,6 @@ class Conversation:
                 mask=[0] * n,
                 logprobs=[0.0] * n,
                 tools=plan._tools,
-                stub_render=self._assembler.stub_render(plan._tools),
                 n_prompt_messages=len(plan._messages),
             )
             self._rows.append(row)
