@@ -47,10 +47,10 @@ class LocalEngineProcess:
         self.url = f"http://{self.host}:{port}"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if (code := self.proc.poll()) is not None:
                 tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"local engine exited with code {self.proc.returncode} during startup:\n{tail}")
+                raise RuntimeError(f"local engine exited with code {code} during startup:\n{tail}")
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens-per-turn", type=int, default=512, help="Cap on tokens sampled per agent call.")
     p.add_argument("--max-turns", type=int, default=30, help="Agent calls per rollout before the budget ends it.")
     p.add_argument("--agent-timeout", type=float, default=600.0, help="Agent wall-time budget per rollout (s).")
-    p.add_argument("--max-model-len", type=int, default=8192, help="Context length of `--engine local`.")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="Context length of `--engine local` (default: the model's max positions).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the task order.")
     p.add_argument("--out", default="rollouts.jsonl", help="Where to write the trajectory lines.")
     p.add_argument("--quiet", action="store_true", help="No per-rollout progress lines.")

@@ -110,7 +110,10 @@ class RolloutWorker:
         if thread is None or loop is None:
             return
         if thread.is_alive() and self._stop_requested is not None:
-            loop.call_soon_threadsafe(self._stop_requested.set)
+            try:
+                loop.call_soon_threadsafe(self._stop_requested.set)
+            except RuntimeError:  # the loop already finished on its own (max_groups reached)
+                pass
         thread.join(timeout=_STOP_TIMEOUT_S)
         if thread.is_alive():
             logger.error("rollout worker did not stop within %.0f s", _STOP_TIMEOUT_S)
