@@ -45,6 +45,8 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 def create_engine_server(config: EngineConfig) -> EngineServer:
     """Load the model and tokenizer (offline) and wire them to a generator and the HTTP handlers."""
+    if config.max_batch_size < 1 or config.max_pause_s <= 0:
+        raise ValueError("--max-batch-size must be >= 1 and --max-pause-s > 0")
     model_dir = resolve_model_dir(config.model)
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)

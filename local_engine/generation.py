@@ -3,10 +3,10 @@
 Why a thread: the forward passes are blocking torch calls; running them off the event loop keeps the HTTP side
 responsive (health checks, pause, weight pushes) while a batch decodes.
 
-Batching: each time the thread is free it takes every waiting request (up to `max_batch_size`) and decodes them
-together, left-padded with correct position ids and a KV cache; rows leave the batch (and the cache) as they finish,
-and their futures resolve at once. Requests arriving meanwhile wait for the next batch (static batching: simple and
-exact; the tiny CPU model's steps are milliseconds).
+Batching is continuous: between two decode steps, waiting requests (up to `max_batch_size` rows in all) are
+prefilled and join the running batch; rows are left-padded to a common KV-cache length with masked-out padding and
+per-row position ids, so each row computes exactly what it would alone. Rows leave the batch (and the cache) as they
+finish, and their futures resolve at once.
 
 Weights change only between steps: every forward and every weight update holds `_step_lock`. Like vLLM's
 `/pause?mode=keep`, a paused engine freezes in-flight requests between steps and resumes them where they stopped;
@@ -97,7 +97,7 @@ class BatchedGenerator:
         self.max_batch_size = max_batch_size
         self.max_pause_s = max_pause_s
         self.weights_version = 0
-        self.batch_sizes: collections.Counter[int] = collections.Counter()  # batch size -> batches run
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # rows in batch -> decode steps run
         self.dropped_requests = 0  # requests whose caller gave up (client hung up) before they finished
         self._rng = torch.Generator().manual_seed(seed)  # used only by the worker thread, for unseeded requests
         self._state = self.model.state_dict()  # tensors sharing storage with the parameters (tied ones included)
@@ -108,6 +108,7 @@ class BatchedGenerator:
         self._abort_active = False
         self._batch_running = False
         self._closing = False
+        self._in_flight: list[_Job] = []  # jobs the worker thread holds; failed together if a forward raises
         self._thread = threading.Thread(target=self._loop, name="local-engine-generator", daemon=True)
         self._thread.start()
 
@@ -203,17 +204,15 @@ class BatchedGenerator:
                         self._cond.wait(0.5)
                     if self._closing:
                         break
-                    batch = self._pending[: self.max_batch_size]
-                    del self._pending[: self.max_batch_size]
-                    self.batch_sizes[len(batch)] += 1
                     self._batch_running = True
                 try:
-                    self._run_batch(batch)
+                    self._decode_until_idle()
                 except Exception as error:  # a failed forward fails its requests, never the engine
-                    logger.exception("generation batch failed")
-                    for job in batch:
+                    logger.exception("generation failed")
+                    for job in self._in_flight:
                         _resolve(job.future, error=RuntimeError(f"generation failed: {error}"))
                 finally:
+                    self._in_flight = []
                     with self._cond:
                         self._batch_running = False
                         self._cond.notify_all()
@@ -287,45 +286,122 @@ class BatchedGenerator:
             return False
         return True
 
-    @torch.inference_mode()
-    def _run_batch(self, batch: list[_Job]) -> None:
-        active = self._hold_while_paused(batch)
-        if not active:
-            return
-        width = max(len(job.prompt_ids) for job in active)
-        input_ids = torch.full((len(active), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(active), width), dtype=torch.long)
-        for row, job in enumerate(active):  # left padding: every row's last prompt token sits in the last column
+    def _admit(self, running: int) -> list[_Job]:
+        """Take waiting jobs into the batch, as many as fit, unless paused or closing."""
+        with self._cond:
+            if self._paused_at is not None or self._closing or running >= self.max_batch_size:
+                return []
+            jobs = self._pending[: self.max_batch_size - running]
+            del self._pending[: len(jobs)]
+        self._in_flight = [job for job in self._in_flight if not job.future.done()] + jobs
+        return self._drop_cancelled(jobs)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor | None:
+        """One forward under the step lock; None when paused or closing (the pause flag is read under the lock,
+        so `pause()` returning means no step is running)."""
+        with self._step_lock:
+            if self._paused_at is not None or self._closing:
+                return None
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,  # never materialise [batch, seq, vocab] logits for the prompt
+            )
+        return outputs.logits[:, -1]
+
+    def _prefill(self, jobs: list[_Job]) -> tuple[list[_Job], DynamicCache, torch.Tensor] | None:
+        """Run the prompts of `jobs` (left-padded together) and sample their first tokens; None if paused."""
+        width = max(len(job.prompt_ids) for job in jobs)
+        input_ids = torch.full((len(jobs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, job in enumerate(jobs):  # left padding: every row's last prompt token sits in the last column
             input_ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            attention_mask[row, width - len(job.prompt_ids) :] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            mask[row, width - len(job.prompt_ids) :] = 1
         cache = DynamicCache(config=self.model.config)
+        logits = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        if logits is None:
+            return None
+        still = self._drop_cancelled([job for row, job in enumerate(jobs) if not self._sample_row(job, logits[row])])
+        index = torch.tensor([jobs.index(job) for job in still], dtype=torch.long)
+        cache.batch_select_indices(index)
+        return still, cache, mask[index]
+
+    @torch.inference_mode()
+    def _decode_until_idle(self) -> None:
+        """Continuous batching: waiting jobs are prefilled and join the running batch between decode steps.
+
+        Every row always holds one sampled token not yet fed to the model. Rows are left-padded to a common cache
+        length; padded key/value slots are masked out, so they contribute exactly nothing to attention.
+        """
+        self._in_flight: list[_Job] = []
+        active: list[_Job] = []
+        cache: DynamicCache | None = None
+        mask = torch.zeros((0, 0), dtype=torch.long)
         while True:
-            with self._step_lock:  # the pause flag is read under the lock: `pause()` returning means no step runs
-                run = self._paused_at is None and not self._closing
-                if run:
-                    outputs = self.model(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=position_ids,
-                        past_key_values=cache,
-                        use_cache=True,
-                        logits_to_keep=1,  # never materialise [batch, seq, vocab] logits for the prompt
-                    )
-            if run:
-                logits = outputs.logits[:, -1]
+            admitted = self._admit(len(active))
+            if admitted:
+                prefilled = self._prefill(admitted)
+                if prefilled is None:  # paused between admission and prefill: put them back, first in line
+                    with self._cond:
+                        self._pending[:0] = admitted
+                    self._in_flight = [job for job in self._in_flight if job not in admitted]
+                elif prefilled[0]:
+                    active, cache, mask = _merge_rows(active, cache, mask, *prefilled)
+            if not active:
+                with self._cond:
+                    if not self._pending or self._paused_at is not None or self._closing:
+                        return
+                continue
+            self.batch_sizes[len(active)] += 1
+            step_mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            positions = torch.tensor([[len(job.prompt_ids) + len(job.token_ids) - 1] for job in active])
+            tokens = torch.tensor([[job.token_ids[-1]] for job in active])
+            logits = self._forward(tokens, step_mask, positions, cache)
+            if logits is not None:
+                mask = step_mask
                 still = [job for row, job in enumerate(active) if not self._sample_row(job, logits[row])]
                 still = self._drop_cancelled(still)
             else:
                 still = self._hold_while_paused(active)
-            if not still:
-                return
             if len(still) != len(active):  # finished rows leave the batch and the KV cache
-                index = torch.tensor([active.index(job) for job in still])
+                index = torch.tensor([active.index(job) for job in still], dtype=torch.long)
                 cache.batch_select_indices(index)
-                input_ids, attention_mask, position_ids = input_ids[index], attention_mask[index], position_ids[index]
-                active = still
-            if run:
-                input_ids = torch.tensor([[job.token_ids[-1]] for job in active])
-                attention_mask = torch.cat([attention_mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-                position_ids = position_ids[:, -1:] + 1
+                mask, active = mask[index], still
+                cache, mask = _trim_left(cache, mask)
+
+
+def _pad_left(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _merge_rows(active, cache, mask, new_jobs, new_cache, new_mask):
+    """Append freshly prefilled rows to the running batch, left-padding whichever side is shorter."""
+    if not active:
+        return new_jobs, new_cache, new_mask
+    length = max(mask.shape[1], new_mask.shape[1])
+    for layer, new_layer in zip(cache.layers, new_cache.layers):  # DynamicLayer: keys/values [batch, heads, T, dim]
+        layer.keys = torch.cat([_pad_left(layer.keys, 2, length), _pad_left(new_layer.keys, 2, length)])
+        layer.values = torch.cat([_pad_left(layer.values, 2, length), _pad_left(new_layer.values, 2, length)])
+    mask = torch.cat([_pad_left(mask, 1, length), _pad_left(new_mask, 1, length)])
+    return active + new_jobs, cache, mask
+
+
+def _trim_left(cache, mask):
+    """Drop leading cache columns that no remaining row attends to (left by rows that finished)."""
+    if mask.numel() == 0:
+        return cache, mask
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else mask.shape[1]
+    if first == 0:
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return cache, mask[:, first:]
