@@ -53,8 +53,10 @@ def _tool(name: str, description: str, **properties: str) -> dict:
 
 
 TOOLS = [
-    _tool("read", "Read the contents of a file. Supports offset/limit for large files.", path="string", offset="integer"),
-    _tool("bash", "Execute a bash command in the current working directory. Returns stdout and stderr.", command="string"),
+    _tool("read", "Read the contents of a file. Supports offset/limit for large files.",
+          path="string", offset="integer"),
+    _tool("bash", "Execute a bash command in the current working directory. Returns stdout and stderr.",
+          command="string"),
     _tool("edit", "Edit a file by replacing exact text. The old text must match exactly.", path="string",
           oldText="string", newText="string"),
     _tool("write", "Write content to a file. Creates the file if it does not exist.", path="string", content="string"),
@@ -88,7 +90,8 @@ class SyntheticAgent:
         return "\n".join(lines)
 
     def sampled_text(self, turn: int) -> str:
-        thought = f"<think>\nThe {self._identifier()} in module {turn} looks wrong; inspect {self._identifier()}.\n</think>\n\n"
+        thought = (f"<think>\nThe {self._identifier()} in module {turn} looks wrong; "
+                   f"inspect {self._identifier()}.\n</think>\n\n")
         if self.rng.random() < 0.5:
             call = {"name": "bash", "arguments": {"command": f"grep -n {self._identifier()} src/mod_{turn}.py"}}
         else:
@@ -101,8 +104,8 @@ def echo(reply: dict) -> dict:
     echoed = {"role": "assistant", "content": reply["content"]}
     if reply.get("tool_calls"):
         echoed["tool_calls"] = [
-            {"id": c["id"], "type": "function",
-             "function": {"name": c["function"]["name"], "arguments": json.dumps(json.loads(c["function"]["arguments"]))}}
+            {"id": c["id"], "type": "function", "function": {
+                "name": c["function"]["name"], "arguments": json.dumps(json.loads(c["function"]["arguments"]))}}
             for c in reply["tool_calls"]
         ]
     return echoed
@@ -198,15 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"... {held} tokens measured ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     stats = bench.conversation.stats
-    print(f"\nPer-turn prompt cost (CPU ms, medians), Qwen3 tokenizer + qwen3_training template; {stats['turns']} turns, "
-          f"{stats['forks']} forks, {stats['sampled_tokens']} sampled = {stats['trained_tokens']} trained tokens")
+    print(f"\nPer-turn prompt cost (CPU ms, medians), Qwen3 tokenizer + qwen3_training template; "
+          f"{stats['turns']} turns, {stats['forks']} forks, {stats['sampled_tokens']} sampled = {stats['trained_tokens']} trained tokens")
     header = (f"{'held tokens':>11} | {'new tok/turn':>12} | {'incremental':>11} | {'bridge part':>11} | "
               f"{'rest':>6} | {'full render':>11} | {'ratio':>6} | {'parse':>6}")
     print(header)
     print("-" * len(header))
     for held, new_tokens, incremental, bridge, full, parse in results:
-        print(f"{held:>11,} | {new_tokens:>12.0f} | {incremental:>11.3f} | {bridge:>11.3f} | {incremental - bridge:>6.3f} | "
-              f"{full:>11.1f} | {full / incremental:>5.0f}x | {parse:>6.3f}")
+        print(f"{held:>11,} | {new_tokens:>12.0f} | {incremental:>11.3f} | {bridge:>11.3f} | "
+              f"{incremental - bridge:>6.3f} | {full:>11.1f} | {full / incremental:>5.0f}x | {parse:>6.3f}")
     print("(bridge part: render + tokenize the new messages, grows with the tool result, not the context; "
           "rest: history match, held-id copy, commit)")
     held, _, incremental, _, full, _ = results[-1]

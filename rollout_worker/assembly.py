@@ -20,7 +20,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
+
 from .messages import (
+    MessageFormatError,
     count_unparsed_arguments,
     normalize_message,
     normalize_messages,
@@ -37,7 +40,8 @@ _PROBE_MESSAGES = (
     {"role": "tool", "content": "result one"},
     {"role": "tool", "content": "result two <|im_end|> ünïcode"},
     {"role": "user", "content": "next"},
-    {"role": "assistant", "content": "prefilled", "tool_calls": [{"type": "function", "function": {"name": "probe", "arguments": {"a": 1}}}]},
+    {"role": "assistant", "content": "prefilled",
+     "tool_calls": [{"type": "function", "function": {"name": "probe", "arguments": {"a": 1}}}]},
     {"role": "system", "content": "mid-conversation system"},
 )
 
@@ -131,8 +135,10 @@ class PromptAssembler:
 
     def _probe_fast_encoder(self):
         """The Rust tokenizer itself, when it encodes exactly like `tokenizer.encode` (skips ~0.2 ms of wrapper)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None) if getattr(self.tokenizer, "is_fast", False) else None
-        if backend is None or backend.truncation is not None or backend.padding is not None:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if not getattr(self.tokenizer, "is_fast", False) or backend is None:
+            return None
+        if backend.truncation is not None or backend.padding is not None:
             return None
         if getattr(backend, "encode_special_tokens", False):
             return None
@@ -155,14 +161,17 @@ class PromptAssembler:
         return parts[0] != parts[1]
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
-        """The training template's text for normalized `messages`."""
-        return self.tokenizer.apply_chat_template(
-            messages,
-            tools=tools or None,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-            chat_template=self.chat_template,
-        )
+        """The training template's text for normalized `messages`; a template error is a `MessageFormatError`."""
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+                chat_template=self.chat_template,
+            )
+        except jinja2.TemplateError as error:  # e.g. `raise_exception` on a role order the template rejects
+            raise MessageFormatError(f"the chat template cannot render these messages: {error}") from error
 
     def encode(self, text: str) -> list[int]:
         """Token ids of template text (special tokens recognised, nothing added)."""
@@ -249,6 +258,8 @@ class Conversation:
         """
         if not isinstance(messages, list) or not messages:
             normalize_messages(messages)  # raises the uniform error
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise MessageFormatError("tools must be a list of objects")
         tools = tools or None
         best, best_refreshed, mismatch = None, None, None
         for row in self._recent:

@@ -96,9 +96,10 @@ def normalize_message(message: Any, index: int = 0) -> dict:
         if reasoning is not None:
             normalized["reasoning_content"] = content_to_text(reasoning, f"{where}.reasoning_content")
         elif "</think>" in normalized["content"]:
-            content = normalized["content"]
-            normalized["reasoning_content"] = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
-            normalized["content"] = content.split("</think>")[-1].lstrip("\n")
+            content = normalized["content"]  # split exactly as the Qwen3 template does: first and last </think>
+            thought = content.split("</think>", 1)[0].rstrip("\n").split("<think>")[-1]
+            normalized["reasoning_content"] = thought.lstrip("\n")
+            normalized["content"] = content.rpartition("</think>")[2].lstrip("\n")
         tool_calls = message.get("tool_calls")
         if tool_calls:
             if not isinstance(tool_calls, list):

@@ -60,7 +60,9 @@ def new_tool_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def parse_completion(tokenizer, completion_ids: list[int], prompt_ids: list[int], tools: list[dict] | None) -> ParsedReply:
+def parse_completion(
+    tokenizer, completion_ids: list[int], prompt_ids: list[int], tools: list[dict] | None
+) -> ParsedReply:
     """Parse the engine's sampled ids (generated after `prompt_ids`) into an OpenAI assistant message.
 
     The message has `content` (None when the turn is only tool calls), `tool_calls` with fresh ids and JSON-string
@@ -88,9 +90,8 @@ def parse_completion(tokenizer, completion_ids: list[int], prompt_ids: list[int]
         arguments = function.get("arguments", {})
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments, ensure_ascii=False)
-        tool_calls.append(
-            {"id": new_tool_call_id(), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
-        )
+        function = {"name": function["name"], "arguments": arguments}
+        tool_calls.append({"id": new_tool_call_id(), "type": "function", "function": function})
     if tool_calls:
         message["content"] = content or None
         message["tool_calls"] = tool_calls

@@ -377,3 +377,29 @@ def test_template_without_special_turn_end_is_refused(tokenizer):
     plain = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
     with pytest.raises(ValueError, match="not with a special token"):
         PromptAssembler(tokenizer, plain)
+
+
+def test_template_whose_messages_depend_on_tools_gets_bridges_rendered_with_them(tokenizer, template):
+    """Qwen3 renders tools only in the system header, so bridges skip them; a template that does not is still exact."""
+    marker = "{{- '\\n<tool_response>\\n' }}"
+    assert marker in template
+    variant = template.replace(marker, "{{- '\\n<tool_response>' + ('[with tools]' if tools else '') + '\\n' }}")
+    assembler = PromptAssembler(tokenizer, variant)
+    engine = FakeEngine(tokenizer)
+    conv = assembler.new_conversation()
+    messages = [{"role": "user", "content": "Task"}]
+    plan, ids, lps, reply = run_turn(conv, tokenizer, engine, messages, [BASH_TOOL], COMPACT_CALL)
+    messages += [echo_like_pi(reply), {"role": "tool", "content": "a.py"}]
+    plan2 = conv.prepare(messages, [BASH_TOOL])
+    assert not plan2.forked and plan2.prompt_ids[: len(plan.prompt_ids) + len(ids)] == plan.prompt_ids + ids
+    bridge = tokenizer.decode(plan2.prompt_ids[len(plan.prompt_ids) + len(ids) :])
+    assert bridge == "\n<|im_start|>user\n<tool_response>[with tools]\na.py\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_template_errors_and_bad_tools_are_message_errors(tokenizer, template):
+    strict = "{% if messages[0].role == 'tool' %}{{ raise_exception('a conversation cannot start with a tool result') }}{% endif %}" + template
+    conv = PromptAssembler(tokenizer, strict).new_conversation()
+    with pytest.raises(MessageFormatError, match="cannot start with a tool result"):
+        conv.prepare([{"role": "tool", "content": "x"}], None)
+    with pytest.raises(MessageFormatError, match="tools must be a list"):
+        conv.prepare([{"role": "user", "content": "x"}], {"type": "function"})
