@@ -18,6 +18,7 @@ from local_engine.server import EngineConfig, EngineServer
 logger = logging.getLogger("local_engine")
 
 EMBEDDED_MODEL = "embedded"
+SMALL_MODEL_PARAMETERS = 50_000_000  # below this, one torch thread beats several (see --torch-threads)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -48,12 +49,13 @@ def create_engine_server(config: EngineConfig) -> EngineServer:
     if config.max_batch_size < 1 or config.max_pause_s <= 0:
         raise ValueError("--max-batch-size must be >= 1 and --max-pause-s > 0")
     model_dir = resolve_model_dir(config.model)
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=DTYPES[config.dtype], local_files_only=True, attn_implementation="sdpa"
     )
+    threads = config.torch_threads or (1 if model.num_parameters() < SMALL_MODEL_PARAMETERS else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     max_model_len = config.max_model_len or limit
     if max_model_len < 2 or (limit and max_model_len > limit):

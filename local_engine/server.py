@@ -54,8 +54,9 @@ class EngineConfig:
         default=600.0, metadata={"help": "A pause longer than this fails the requests it holds (503), never hangs."}
     )
     torch_threads: int = field(
-        default=0, metadata={"help": "Torch CPU threads for the model (0 = torch's default). 1 avoids thrashing "
-                             "when the engine shares a small CPU box with a trainer."}
+        default=0, metadata={"help": "Torch CPU threads (process-wide). 0 = auto: 1 for models under 50M parameters "
+                             "(their matrices are too small to gain from threads; measured 3-6x faster on a busy "
+                             "2-core box), torch's default otherwise."}
     )
     max_request_bytes: int = field(
         default=16 * 2**30, metadata={"help": "Largest request body accepted (weight pushes are the big ones)."}
