@@ -55,6 +55,14 @@ def parsing_tokenizer(tokenizer):
     return cached
 
 
+def _tool_call_marker(response_template) -> str | None:
+    """The text that opens a tool call in this response template (`<tool_call>` for Qwen3), if it names one."""
+    fields = response_template.get("fields") if isinstance(response_template, dict) else None
+    tool_calls = fields.get("tool_calls") if isinstance(fields, dict) else None
+    marker = tool_calls.get("open") if isinstance(tool_calls, dict) else None
+    return marker if isinstance(marker, str) and marker else None
+
+
 def new_tool_call_id() -> str:
     """An OpenAI-style tool call id."""
     return "call_" + secrets.token_hex(12)
@@ -70,14 +78,19 @@ def parse_completion(
     yields the decoded text as content and `ok=False`.
     """
     tok = parsing_tokenizer(tokenizer)
-    template = tok.response_template
     # Trailing special tokens (the turn end, or <|endoftext|>) are not part of the reply.
     special = set(tok.all_special_ids)
     end = len(completion_ids)
     while end and completion_ids[end - 1] in special:
         end -= 1
     ids = list(completion_ids[:end])
-    parsed = parse_response(tok, ids, prefix=list(prompt_ids[-PREFIX_TAIL_TOKENS:]), tools=tools or None)
+    if not ids:  # nothing but a turn end (the parser would take an empty list for an empty batch)
+        return ParsedReply({"role": "assistant", "content": ""}, ok=True)
+    try:
+        parsed = parse_response(tok, ids, prefix=list(prompt_ids[-PREFIX_TAIL_TOKENS:]), tools=tools or None)
+    except Exception as error:  # TRL already falls back on ValueError/TypeError; anything else must not kill the turn
+        text = tok.decode(ids, skip_special_tokens=True)
+        return ParsedReply({"role": "assistant", "content": text}, ok=False, error=f"parser failed: {error}")
 
     message: dict = {"role": "assistant"}
     reasoning = parsed.get("reasoning_content")
@@ -98,7 +111,7 @@ def parse_completion(
     else:
         message["content"] = content
 
-    open_marker = template.get("fields", {}).get("tool_calls", {}).get("open") if isinstance(template, dict) else None
+    open_marker = _tool_call_marker(tok.response_template)
     if not tool_calls and open_marker and open_marker in content:
         # TRL fell back to text: the model started a tool call it did not finish (max_tokens) or wrote bad JSON.
         return ParsedReply(message, ok=False, error="the completion holds a tool call that could not be parsed")

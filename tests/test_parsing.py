@@ -155,3 +155,35 @@ def test_echo_of_parsed_reply_matches_what_assembly_holds(tokenizer, prompt_ids)
     assert messages_equivalent(message, echoed)
     without_reasoning = {k: v for k, v in echoed.items() if k != "reasoning_content"}
     assert messages_equivalent(message, without_reasoning)
+
+
+def test_empty_completion_and_lone_turn_end(tokenizer, prompt_ids):
+    for ids in ([], [tokenizer.convert_tokens_to_ids("<|im_end|>")]):
+        reply = parse_completion(tokenizer, ids, prompt_ids, TOOLS)
+        assert reply.ok and reply.message == {"role": "assistant", "content": ""}
+
+
+def test_unknown_template_is_a_clear_error(tokenizer, prompt_ids):
+    import copy
+
+    other = copy.copy(tokenizer)
+    other.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    with pytest.raises(ValueError, match="no response template"):
+        parse_completion(other, encode(tokenizer, "hi"), prompt_ids, TOOLS)
+
+
+def test_a_crashing_parser_falls_back_to_text(tokenizer, prompt_ids):
+    import copy
+
+    class Exploding(dict):
+        def get(self, *args):
+            raise RuntimeError("parser bug")
+
+        __getitem__ = get
+
+    broken = copy.copy(tokenizer)
+    broken.response_template = Exploding(start_anchor="x")
+    ids = encode(tokenizer, '<tool_call>\n{"name":"bash","arguments":{"command":"ls"}}\n</tool_call><|im_end|>')
+    reply = parse_completion(broken, ids, prompt_ids, TOOLS)
+    assert not reply.ok and "parser bug" in reply.error
+    assert reply.message == {"role": "assistant", "content": tokenizer.decode(ids[:-1])}
