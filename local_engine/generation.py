@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
+from local_engine.kv_rows import merge_rows, trim_left
 from local_engine.sampling import SamplingParams, choose_token, processed_logprobs
 
 logger = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ class BatchedGenerator:
                         self._pending[:0] = admitted
                     self._in_flight = [job for job in self._in_flight if job not in admitted]
                 elif prefilled[0]:
-                    active, cache, mask = _merge_rows(active, cache, mask, *prefilled)
+                    active, cache, mask = merge_rows(active, cache, mask, *prefilled)
             if not active:
                 with self._cond:
                     if not self._pending or self._paused_at is not None or self._closing:
@@ -370,38 +371,5 @@ class BatchedGenerator:
                 index = torch.tensor([active.index(job) for job in still], dtype=torch.long)
                 cache.batch_select_indices(index)
                 mask, active = mask[index], still
-                cache, mask = _trim_left(cache, mask)
+                cache, mask = trim_left(cache, mask)
 
-
-def _pad_left(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _merge_rows(active, cache, mask, new_jobs, new_cache, new_mask):
-    """Append freshly prefilled rows to the running batch, left-padding whichever side is shorter."""
-    if not active:
-        return new_jobs, new_cache, new_mask
-    length = max(mask.shape[1], new_mask.shape[1])
-    for layer, new_layer in zip(cache.layers, new_cache.layers):  # DynamicLayer: keys/values [batch, heads, T, dim]
-        layer.keys = torch.cat([_pad_left(layer.keys, 2, length), _pad_left(new_layer.keys, 2, length)])
-        layer.values = torch.cat([_pad_left(layer.values, 2, length), _pad_left(new_layer.values, 2, length)])
-    mask = torch.cat([_pad_left(mask, 1, length), _pad_left(new_mask, 1, length)])
-    return active + new_jobs, cache, mask
-
-
-def _trim_left(cache, mask):
-    """Drop leading cache columns that no remaining row attends to (left by rows that finished)."""
-    if mask.numel() == 0:
-        return cache, mask
-    used = mask.any(dim=0).nonzero()
-    first = int(used[0]) if len(used) else mask.shape[1]
-    if first == 0:
-        return cache, mask
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-    return cache, mask[:, first:]
