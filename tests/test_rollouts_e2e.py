@@ -1,0 +1,76 @@
+"""`intercept-rl rollouts` end to end: real CLI, local engine, bubblewrap sandboxes, real agents, host grading."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from local_engine.embedded import ensure_tiny_model
+from rollout_worker.tasks import embedded_task_names
+
+pytestmark = pytest.mark.slow
+
+
+def _rollouts(tmp_path, *args, timeout=900):
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "rollouts", "--engine", "local", "--quiet",
+                           "--out", str(out), *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stderr.strip().splitlines()[-1])["summary"]
+    return [json.loads(line) for line in out.read_text().splitlines()], summary
+
+
+def test_oracle_resolves_every_embedded_task_and_noop_none(tmp_path):
+    records, summary = _rollouts(tmp_path, "--agent", "oracle", "--tasks", "embedded", "--max-inflight", "2")
+    assert len(records) == len(embedded_task_names()) >= 12
+    assert {r["task_id"] for r in records} == {f"embedded__{n}-1" for n in embedded_task_names()} or len(
+        {r["task_id"] for r in records}) == len(records)
+    assert all(r["reward"] == 1.0 and r["resolved"] and r["scorable"] for r in records)
+    assert summary["reward_mean"] == 1.0
+
+    records, summary = _rollouts(tmp_path, "--agent", "noop", "--tasks", "embedded", "--max-inflight", "2")
+    assert len(records) == len(embedded_task_names())
+    assert all(r["reward"] == 0.0 and not r["resolved"] and r["scorable"] for r in records)
+    assert summary["reward_mean"] == 0.0
+
+
+def test_agent_that_rewrites_the_tests_gets_zero(tmp_path):
+    # Overwrite every test file with passing stubs: in the agent's own tree the suite now passes.
+    cheat = ("cmd:for f in $(find . -path ./.git -prune -o -name 'test_*.py' -print); do "
+             "printf 'def test_ok():\\n    assert True\\n' > $f; done; "
+             "printf 'import pytest\\n' > conftest.py")
+    records, _ = _rollouts(tmp_path, "--agent", cheat, "--tasks", "embedded", "--max-tasks", "3")
+    assert len(records) == 3
+    assert all(r["scorable"] and r["reward"] == 0.0 for r in records)
+
+
+def _teacher_forced(model, ids, temperature):
+    t = torch.tensor([ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(t).logits[0, :-1].float() / temperature, dim=-1)
+    return np.concatenate([[0.0], logp.gather(1, t[0, 1:, None])[:, 0].numpy()])
+
+
+@pytest.mark.parametrize("agent", ["pi", "mini-swe-agent"])
+def test_real_agents_run_to_the_end_with_token_exact_rows(tmp_path, agent):
+    from transformers import AutoModelForCausalLM
+
+    records, summary = _rollouts(tmp_path, "--agent", agent, "--tasks", "embedded", "--max-tasks", "1",
+                                 "--num-generations", "2", "--max-turns", "3", "--max-tokens-per-turn", "24",
+                                 "--temperature", "1.0", "--agent-timeout", "240")
+    assert summary["rollouts"] == 2
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32).eval()
+    for rec in records:
+        # The random policy cannot solve the task, but the agent ran, was answered, ended, and was graded.
+        assert rec["status"] in ("completed", "budget", "agent_error"), rec["status"]
+        assert rec["turns"] >= 1, rec["agent_output"][-2000:]
+        drift = rec["drift"]
+        assert drift["sampled_tokens"] > 0
+        assert drift["trained_tokens"] == drift["sampled_tokens"], drift  # every sampled token is trained
+        for row in rec["rows"]:
+            mask = np.array(row["completion_mask"], dtype=bool)
+            ref = _teacher_forced(model, row["input_ids"], 1.0)
+            assert np.abs(np.array(row["old_log_probs"])[mask] - ref[mask]).max() < 1e-5
