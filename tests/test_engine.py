@@ -379,6 +379,20 @@ def test_a_pause_that_never_ends_fails_requests_with_503(model_dir):
         assert time.perf_counter() - started < 5
 
 
+def test_pause_wait_lets_running_requests_finish_first(model_dir):
+    with _engine(model_dir) as engine, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(_complete, engine, prompt=_prompt(5), max_tokens=60, ignore_eos=True,
+                              return_token_ids=True)
+        deadline = time.monotonic() + 30
+        while not engine.server.generator.batch_sizes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answer = requests.post(f"{engine.url}/pause", params={"mode": "wait"}, timeout=120)
+        assert answer.status_code == 200 and answer.json() == {"status": "paused", "mode": "wait"}
+        assert not engine.server.generator._batch_running  # returned only once nothing was decoding
+        choice = running.result(timeout=30).json()["choices"][0]  # complete although the engine is paused now
+        assert len(choice["token_ids"]) == 60 and choice["finish_reason"] == "length"
+
+
 def test_pause_abort_ends_in_flight_requests(model_dir):
     with _engine(model_dir) as engine, concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(_complete, engine, prompt=_prompt(5), max_tokens=400, return_token_ids=True)
@@ -386,6 +400,18 @@ def test_pause_abort_ends_in_flight_requests(model_dir):
         requests.post(f"{engine.url}/pause", params={"mode": "abort"}, timeout=30).raise_for_status()
         choice = running.result(timeout=60).json()["choices"][0]
         assert choice["finish_reason"] == "abort" and 0 < len(choice["token_ids"]) < 400
+
+
+def test_bfloat16_engine_serves_and_validates_bf16_weights(model_dir):
+    with _engine(model_dir, dtype="bfloat16") as engine:
+        info = requests.get(f"{engine.url}/server_info", timeout=10).json()
+        assert info["vllm_config"]["model_config"]["dtype"] == "torch.bfloat16"
+        choice = _complete(engine, prompt=_prompt(6), max_tokens=4, logprobs=0, return_token_ids=True).json()
+        assert len(choice["choices"][0]["logprobs"]["token_logprobs"]) == 4
+        norm = engine.server.generator.model.model.norm.weight.detach()
+        with pytest.raises(RuntimeError, match="dtype"):
+            push_weights(engine.url, [("model.norm.weight", norm.float())], version=1, timeout=60)
+        assert push_weights(engine.url, [("model.norm.weight", norm * 2)], version=1, timeout=60)["version"] == 1
 
 
 # ---- weights --------------------------------------------------------------------------------------------------------
