@@ -14,6 +14,9 @@ from trl.trainer import utils as trl_utils
 
 from trainer import cpu_compat
 
+# The fallback must also serve a GPU box without the Hub kernel: run the numeric checks on CUDA too when there is one.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pins: a TRL upgrade that changes any of these must fail here, not silently mis-train.
@@ -80,11 +83,25 @@ def test_tree_row_pack_yields_the_keys_tree_attention_consumes():
 def test_apply_cpu_compat_patches_what_is_missing_and_is_idempotent(monkeypatch):
     monkeypatch.setattr(packing, "_flash_attn", packing._flash_attn)  # restored after the test
     monkeypatch.setattr(async_grpo_trainer, "get_peak_flops_per_device", async_grpo_trainer.get_peak_flops_per_device)
+    original_probe = async_grpo_trainer.get_peak_flops_per_device
     first = cpu_compat.apply_cpu_compat()
-    assert not torch.cuda.is_available()  # this suite runs on CPU
-    assert first == [cpu_compat.PATCHED_FLASH_ATTN, cpu_compat.PATCHED_PEAK_FLOPS]
-    assert packing._flash_attn() is cpu_compat.TORCH_FLASH_ATTN
-    assert async_grpo_trainer.get_peak_flops_per_device(None, "float32") is None
+    try:
+        import kernels  # noqa: F401
+
+        has_kernels = True
+    except ImportError:
+        has_kernels = False
+    if torch.cuda.is_available():
+        # A GPU keeps TRL's own peak-FLOPs probe; attention falls back only when the Hub kernel cannot load.
+        assert cpu_compat.PATCHED_PEAK_FLOPS not in first
+        assert async_grpo_trainer.get_peak_flops_per_device is original_probe
+        if not has_kernels:
+            assert first == [cpu_compat.PATCHED_FLASH_ATTN]
+    else:
+        assert first == [cpu_compat.PATCHED_FLASH_ATTN, cpu_compat.PATCHED_PEAK_FLOPS]
+        assert async_grpo_trainer.get_peak_flops_per_device(None, "float32") is None
+    if cpu_compat.PATCHED_FLASH_ATTN in first:
+        assert packing._flash_attn() is cpu_compat.TORCH_FLASH_ATTN
     assert cpu_compat.apply_cpu_compat() == first
     with pytest.raises(ValueError, match="auto, torch or kernel"):
         cpu_compat.apply_cpu_compat("fa9")
@@ -94,7 +111,8 @@ def test_kernel_mode_leaves_attention_alone(monkeypatch):
     original = packing._flash_attn
     monkeypatch.setattr(packing, "_flash_attn", original)
     monkeypatch.setattr(async_grpo_trainer, "get_peak_flops_per_device", async_grpo_trainer.get_peak_flops_per_device)
-    assert cpu_compat.apply_cpu_compat("kernel") == [cpu_compat.PATCHED_PEAK_FLOPS]
+    expected = [] if torch.cuda.is_available() else [cpu_compat.PATCHED_PEAK_FLOPS]
+    assert cpu_compat.apply_cpu_compat("kernel") == expected
     assert packing._flash_attn is original
 
 
@@ -141,9 +159,10 @@ def _sample_paths(packed, samples):
     return paths
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (2, 2)])
-def test_torch_tree_attention_equals_unpacked_sdpa(seed, heads, kv_heads):
+def test_torch_tree_attention_equals_unpacked_sdpa(seed, heads, kv_heads, device):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     samples = _random_tree_samples(rng)
@@ -153,14 +172,15 @@ def test_torch_tree_attention_equals_unpacked_sdpa(seed, heads, kv_heads):
     packed = row.pack()
     n, dim = len(packed["input_ids"]), 16
     assert n < sum(map(len, samples)), "the samples must share prefixes for this test to mean anything"
-    q, k, v = torch.randn(n, heads, dim), torch.randn(n, kv_heads, dim), torch.randn(n, kv_heads, dim)
+    q, k, v = (torch.randn(n, h, dim).to(device) for h in (heads, kv_heads, kv_heads))
+    kv_index = packed["tree_kv_index"].to(device)
 
     out = cpu_compat.torch_flash_attn_varlen_func(
         q,
-        k.index_select(0, packed["tree_kv_index"]),
-        v.index_select(0, packed["tree_kv_index"]),
-        packed["tree_cu_seqlens_q"],
-        packed["tree_cu_seqlens_k"],
+        k.index_select(0, kv_index),
+        v.index_select(0, kv_index),
+        packed["tree_cu_seqlens_q"].to(device),
+        packed["tree_cu_seqlens_k"].to(device),
         *packed["tree_max_seqlens"].tolist(),
         softmax_scale=dim**-0.5,
         causal=True,
@@ -168,7 +188,7 @@ def test_torch_tree_attention_equals_unpacked_sdpa(seed, heads, kv_heads):
     )
     assert out.shape == q.shape
     for path in _sample_paths(packed, samples):
-        index = torch.tensor(path)
+        index = torch.tensor(path, device=device)
         reference = F.scaled_dot_product_attention(
             q[index].transpose(0, 1),
             k[index].transpose(0, 1),
@@ -203,7 +223,8 @@ def test_unsupported_keyword_is_a_clear_error():
         cpu_compat.torch_flash_attn_varlen_func(x, x, x, cu, cu, 2, 2, causal=True, dropout_p=0.1)
 
 
-def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(monkeypatch, device):
     """The whole model path: TRL's registered `tree_fa3` attention (with our fallback) vs plain SDPA per sequence."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -215,7 +236,7 @@ def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(monkeypat
         num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).eval()
+    model = Qwen3ForCausalLM(config).eval().to(device)
     rng = random.Random(7)
     samples = _random_tree_samples(rng)
     row = packing.TreeRow()
@@ -226,17 +247,17 @@ def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(monkeypat
     with torch.no_grad():
         model.set_attn_implementation(packing.TREE_ATTENTION)
         tree_logits = model(
-            input_ids=packed["input_ids"][None],
-            position_ids=packed["position_ids"][None],
-            tree_kv_index=packed["tree_kv_index"],
-            tree_cu_seqlens_q=packed["tree_cu_seqlens_q"],
-            tree_cu_seqlens_k=packed["tree_cu_seqlens_k"],
+            input_ids=packed["input_ids"][None].to(device),
+            position_ids=packed["position_ids"][None].to(device),
+            tree_kv_index=packed["tree_kv_index"].to(device),
+            tree_cu_seqlens_q=packed["tree_cu_seqlens_q"].to(device),
+            tree_cu_seqlens_k=packed["tree_cu_seqlens_k"].to(device),
             tree_max_seqlen_q=int(packed["tree_max_seqlens"][0]),
             tree_max_seqlen_k=int(packed["tree_max_seqlens"][1]),
         ).logits[0]
         model.set_attn_implementation("sdpa")
         for ids, path in zip(samples, _sample_paths(packed, samples), strict=True):
-            plain = model(input_ids=torch.tensor([ids])).logits[0]
+            plain = model(input_ids=torch.tensor([ids], device=device)).logits[0]
             torch.testing.assert_close(
-                tree_logits[torch.tensor(path)].log_softmax(-1), plain.log_softmax(-1), atol=1e-5, rtol=0
+                tree_logits[torch.tensor(path, device=device)].log_softmax(-1), plain.log_softmax(-1), atol=1e-5, rtol=0
             )

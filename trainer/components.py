@@ -55,7 +55,7 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     from rollout_worker.agents import get_agent
     from rollout_worker.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
-    from rollout_worker.episode import SandboxEpisodeRunner
+    from rollout_worker.episode import EpisodeConfig, SandboxEpisodeRunner
     from rollout_worker.grading import Grader, GradingConfig
     from rollout_worker.sandbox import LocalSandboxTestExecutor, get_backend
     from rollout_worker.tasks import load_tasks
@@ -66,8 +66,9 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         raise ValueError(f"--tasks {script.tasks!r} yielded no tasks")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     chat_template = resolve_training_template(tokenizer, script.chat_template)
-    grader = Grader(LocalSandboxTestExecutor(), GradingConfig())
-    runner = SandboxEpisodeRunner(get_backend(script.sandbox), get_agent(script.agent), grader)
+    grader = Grader(LocalSandboxTestExecutor(), GradingConfig(reward_mode=script.reward_mode))
+    runner = SandboxEpisodeRunner(get_backend(script.sandbox), get_agent(script.agent), grader,
+                                  EpisodeConfig(wall_time_s=script.agent_wall_time_s))
     config = WorkerConfig(
         served_model_name=script.served_model_name,
         num_generations=training.num_generations,
@@ -81,6 +82,7 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         max_staleness=training.max_staleness,
         seed=training.seed,
         episode_timeout_s=script.episode_timeout_s,
+        drop_zero_variance_groups=script.drop_zero_variance_groups,
     )
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.agent, script.sandbox)
     return RolloutWorker(config, tasks=tasks, episode_runner=runner, tokenizer=tokenizer,

@@ -33,6 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_inflight": 2,
         "max_turns": 3,
         "max_tokens_per_turn": 96,
+        "agent_wall_time_s": 120.0,
+        "drop_zero_variance_groups": False,
+        "episode_timeout_s": 300.0,
         "max_completion_length": 512,
         "max_steps": 8,
         "learning_rate": 1e-4,
@@ -99,8 +102,21 @@ class SweTrainArguments:
     max_tokens_per_turn: int = field(
         default=1024, metadata={"help": "Cap on tokens sampled per agent call (the agent may ask for fewer)."}
     )
+    agent_wall_time_s: float = field(
+        default=900.0,
+        metadata={"help": "Agent wall-time budget per rollout; past it the agent is killed and its work graded."},
+    )
     episode_timeout_s: float = field(
-        default=1800.0, metadata={"help": "Hard wall-time cap on one rollout (agent + grading)."}
+        default=1800.0, metadata={"help": "Hard wall-time cap on one rollout (agent + grading); past it: unscorable."}
+    )
+    reward_mode: str = field(
+        default="binary",
+        metadata={"help": "'binary': 1 only if all FAIL_TO_PASS and PASS_TO_PASS tests pass; 'fraction': passing share."},
+    )
+    drop_zero_variance_groups: bool = field(
+        default=True,
+        metadata={"help": "Drop groups whose rewards are all equal (no learning signal). The CPU demo keeps them so "
+                  "a model that never solves a task still exercises every step of the loop."},
     )
     chat_template: str | None = field(
         default=None,
@@ -135,6 +151,8 @@ class SweTrainArguments:
             raise ValueError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
         if self.max_inflight < 1 or self.max_turns < 1 or self.max_tokens_per_turn < 1:
             raise ValueError("max_inflight, max_turns and max_tokens_per_turn must be >= 1")
+        if self.reward_mode not in ("binary", "fraction"):
+            raise ValueError(f"reward_mode must be binary or fraction, got {self.reward_mode!r}")
         if self.lora_r < 1:
             raise ValueError("lora_r must be >= 1")
 

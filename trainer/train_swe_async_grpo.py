@@ -64,6 +64,21 @@ class WorkerStateCallback(TrainerCallback):
         tmp.replace(checkpoint_dir / WORKER_STATE_FILE)
 
 
+class ProgressLineCallback(TrainerCallback):
+    """One short line per logged step (step, reward, ratio, kl, rollouts), readable among the library logs."""
+
+    KEYS = (("reward", "reward"), ("rollout/reward_mean", "rollout_reward"), ("ratio", "ratio"), ("kl", "kl"),
+            ("loss", "loss"), ("rollout/rollouts_total", "rollouts"), ("rollout/groups_total", "groups"),
+            ("perf/step_s", "step_s"))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        parts += [f"{label}={logs[key]:.4g}" for key, label in self.KEYS if isinstance(logs.get(key), (int, float))]
+        print("[intercept-rl] " + " ".join(parts), flush=True)
+
+
 def load_worker_state(worker, checkpoint_dir: str | None) -> bool:
     """Restore the worker's state from a checkpoint written by `WorkerStateCallback`; False when there is none."""
     if checkpoint_dir is None or not hasattr(worker, "load_state_dict"):
@@ -135,7 +150,7 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
         peft_config=peft_config_from(script),
         rollout_worker=worker,
         weight_transfer=weight_transfer,
-        callbacks=[WorkerStateCallback(worker), *(callbacks or [])],
+        callbacks=[WorkerStateCallback(worker), ProgressLineCallback(), *(callbacks or [])],
     )
 
 
@@ -162,6 +177,15 @@ def dashboard_command(trackio_dir: str, project: str) -> str:
     return f"GRADIO_SERVER_PORT=7861 TRACKIO_DIR={trackio_dir} trackio show --project {project}"
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `finally` blocks stop the engine, the worker and its sandboxes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -172,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intercept-rl train: {error}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)
+    _exit_on_sigterm()
     if training.trackio_space_id:
         logger.info("Trackio logs to the Space %s (private unless --hub-private-repo false is given)", training.trackio_space_id)
 
