@@ -1,0 +1,1 @@
+"""Benchmarks (`python bench/<name>.py [--quick]`); see docs/benchmarks.md for the latest results."""
