@@ -17,6 +17,7 @@ from control_plane import RolloutClosed
 
 from .config import WorkerConfig
 from .engine_client import EngineClient, EngineError, PromptTooLongError
+from .messages import MessageFormatError
 from .parsing import parse_completion
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,11 @@ class TurnServer:
             msg = f"turn budget of {cfg.max_turns} calls is exhausted"
             return await self._end(request, stop, state, "turns", 400, msg, "budget_exceeded")
 
-        plan = conversation.prepare(request.messages, request.tools)
+        try:
+            plan = conversation.prepare(request.messages, request.tools)
+        except MessageFormatError as exc:  # the agent's messages cannot be rendered: its error, not ours
+            await request.fail(400, str(exc), code="invalid_messages")
+            return
         prompt_len = len(plan.prompt_ids)
         if prompt_len >= self.max_model_len:
             return await self._end(request, stop, state, "overlong", 400, self._overlong_message(prompt_len),

@@ -1,6 +1,6 @@
 """Agent launchers: the shipped agents and `get_agent(spec)`.
 
-Specs: `mini-swe-agent` (alias `mini`), `pi`, `cmd:<shell command>`, `oracle`, `noop`.
+Specs: `mini-swe-agent` (alias `mini`), `pi`, `cmd:<shell command>`, `oracle`, `noop`, `single-shot`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ from rollout_worker.agents.base import AgentCommand, AgentLauncher, AgentUnavail
 from rollout_worker.agents.mini_swe_agent import MiniSweAgentLauncher
 from rollout_worker.agents.pi import PiLauncher
 from rollout_worker.agents.simple import CommandAgent, NoopAgent, OracleAgent
+from rollout_worker.agents.single_shot import SingleShotAgent
 
 __all__ = [
     "AgentCommand", "AgentLauncher", "AgentUnavailableError", "CommandAgent", "MiniSweAgentLauncher", "NoopAgent",
-    "OracleAgent", "PiLauncher", "get_agent", "openai_env",
+    "OracleAgent", "PiLauncher", "SingleShotAgent", "get_agent", "openai_env",
 ]
 
 _NAMED = {"mini-swe-agent": MiniSweAgentLauncher, "mini": MiniSweAgentLauncher, "pi": PiLauncher,
-          "oracle": OracleAgent, "noop": NoopAgent}
+          "oracle": OracleAgent, "noop": NoopAgent, "single-shot": SingleShotAgent}
 
 
 def get_agent(spec: str) -> AgentLauncher:

@@ -23,6 +23,8 @@ from typing import Any
 from rollout_worker.tasks.trees import run_git
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
+# Toy tasks whose reward a tiny random policy can move (the learning proof, the CPU demo); same layout.
+LEARNING_DIR = Path(__file__).parent / "learning"
 _GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "intercept-rl",
     "GIT_AUTHOR_EMAIL": "tasks@intercept-rl.invalid",
@@ -33,9 +35,9 @@ _GIT_IDENTITY = {
 }
 
 
-def embedded_task_names() -> list[str]:
+def embedded_task_names(root: Path = EMBEDDED_DIR) -> list[str]:
     """Names of the embedded tasks (directory names), sorted."""
-    return sorted(p.name for p in EMBEDDED_DIR.iterdir() if (p / "task.json").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / "task.json").is_file())
 
 
 def default_cache_dir() -> Path:
@@ -65,11 +67,12 @@ def _copy_source(src: Path, dst: Path) -> None:
             os.chmod(target, 0o644)
 
 
-def materialize_embedded_repo(name: str, cache_dir: Path | None = None, timeout: float = 60.0) -> tuple[Path, str]:
+def materialize_embedded_repo(name: str, cache_dir: Path | None = None, timeout: float = 60.0,
+                              root: Path = EMBEDDED_DIR) -> tuple[Path, str]:
     """Create (once) the single-commit git repo of embedded task `name`; returns (repo_dir, base_commit)."""
-    source = EMBEDDED_DIR / name / "repo"
+    source = root / name / "repo"
     if not source.is_dir():
-        raise ValueError(f"unknown embedded task {name!r}; known: {', '.join(embedded_task_names())}")
+        raise ValueError(f"unknown embedded task {name!r}; known: {', '.join(embedded_task_names(root))}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{name}-{_tree_digest(source)}"
@@ -98,17 +101,18 @@ def materialize_embedded_repo(name: str, cache_dir: Path | None = None, timeout:
     return target, head
 
 
-def embedded_rows(names: list[str] | None = None, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def embedded_rows(names: list[str] | None = None, cache_dir: Path | None = None,
+                  root: Path = EMBEDDED_DIR) -> list[dict[str, Any]]:
     """The embedded tasks as SWE-Gym-schema rows (with `repo_dir` and `base_commit` filled in), materializing repos."""
-    known = embedded_task_names()
+    known = embedded_task_names(root)
     unknown = [n for n in names or [] if n not in known]
     if unknown:
         raise ValueError(f"unknown embedded task(s) {unknown}; known: {', '.join(known)}")
     rows = []
     for name in names or known:
-        folder = EMBEDDED_DIR / name
+        folder = root / name
         meta = json.loads((folder / "task.json").read_text("utf-8"))
-        repo_dir, base_commit = materialize_embedded_repo(name, cache_dir)
+        repo_dir, base_commit = materialize_embedded_repo(name, cache_dir, root=root)
         rows.append({
             **meta,
             "base_commit": base_commit,

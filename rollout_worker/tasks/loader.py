@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rollout_worker.tasks.embedded_tasks import embedded_rows
+from rollout_worker.tasks.embedded_tasks import LEARNING_DIR, embedded_rows
 from rollout_worker.tasks.schema import SWE_GYM_IMAGE_TEMPLATE, RowError, TaskValidationError, task_from_row
 from rollout_worker.types import Task
 
@@ -69,6 +69,10 @@ def _read_rows(spec: str, config: TaskLoadConfig) -> tuple[Any, Path | None]:
     if spec == "embedded" or spec.startswith("embedded:"):
         names = [n for n in spec.partition(":")[2].split(",") if n] or None
         return embedded_rows(names, Path(config.embedded_cache_dir) if config.embedded_cache_dir else None), None
+    if spec == "learning" or spec.startswith("learning:"):
+        names = [n for n in spec.partition(":")[2].split(",") if n] or None
+        cache = Path(config.embedded_cache_dir) if config.embedded_cache_dir else None
+        return embedded_rows(names, cache, root=LEARNING_DIR), None
 
     import datasets  # heavy; only needed for files and hub datasets
 
