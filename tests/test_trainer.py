@@ -57,7 +57,8 @@ def test_preset_sets_defaults_and_flags_override_them():
     assert script.agent == "pi"  # flag beats preset
     assert training.learning_rate == 0.5
     assert training.max_steps == demo["max_steps"] and training.num_generations == demo["num_generations"]
-    assert training.token_budget == demo["token_budget"] and training.report_to == ["trackio"]
+    assert training.token_budget == 0 and training.per_device_train_batch_size == 2
+    assert training.report_to == ["trackio"]
     assert training.dtype == "float32" and training.bf16 is False
     assert script.vllm_url is None
 
@@ -220,3 +221,54 @@ def test_trackio_db_gets_the_metrics(cpu_run):
     ratios = [metrics["train/ratio"] for _, metrics in rows if "train/ratio" in metrics]
     assert len(ratios) == 3 and abs(ratios[0] - 1.0) <= 1e-5
     assert f"TRACKIO_DIR={cpu_run.out / 'trackio'} trackio show --project trainer-test" in cpu_run.stdout
+
+
+@pytest.mark.slow
+async def test_trackio_dashboard_shows_the_run_in_headless_chromium(cpu_run):
+    """`trackio show` on the finished run's directory, opened in headless Chromium: the ratio, kl and loss charts
+    list the run and have drawn data pixels in its colour."""
+    import asyncio
+    import shutil
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.test_trainer_helpers import chart_pixels
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by scripts/bootstrap.sh"
+    with sqlite3.connect(cpu_run.out / "trackio" / "trainer-test.db") as conn:
+        run_names = {name for (name,) in conn.execute("SELECT DISTINCT run_name FROM metrics")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "TRACKIO_DIR": str(cpu_run.out / "trackio"),
+           "BROWSER": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
+    trackio_bin = str(Path(sys.executable).parent / "trackio")
+    server = subprocess.Popen([trackio_bin, "show", "--project", "trainer-test"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/?project=trainer-test"
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                await asyncio.sleep(0.5)
+        else:
+            raise AssertionError("trackio show did not answer within 60 s")
+        want = ("train/ratio", "train/kl", "train/loss")
+        charts = await chart_pixels(url, chromium=chromium, want=want)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
+    by_metric = {chart["metric"]: chart for chart in charts}
+    for metric in want:
+        assert metric in by_metric, sorted(by_metric)
+        assert set(by_metric[metric]["runs"]) & run_names, by_metric[metric]
+        assert by_metric[metric]["data_pixels"] > 0, by_metric[metric]

@@ -225,3 +225,90 @@ def run_training_with_test_worker(argv: list[str], engine_url: str) -> None:
     with open(os.path.join(training.output_dir, "log_history.json"), "w") as handle:
         json.dump(trainer.state.log_history, handle)
     print(dashboard_command(trackio_dir, training.project), flush=True)
+
+
+# What a chart has drawn: per plot container, its metric, the legend's run names and colours, and how many canvas
+# pixels carry a run's colour (axes and grid are grey, so only plotted data counts).
+CHART_PIXELS_JS = r"""
+JSON.stringify([...document.querySelectorAll('.plot-container[data-metric]')].map(el => {
+  const canvas = el.querySelector('canvas');
+  const colours = [...el.querySelectorAll('.legend-dot')].map(d => getComputedStyle(d).backgroundColor
+    .match(/\d+/g).slice(0, 3).map(Number));
+  let hits = 0;
+  if (canvas && colours.length) {
+    const px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i + 3] > 0 && colours.some(c => Math.abs(px[i] - c[0]) + Math.abs(px[i + 1] - c[1])
+          + Math.abs(px[i + 2] - c[2]) < 40)) hits++;
+    }
+  }
+  return {metric: el.dataset.metric, runs: [...el.querySelectorAll('.legend-label')].map(l => l.textContent.trim()),
+          data_pixels: hits};
+}))
+"""
+
+
+async def chart_pixels(url: str, *, chromium: str = "chromium", timeout_s: float = 90.0,
+                       want: tuple[str, ...] = ()) -> list[dict]:
+    """Open `url` in headless Chromium and read the dashboard's charts over the DevTools protocol (aiohttp
+    websocket); poll until every metric in `want` has drawn data pixels or `timeout_s` passes."""
+    import asyncio
+    import json
+    import os
+    import socket
+    import tempfile
+
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    proc = await asyncio.create_subprocess_exec(
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--window-size=1280,2400", f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    charts: list[dict] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+                        pages = [t for t in await response.json() if t["type"] == "page"]
+                    if pages:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                if loop.time() > deadline:
+                    raise TimeoutError("chromium's DevTools endpoint never came up")
+                await asyncio.sleep(0.3)
+            async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 1_000_000))
+
+                async def call(method: str, **params):
+                    msg_id = next(ids)
+                    await ws.send_json({"id": msg_id, "method": method, "params": params})
+                    while True:
+                        message = await asyncio.wait_for(ws.receive_json(), timeout=30)
+                        if message.get("id") == msg_id:
+                            return message
+
+                await call("Page.navigate", url=url)
+                while loop.time() < deadline:
+                    await asyncio.sleep(1.0)
+                    answer = await call("Runtime.evaluate", expression=CHART_PIXELS_JS, returnByValue=True)
+                    value = answer.get("result", {}).get("result", {}).get("value")
+                    charts = json.loads(value) if value else []
+                    drawn = {c["metric"] for c in charts if c["data_pixels"] > 0}
+                    if charts and all(metric in drawn for metric in want):
+                        break
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, 9)
+        await proc.wait()
+        import shutil
+
+        shutil.rmtree(profile, ignore_errors=True)
+    return charts

@@ -28,7 +28,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "agent": "mini-swe-agent",
         "sandbox": "local",
         "max_model_len": 4096,
-        "token_budget": 4096,
+        # 0 = TRL's fixed-count batcher: one micro-batch of `per_device_train_batch_size` samples per step. A token
+        # budget would instead wait until a row is full, and the tree packing shares the agent's long system prompt
+        # across a group, so on a slow CPU a step would wait for dozens of rollouts.
+        "token_budget": 0,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
         "num_generations": 2,
         "max_inflight": 2,
         "max_turns": 3,
