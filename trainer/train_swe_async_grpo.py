@@ -119,7 +119,8 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
 
     Args:
         args: parsed arguments (`parse_train_args`).
-        worker: a TRL `RolloutWorkerProtocol` (ours: `rollout_worker.worker.RolloutWorker`; tests pass their own).
+        worker: a TRL `RolloutWorkerProtocol` (ours: `rollout_worker.worker.RolloutWorker`; tests pass their own);
+            None on ranks other than 0, where TRL uses neither the worker nor the transfer.
         weight_transfer: a TRL `WeightTransferProtocol`, or None with `--vllm-url` (TRL's NCCL `WeightTransferClient`).
         callbacks: extra `TrainerCallback`s.
     """
@@ -128,8 +129,10 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
 
     from trainer.cpu_compat import apply_cpu_compat
 
+    from accelerate import PartialState
+
     script, training = args.script, args.training
-    if weight_transfer is None and not script.vllm_url:
+    if weight_transfer is None and not script.vllm_url and PartialState().is_main_process:
         raise ValueError("weight_transfer is required without --vllm-url (the local engine syncs over HTTP)")
     if training.token_budget is None and not script.vllm_url:
         raise ValueError("token_budget must be set without vLLM (TRL would otherwise query a vLLM /v1/models)")
@@ -150,7 +153,8 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
         peft_config=peft_config_from(script),
         rollout_worker=worker,
         weight_transfer=weight_transfer,
-        callbacks=[WorkerStateCallback(worker), ProgressLineCallback(), *(callbacks or [])],
+        callbacks=[*([WorkerStateCallback(worker)] if worker is not None else []), ProgressLineCallback(),
+                   *(callbacks or [])],
     )
 
 
@@ -192,18 +196,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trackio_dir = configure_trackio(argv)
         script, training = parse_train_args(argv)
+        checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"intercept-rl train: {error}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)
     _exit_on_sigterm()
     if training.trackio_space_id:
-        logger.info("Trackio logs to the Space %s (private unless --hub-private-repo false is given)", training.trackio_space_id)
+        logger.info("Trackio logs to the Space %s (private unless --hub-private-repo false is given)",
+                    training.trackio_space_id)
+
+    from accelerate import PartialState
 
     from trainer.components import build_rollout_worker, start_engine
 
-    checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
     model_path = resolve_model_path(script.model_name_or_path)
+    if not PartialState().is_main_process:
+        # Under `accelerate launch`, only rank 0 owns the engine and the worker; TRL ignores both on other ranks.
+        trainer = build_trainer(args, None, None)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model(training.output_dir)
+        return 0
     with start_engine(script, training, model_path) as engine:
         worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url)
         load_worker_state(worker, checkpoint)
