@@ -9,7 +9,10 @@ counters of the rollouts it closes; "memory" → RSS and the bytes held in token
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import time
+import tracemalloc
 from typing import Any
 
 from control_plane import GateConfig, InterceptionServer, RolloutClosed
@@ -49,6 +52,29 @@ def conversation_buffer_bytes(conversation) -> dict[str, int]:
     return {"token_bytes": tokens, "message_bytes": messages}
 
 
+class GcPauses:
+    """Records how long each garbage collection stops the event loop (gc.callbacks), per generation."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def take(self) -> dict:
+        pauses, self.pauses = self.pauses, []
+        by_generation = {}
+        for generation, seconds in pauses:
+            count, total, longest = by_generation.get(generation, (0, 0.0, 0.0))
+            by_generation[generation] = (count + 1, total + seconds, max(longest, seconds))
+        return by_generation
+
+
 class GateUnderTest:
     def __init__(self, engine_url: str, options: dict):
         self.engine_url = engine_url
@@ -58,6 +84,7 @@ class GateUnderTest:
         self.rollouts: list[tuple[Any, Any, TurnState, asyncio.Task]] = []
         self.closed_turns = 0
         self._next_id = 0
+        self.gc_pauses = GcPauses()
 
     async def run(self, conn) -> None:
         config = GateConfig(max_pending_per_rollout=8)
@@ -70,8 +97,9 @@ class GateUnderTest:
                 self.turns = TurnServer(config=worker_config, engine=engine, tokenizer=self.tokenizer,
                                         max_model_len=max_model_len, model_version=lambda: 0)
                 conn.send(("ready", {"url": self.server.url}))
-                await serve_commands(conn, {"open": self.open, "snapshot": self.snapshot,
-                                            "close_all": self.close_all, "memory": self.memory})
+                await serve_commands(conn, {"open": self.open, "snapshot": self.snapshot, "close_all": self.close_all,
+                                            "memory": self.memory, "trace": self.trace,
+                                            "gc_pauses": self._gc_pauses})
                 await self.close_all()
         finally:
             await self.server.stop()
@@ -112,8 +140,22 @@ class GateUnderTest:
     async def snapshot(self) -> dict:
         return {**process_snapshot(), "turns_total": self._turns(), "open_rollouts": self.server.open_rollouts}
 
+    async def _gc_pauses(self) -> dict:
+        """Collector pauses since the last call (or close_all): {generation: (count, total s, longest s)}."""
+        return self.gc_pauses.take()
+
+    async def trace(self, on: bool) -> bool:
+        """Start / stop tracemalloc: while on, "memory" also reports the Python heap allocated since the start."""
+        if on:
+            tracemalloc.start()
+        else:
+            tracemalloc.stop()
+        return tracemalloc.is_tracing()
+
     async def memory(self) -> dict:
-        totals = {"token_bytes": 0, "message_bytes": 0}
+        gc.collect()  # count what is alive, not garbage awaiting collection
+        totals = {"token_bytes": 0, "message_bytes": 0,
+                  "traced_bytes": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None}
         for _, conversation, _, _ in self.rollouts:
             for key, value in conversation_buffer_bytes(conversation).items():
                 totals[key] += value
@@ -137,7 +179,7 @@ class GateUnderTest:
                 ended[state.ended_by] = ended.get(state.ended_by, 0) + 1
             self.closed_turns += state.turns
         return {"overhead_s": overhead, "forks": forks, "parse_failures": parse_failures, "ended_by": ended,
-                "closed": len(rollouts)}
+                "closed": len(rollouts), "gc": self.gc_pauses.take()}
 
 
 def run_gate_process(conn, engine_url: str, options: dict | None = None) -> None:
