@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 RETRYABLE_STATUSES = frozenset({502, 503})
 # Wordings of "the prompt does not fit the context": vLLM's old and new messages, OpenAI's code, ours (= vLLM's).
@@ -152,7 +153,11 @@ class EngineClient:
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                async with self._http().request(method, url, json=payload) as response:
+                # orjson: the prompt is the whole context as ids, sent every turn; the stdlib encoder took 30 ms at
+                # 160k ids (orjson 2.5 ms), more than the rest of the turn (bench/gate_overhead.py, docs/benchmarks.md).
+                data = None if payload is None else orjson.dumps(payload)
+                headers = None if payload is None else {"Content-Type": "application/json"}
+                async with self._http().request(method, url, data=data, headers=headers) as response:
                     text = await response.text()
                     status = response.status
             except asyncio.TimeoutError:
