@@ -209,7 +209,7 @@ class AgentFleet:
     async def stats(self, since: float | None = None, until: float | None = None) -> dict:
         since = float("-inf") if since is None else since
         until = float("inf") if until is None else until
-        latencies = [lat for start, lat in self.records if start >= since and start + lat <= until]
+        latencies = [lat for start, lat in self.records if since <= start + lat <= until]  # answered in the window
         return {"latencies": latencies, "errors": list(self.errors), "agents": len(self._tasks),
                 "agents_with_a_turn": len(self.agents_with_a_turn), "turns_total": len(self.records)}
 
@@ -235,3 +235,16 @@ def run_client_process(conn) -> None:
             await fleet.halt()
 
     asyncio.run(main())
+
+
+def wait_for_turns(clients, agents: int, timeout_s: float) -> dict:
+    """Block until every agent of the client process (`Child` running `run_client_process`) was answered once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = clients.request("stats", 0.0, 0.0)  # an empty window: counts only
+        if stats["agents_with_a_turn"] >= agents:
+            return stats
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {stats['agents_with_a_turn']} of {agents} agents got an answer within "
+                               f"{timeout_s:.0f} s; errors: {stats['errors'][:3]}")
+        time.sleep(0.5)

@@ -23,27 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.agent_traffic import TOOLS, TrafficSpec, run_client_process  # noqa: E402
+from bench.agent_traffic import TOOLS, TrafficSpec, run_client_process, wait_for_turns  # noqa: E402
 from bench.gate_process import run_gate_process  # noqa: E402
 from bench.processes import Child  # noqa: E402
-from bench.report import machine_line, percentile, table, verdict  # noqa: E402
+from bench.report import exit_on_sigterm, machine_line, percentile, table, verdict  # noqa: E402
 from bench.standin_engine import canned_tool_call_turn, run_standin_process  # noqa: E402
 
 TARGET_ADDED_P99_MS = 10.0
 MB = 1024 * 1024
-
-
-def wait_for_turns(clients: Child, agents: int, timeout_s: float) -> dict:
-    """Until every agent of the fleet has been answered at least once (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = clients.request("stats", 0.0, 0.0)  # an empty window: counts only
-        if stats["agents_with_a_turn"] >= agents:
-            return stats
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {stats['agents_with_a_turn']} of {agents} agents got an answer within "
-                               f"{timeout_s:.0f} s; errors: {stats['errors'][:3]}")
-        time.sleep(0.5)
 
 
 def measure_window(clients: Child, seconds: float) -> list[float]:
@@ -66,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="agents as raw HTTP clients (default: cheap enough for 1,000 on 2 cores) or openai SDK")
     parser.add_argument("--uvloop", action="store_true", help="run the gate process on uvloop")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     args.window = args.window or (20.0 if args.quick else 60.0)
     levels = sorted(set(args.levels))
     top = levels[-1]

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.agent_traffic import TOOLS, TrafficSpec, run_client_process  # noqa: E402
 from bench.gate_process import run_gate_process  # noqa: E402
+from bench.concurrency import wait_for_turns  # noqa: E402
 from bench.processes import Child  # noqa: E402
-from bench.report import machine_line, percentile, table, verdict  # noqa: E402
+from bench.report import exit_on_sigterm, machine_line, percentile, table, verdict  # noqa: E402
 from bench.standin_engine import canned_tool_call_turn, run_standin_process  # noqa: E402
 
 TARGET_ADDED_P50_MS = 1.0
@@ -84,10 +85,12 @@ class Bench:
         else:
             endpoints = self.gate.request("open", episodes, "canned" if path == "gate-only" else "turns")
         spec = TrafficSpec(endpoints=endpoints, agents=concurrency, think_s=think, episode_turns=EPISODE_TURNS,
-                           first_call_spread_s=min(think, 1.0), seed=concurrency, client=client)
+                           first_call_spread_s=min(think, 2.0), seed=concurrency, client=client)
         processes = {"gate": self.gate, "stand-in": self.standin, "agents": self.clients}
         self.clients.request("start", spec)
         try:
+            # Every agent's first call renders its whole prompt (a new row); measure once all of them are past it.
+            wait_for_turns(self.clients, concurrency, 120 + concurrency)
             time.sleep(args.warmup)
             before = {name: child.request("snapshot") for name, child in processes.items()}
             time.sleep(args.duration)
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdk-rate", type=float, default=10.0, help="offered turns/s of the openai-SDK agents")
     parser.add_argument("--uvloop", action="store_true", help="run the gate process on uvloop")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     args.duration = args.duration or (4.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
 

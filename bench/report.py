@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,14 @@ def ensure_repo_on_path() -> None:
     """`python bench/x.py` puts bench/ first on sys.path; the repo root is needed for `import bench.…`."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so `finally` blocks stop the benchmark's child processes."""
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def percentile(values: list[float], q: float) -> float:
