@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 
@@ -80,37 +81,38 @@ def test_tree_row_pack_yields_the_keys_tree_attention_consumes():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_apply_cpu_compat_patches_what_is_missing_and_is_idempotent(monkeypatch):
-    monkeypatch.setattr(packing, "_flash_attn", packing._flash_attn)  # restored after the test
-    monkeypatch.setattr(async_grpo_trainer, "get_peak_flops_per_device", async_grpo_trainer.get_peak_flops_per_device)
+@functools.cache
+def _hub_loader_without_kernels():
+    """Stands in for TRL's unpatched `_flash_attn` (same shape: cached, zero-arg) where `kernels` is missing. Used
+    because an earlier test in this process (any `build_trainer`) may have patched the real one already."""
+    raise ImportError("No module named 'kernels'")
+
+
+@pytest.fixture
+def unpatched_trl(monkeypatch):
+    """TRL's helpers as before any `apply_cpu_compat`; whatever the test patches is restored afterwards."""
+    monkeypatch.setattr(packing, "_flash_attn", _hub_loader_without_kernels)
+    monkeypatch.setattr(async_grpo_trainer, "get_peak_flops_per_device", trl_utils.get_peak_flops_per_device)
+
+
+def test_apply_cpu_compat_patches_what_is_missing_and_is_idempotent(unpatched_trl):
     original_probe = async_grpo_trainer.get_peak_flops_per_device
     first = cpu_compat.apply_cpu_compat()
-    try:
-        import kernels  # noqa: F401
-
-        has_kernels = True
-    except ImportError:
-        has_kernels = False
     if torch.cuda.is_available():
-        # A GPU keeps TRL's own peak-FLOPs probe; attention falls back only when the Hub kernel cannot load.
-        assert cpu_compat.PATCHED_PEAK_FLOPS not in first
+        # A GPU keeps TRL's own peak-FLOPs probe; attention falls back because the (stand-in) Hub kernel fails.
+        assert first == [cpu_compat.PATCHED_FLASH_ATTN]
         assert async_grpo_trainer.get_peak_flops_per_device is original_probe
-        if not has_kernels:
-            assert first == [cpu_compat.PATCHED_FLASH_ATTN]
     else:
         assert first == [cpu_compat.PATCHED_FLASH_ATTN, cpu_compat.PATCHED_PEAK_FLOPS]
         assert async_grpo_trainer.get_peak_flops_per_device(None, "float32") is None
-    if cpu_compat.PATCHED_FLASH_ATTN in first:
-        assert packing._flash_attn() is cpu_compat.TORCH_FLASH_ATTN
+    assert packing._flash_attn() is cpu_compat.TORCH_FLASH_ATTN
     assert cpu_compat.apply_cpu_compat() == first
     with pytest.raises(ValueError, match="auto, torch or kernel"):
         cpu_compat.apply_cpu_compat("fa9")
 
 
-def test_kernel_mode_leaves_attention_alone(monkeypatch):
+def test_kernel_mode_leaves_attention_alone(unpatched_trl):
     original = packing._flash_attn
-    monkeypatch.setattr(packing, "_flash_attn", original)
-    monkeypatch.setattr(async_grpo_trainer, "get_peak_flops_per_device", async_grpo_trainer.get_peak_flops_per_device)
     expected = [] if torch.cuda.is_available() else [cpu_compat.PATCHED_PEAK_FLOPS]
     assert cpu_compat.apply_cpu_compat("kernel") == expected
     assert packing._flash_attn is original
@@ -224,11 +226,10 @@ def test_unsupported_keyword_is_a_clear_error():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(monkeypatch, device):
+def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(unpatched_trl, device):
     """The whole model path: TRL's registered `tree_fa3` attention (with our fallback) vs plain SDPA per sequence."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    monkeypatch.setattr(packing, "_flash_attn", packing._flash_attn)
     cpu_compat.apply_cpu_compat()
     packing.register_tree_attention()
     config = Qwen3Config(
