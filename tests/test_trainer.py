@@ -103,7 +103,8 @@ def test_bad_arguments_are_clear_errors(argv, message, capsys):
 def test_token_budget_defaults_to_the_local_engine_context_but_not_with_vllm():
     script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1", "--max-model-len", "2048"])
     assert training.token_budget == 2048
-    script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1", "--vllm-url", "http://x:8000"])
+    script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1",
+                                         "--vllm-url", "http://x:8000"])
     assert training.token_budget is None  # TRL asks vLLM's /v1/models for max_model_len
 
 
@@ -116,7 +117,8 @@ def test_a_trackio_space_is_private_unless_asked_otherwise():
 
 
 def test_dashboard_command():
-    assert dashboard_command("/r/trackio", "p") == "GRADIO_SERVER_PORT=7861 TRACKIO_DIR=/r/trackio trackio show --project p"
+    expected = "GRADIO_SERVER_PORT=7861 TRACKIO_DIR=/r/trackio trackio show --project p"
+    assert dashboard_command("/r/trackio", "p") == expected
 
 
 def test_resolve_checkpoint(tmp_path):

@@ -36,8 +36,9 @@ def test_cpu_demo_full_stack_first_step_is_on_policy(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "cpu-demo", "--max-steps", "1",
             "--save-steps", "1", "--output-dir", str(out), "--project", "e2e-test"]
-    marker = f"INTERCEPT_RL_E2E_MARKER={uuid.uuid4().hex}"
-    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", marker.split("=")[0]: marker.split("=")[1]}
+    marker_value = uuid.uuid4().hex
+    marker = f"INTERCEPT_RL_E2E_MARKER={marker_value}"
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", "INTERCEPT_RL_E2E_MARKER": marker_value}
     env.pop("TRACKIO_DIR", None)
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

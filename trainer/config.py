@@ -65,7 +65,7 @@ class SweTrainArguments:
 
     preset: str | None = field(
         default=None,
-        metadata={"help": f"Start from a named set of defaults ({', '.join(PRESETS)}); flags and --config override it."},
+        metadata={"help": f"Start from a named set of defaults ({', '.join(PRESETS)}); flags and --config win."},
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -116,7 +116,8 @@ class SweTrainArguments:
     )
     reward_mode: str = field(
         default="binary",
-        metadata={"help": "'binary': 1 only if all FAIL_TO_PASS and PASS_TO_PASS tests pass; 'fraction': passing share."},
+        metadata={"help": "'binary': 1 only if every FAIL_TO_PASS and PASS_TO_PASS test passes; 'fraction': the "
+                  "passing share."},
     )
     drop_zero_variance_groups: bool = field(
         default=True,
@@ -125,7 +126,8 @@ class SweTrainArguments:
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "Prefix-preserving training chat template (path or jinja text); default: TRL's for the model."},
+        metadata={"help": "Prefix-preserving training chat template (path or jinja text); default: TRL's for the "
+                  "model."},
     )
     use_peft: bool = field(
         default=False, metadata={"help": "Train a LoRA adapter (peft) instead of a full fine-tune."}

@@ -55,7 +55,8 @@ def torch_flash_attn_varlen_func(
         cu_seqlens_q, cu_seqlens_k: `(S + 1,)` segment boundaries in `q` and in `k`/`v`.
         max_seqlen_q, max_seqlen_k: unused (kept for signature compatibility).
         softmax_scale: defaults to `head_dim ** -0.5`.
-        causal: bottom-right aligned: query `i` of a segment with `Lq` queries and `Lk` keys sees keys `j <= i + Lk - Lq`.
+        causal: bottom-right aligned: query `i` of a segment with `Lq` queries and `Lk` keys sees keys
+            `j <= i + Lk - Lq`.
         window_size: `(left, right)` local window around the aligned diagonal; `-1` means unbounded.
         softcap: when > 0, scores become `softcap * tanh(scores / softcap)` before the softmax.
 
@@ -93,7 +94,7 @@ def torch_flash_attn_varlen_func(
 def _segment_mask(
     n_q: int, n_k: int, causal: bool, left: int, right: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Boolean `(Lq, Lk)` mask (True = may attend), aligned bottom-right like flash-attn; None when nothing is masked."""
+    """Boolean `(Lq, Lk)` mask (True = may attend), aligned bottom-right like flash-attn; None if nothing is masked."""
     if not causal and left < 0 and right < 0:
         return None
     # Query i sits at key position i + (Lk - Lq): the segment's queries are the LAST Lq rows of its path.
