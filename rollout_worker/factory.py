@@ -41,15 +41,14 @@ def build_episode_runner(options: EpisodeOptions):
 
 
 def _test_executor(sandbox: str):
-    if sandbox == "local":
-        from .sandbox import LocalSandboxTestExecutor
+    """Grading runs in a fresh bubblewrap sandbox on the host for every agent sandbox backend: the grader needs the
+    task's pristine `repo_dir` on the host anyway, and a fresh local sandbox has no network and nothing of the
+    agent's but its diff."""
+    if sandbox not in ("local", "docker"):
+        raise ValueError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
+    from .sandbox import LocalSandboxTestExecutor
 
-        return LocalSandboxTestExecutor()
-    if sandbox == "docker":
-        from .sandbox.docker_backend import DockerTestExecutor  # graded in the task's image, network off
-
-        return DockerTestExecutor()
-    raise ValueError(f"unknown sandbox backend {sandbox!r}")
+    return LocalSandboxTestExecutor()
 
 
 def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, chat_template: str | None,
