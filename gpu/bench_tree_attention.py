@@ -5,6 +5,9 @@ The shape is one GRPO group as TRL packs it: `--group` completions of `--complet
 prompt once; the reference runs SDPA on each unpacked sequence (prompt + completion). Reported per dtype: the max abs
 difference on every completion token, and the median forward / forward+backward time of both paths.
 
+It also measures a candidate faster fallback (`lower_right_varlen_attention`, torch's bottom-right `CausalBias`),
+which `trainer/cpu_compat.py` does not use (yet): numbers to decide on, not a second implementation in use.
+
 Usage: python gpu/bench_tree_attention.py --out bench_tree_attention.json
 """
 
@@ -51,6 +54,34 @@ def packed_group(args):
     paths = [kv[cu_k[s]:cu_k[s + 1]] for s in range(len(cu_k) - 1) if cu_k[s + 1] - cu_k[s] == len(samples[0])]
     assert len(paths) == args.group, f"expected {args.group} full-length segments, found {len(paths)}"
     return packed, paths
+
+
+def lower_right_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None, expand_kv=False):
+    """Candidate faster fallback (causal, no window/softcap): per segment, SDPA with torch's bottom-right
+    `CausalBias` (or plain `is_causal` when the segment has as many queries as keys), which lets SDPA pick its
+    flash / memory-efficient kernels instead of the dense boolean mask that forces the slower paths."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+
+    outputs = []
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:])):
+        n_q, n_k = q1 - q0, k1 - k0
+        query = q[q0:q1].transpose(0, 1)[None]
+        key, value = k[k0:k1].transpose(0, 1)[None], v[k0:k1].transpose(0, 1)[None]
+        gqa = key.shape[1] != query.shape[1]
+        if gqa and expand_kv:  # some kernels refuse GQA: give them full heads
+            repeat = query.shape[1] // key.shape[1]
+            key, value, gqa = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1), False
+        if n_q == n_k:
+            out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=softmax_scale,
+                                                 enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(n_q, n_k),
+                                                 scale=softmax_scale, enable_gqa=gqa)
+        outputs.append(out[0].transpose(0, 1))
+    return torch.cat(outputs, dim=0)
 
 
 def timed(fn, repeats: int) -> float:
@@ -100,6 +131,10 @@ def run(args) -> dict:
                                                    v[i].transpose(0, 1)[None], is_causal=True,
                                                    enable_gqa=True)[0].transpose(0, 1) for i in index]
 
+        def candidate(expand_kv):
+            return lambda: lower_right_varlen_attention(q, k.index_select(0, kv_index), v.index_select(0, kv_index),
+                                                        cu_q, cu_k, args.head_dim ** -0.5, expand_kv)
+
         with torch.no_grad():
             out_tree, out_ref = tree(), unpacked()
             completion = slice(args.prompt_len, None)
@@ -108,13 +143,25 @@ def run(args) -> dict:
             prompt_diff = max((out_tree[i][: args.prompt_len].float() - r[: args.prompt_len].float()).abs().max().item()
                               for i, r in zip(index, out_ref))
             fwd_tree, fwd_ref = timed(tree, args.repeats), timed(unpacked, args.repeats)
+            candidates = {}
+            for expand_kv in (False, True):
+                name_c = "lower_right" + ("_expanded_kv" if expand_kv else "_gqa")
+                out_c = candidate(expand_kv)()
+                candidates[name_c] = {
+                    "max_abs_diff_vs_unpacked": max((out_c[i].float() - r.float()).abs().max().item()
+                                                    for i, r in zip(index, out_ref)),
+                    "fwd_ms": round(timed(candidate(expand_kv), args.repeats), 3)}
         grad = torch.randn(n, args.heads, args.head_dim, device=args.device, dtype=dtype)
         bwd_tree = timed(lambda: tree().backward(grad), args.repeats)
         bwd_ref = timed(lambda: torch.autograd.backward(unpacked(), [grad[i] for i in index]), args.repeats)
+        for expand_kv in (False, True):
+            name_c = "lower_right" + ("_expanded_kv" if expand_kv else "_gqa")
+            candidates[name_c]["fwd_bwd_ms"] = round(timed(lambda: candidate(expand_kv)().backward(grad), args.repeats), 3)
         report["by_dtype"][name] = {
             "max_abs_diff_completion": diff, "max_abs_diff_prompt": prompt_diff,
             "fwd_ms_tree": round(fwd_tree, 3), "fwd_ms_unpacked": round(fwd_ref, 3),
             "fwd_bwd_ms_tree": round(bwd_tree, 3), "fwd_bwd_ms_unpacked": round(bwd_ref, 3),
+            "candidates": candidates,
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device == "cuda" else None}
     return report
 

