@@ -48,27 +48,24 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
         yield EngineHandle(url=engine.url, weight_transfer=LocalEngineWeightTransfer(engine.url))
 
 
-def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str):
-    """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples."""
+def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str,
+                         keep_trajectories: bool = False):
+    """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples.
+
+    Agent, sandbox and reward names become parts in `rollout_worker.factory`, the one place `rollouts` and `train`
+    share. `keep_trajectories` makes the worker publish one record per finished rollout on `worker.trajectories`.
+    """
     from transformers import AutoTokenizer
 
-    from rollout_worker.agents import get_agent
-    from rollout_worker.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
-    from rollout_worker.episode import EpisodeConfig, SandboxEpisodeRunner
-    from rollout_worker.grading import Grader, GradingConfig
-    from rollout_worker.sandbox import LocalSandboxTestExecutor, get_backend
+    from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
     from rollout_worker.tasks import load_tasks
-    from rollout_worker.worker import RolloutWorker
 
     tasks = load_tasks(script.tasks, split=script.task_split, max_tasks=script.max_tasks, seed=training.seed)
     if not tasks:
         raise ValueError(f"--tasks {script.tasks!r} yielded no tasks")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    chat_template = resolve_training_template(tokenizer, script.chat_template)
-    grader = Grader(LocalSandboxTestExecutor(), GradingConfig(reward_mode=script.reward_mode))
-    runner = SandboxEpisodeRunner(get_backend(script.sandbox), get_agent(script.agent), grader,
-                                  EpisodeConfig(wall_time_s=script.agent_wall_time_s))
+    runner = build_episode_runner(EpisodeOptions(agent=script.agent, sandbox=script.sandbox, reward=script.reward_mode,
+                                                 agent_timeout_s=script.agent_wall_time_s))
     config = WorkerConfig(
         served_model_name=script.served_model_name,
         num_generations=training.num_generations,
@@ -83,7 +80,8 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         seed=training.seed,
         episode_timeout_s=script.episode_timeout_s,
         drop_zero_variance_groups=script.drop_zero_variance_groups,
+        keep_trajectories=keep_trajectories,
     )
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.agent, script.sandbox)
-    return RolloutWorker(config, tasks=tasks, episode_runner=runner, tokenizer=tokenizer,
-                         chat_template=chat_template, engine_url=engine_url)
+    return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
+                        chat_template=script.chat_template, engine_url=engine_url)

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 from transformers import TrainerCallback  # noqa: E402
 
 from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
+from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
 logger = logging.getLogger("intercept_rl.train")
 
@@ -49,10 +50,13 @@ class WorkerStateCallback(TrainerCallback):
 
     TRL checkpoints its own worker's position only (`rollout_state.json` for `AsyncRolloutWorker`); ours exposes
     `state_dict()` / `load_state_dict()`, written next to the model checkpoint and read back by `load_worker_state`.
+    The trainer's policy version rides along (key `model_version`, from `model_version_fn`), as TRL does for its own
+    worker, so a resumed run keeps counting versions instead of restarting at 1 (`restore_model_version`).
     """
 
-    def __init__(self, worker):
+    def __init__(self, worker, model_version_fn=None):
         self.worker = worker
+        self.model_version_fn = model_version_fn
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not hasattr(self.worker, "state_dict"):
@@ -60,7 +64,10 @@ class WorkerStateCallback(TrainerCallback):
         checkpoint_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint_dir / f".{WORKER_STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(self.worker.state_dict()))
+        state = self.worker.state_dict()
+        if self.model_version_fn is not None:
+            state = {**state, "model_version": int(self.model_version_fn())}
+        tmp.write_text(json.dumps(state))
         tmp.replace(checkpoint_dir / WORKER_STATE_FILE)
 
 
@@ -89,6 +96,26 @@ def load_worker_state(worker, checkpoint_dir: str | None) -> bool:
         return False
     worker.load_state_dict(json.loads(path.read_text()))
     return True
+
+
+def restore_model_version(trainer, worker, weight_transfer, checkpoint_dir: str | None) -> int | None:
+    """Continue the policy version count of the checkpoint (TRL restores it only for its own worker).
+
+    Without this a resumed run would stamp versions from 1 again: staleness and trackio curves would jump back, and
+    a vLLM server that outlived the first run already holds adapters under those version names.
+    """
+    path = Path(checkpoint_dir) / WORKER_STATE_FILE if checkpoint_dir else None
+    if path is None or not path.is_file():
+        return None
+    version = json.loads(path.read_text()).get("model_version")
+    if version is None:
+        return None
+    trainer.model_version = int(version)
+    if worker is not None:
+        worker.update_model_version(int(version))
+    if weight_transfer is not None and hasattr(weight_transfer, "version"):
+        weight_transfer.version = int(version)  # the local engine's next push carries trainer.model_version + 1
+    return int(version)
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
@@ -145,7 +172,8 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
     model_path = resolve_model_path(script.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     placeholder_rows = training.per_device_train_batch_size * training.gradient_accumulation_steps
-    return AsyncGRPOTrainer(
+    state_callback = WorkerStateCallback(worker) if worker is not None else None
+    trainer = AsyncGRPOTrainer(
         model=model_path,
         args=training,
         train_dataset=placeholder_dataset(max(placeholder_rows, 1)),
@@ -153,9 +181,12 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
         peft_config=peft_config_from(script),
         rollout_worker=worker,
         weight_transfer=weight_transfer,
-        callbacks=[*([WorkerStateCallback(worker)] if worker is not None else []), ProgressLineCallback(),
+        callbacks=[*([state_callback] if state_callback is not None else []), ProgressLineCallback(),
                    *(callbacks or [])],
     )
+    if state_callback is not None:
+        state_callback.model_version_fn = lambda: trainer.model_version
+    return trainer
 
 
 def configure_trackio(argv: list[str]) -> str:
@@ -218,10 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         trainer.save_model(training.output_dir)
         return 0
     with start_engine(script, training, model_path) as engine:
-        worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url)
+        worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
+                                      keep_trajectories=True)
         load_worker_state(worker, checkpoint)
         trainer = build_trainer(args, worker, engine.weight_transfer)
-        trainer.train(resume_from_checkpoint=checkpoint)
+        restore_model_version(trainer, worker, engine.weight_transfer, checkpoint)
+        # TRL stops the worker when train() ends (on every path), so closing afterwards writes every record.
+        with RolloutRecordWriter(worker.trajectories, Path(training.output_dir) / ROLLOUTS_FILE,
+                                 append=checkpoint is not None):
+            trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training.output_dir)
     if "trackio" in (training.report_to or []):
         print(f"\nTrackio dashboard:\n  {dashboard_command(trackio_dir, training.project)}\n", flush=True)
