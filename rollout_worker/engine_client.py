@@ -178,7 +178,7 @@ class EngineClient:
                     raise PromptTooLongError(
                         message,
                         status,
-                        prompt_tokens=_int_after(r"(?:You passed|contains at least|resulted in) (\d+)", message),
+                        prompt_tokens=_int_after(r"(?:You passed|contains(?: at least)?|resulted in) (\d+)", message),
                         max_model_len=_int_after(r"context length is (?:only )?(\d+)", message),
                     )
                 raise EngineError(f"{method} {url} failed with HTTP {status}: {message}", status)
