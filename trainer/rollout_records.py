@@ -62,7 +62,10 @@ class RolloutRecordWriter:
             logger.error("rollout record writer did not finish within %.0f s; %s may be incomplete", timeout_s,
                          self.path)
             return
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError:  # the unflushed tail of a write that already failed (and was counted) fails again
+            pass
         logger.info("%d rollout records in %s%s", self.written, self.path,
                     f" ({self.dropped} could not be written: {self.error})" if self.dropped else "")
 
@@ -92,7 +95,13 @@ class RolloutRecordWriter:
             return
         try:
             # default=str: a stray non-JSON value in `details` must not cost the whole line.
-            self._handle.write(json.dumps(record, default=str) + "\n")
+            line = json.dumps(record, default=str) + "\n"
+        except (TypeError, ValueError) as error:  # e.g. a circular structure: lose this record, not the thread
+            self.dropped += 1
+            logger.error("rollout record not serializable, skipped: %s", error)
+            return
+        try:
+            self._handle.write(line)
             self._handle.flush()
             self.written += 1
         except OSError as error:
