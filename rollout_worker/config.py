@@ -63,6 +63,13 @@ class WorkerConfig:
     queue_maxsize: int = field(
         default=4096, metadata={"help": "Capacity of the sample queue; the worker stops launching when it is full."}
     )
+    max_queued_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop launching rollouts while this many samples wait for the trainer: bounds how far rollouts "
+            "run ahead of the policy (staleness). None: half of queue_maxsize."
+        },
+    )
     keep_trajectories: bool = field(
         default=False, metadata={"help": "Also publish full trajectory records (for `intercept-rl rollouts`)."}
     )

@@ -208,7 +208,8 @@ class RolloutWorker:
             self._backlog.popleft()
 
     def _buffer_full(self) -> bool:
-        return bool(self._backlog) or self.rollout_buffer.qsize() >= self.config.queue_maxsize // 2
+        limit = self.config.max_queued_samples or self.config.queue_maxsize // 2
+        return bool(self._backlog) or self.rollout_buffer.qsize() >= limit
 
     async def _cancel_inflight(self) -> None:
         tasks = [t for t, _ in self._inflight.values()]
