@@ -156,6 +156,7 @@ class AgentFleet:
         self.records: list[tuple[float, float]] = []  # (start, latency) of each answered call
         self.errors: list[str] = []
         self.agents_with_a_turn: set[int] = set()
+        self._thought: set[int] = set()
         self._tasks: list[asyncio.Task] = []
         self._next_agent = 0
 
@@ -192,7 +193,10 @@ class AgentFleet:
                     if not message.get("tool_calls"):
                         messages.append({"role": "user", "content": "Continue."})
                     if spec.think_s > 0:
-                        await asyncio.sleep(spec.think_s * rng.uniform(0.5, 1.5))
+                        # After an agent's very first answer, a uniform phase: the fleet is in steady state at once.
+                        first = agent_id not in self._thought
+                        self._thought.add(agent_id)
+                        await asyncio.sleep(spec.think_s * (rng.uniform(0.0, 1.0) if first else rng.uniform(0.5, 1.5)))
             finally:
                 await client.close()
 

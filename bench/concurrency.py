@@ -7,8 +7,8 @@ connection, and the gate process reports its resident memory and the bytes its c
 open rollouts: the fixed cost of a rollout (handle, queue, TurnServer task, conversation, connection), which should be
 flat as rollouts grow. Buffers grow with each rollout's context and are reported apart.
 
-With all rollouts open, agents keep taking turns (each idles uniform around --think-s, default 20 s: 1,000 agents ⇒
-~50 turns/s) and the per-turn latency is measured; then the same agents run directly against the stand-in's chat
+With all rollouts open, agents keep taking turns (each idles uniform around --think-s, default 60 s: 1,000 agents ⇒
+~17 turns/s) and the per-turn latency is measured; then the same agents run directly against the stand-in's chat
 route (the baseline, same run). Target: added p99 ≤ 10 ms at 1,000 rollouts.
 
     python bench/concurrency.py [--quick] [--levels 125 250 500 1000] [--client raw|openai]
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter window (under 3 minutes on 2 cores)")
     parser.add_argument("--levels", type=int, nargs="+", default=[125, 250, 500, 1000])
-    parser.add_argument("--think-s", type=float, default=20.0, help="mean idle time of an agent between turns")
+    parser.add_argument("--think-s", type=float, default=60.0,
+                        help="mean idle time of an agent between turns (60 s: 1,000 agents offer ~17 turns/s)")
     parser.add_argument("--window", type=float, default=None, help="latency window at the top level, seconds")
     parser.add_argument("--client", choices=["raw", "openai"], default="raw",
                         help="agents as raw HTTP clients (default: cheap enough for 1,000 on 2 cores) or openai SDK")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             opened = 0
             for level in levels:
                 endpoints = gate.request("open", level - opened)
-                spread = max(2.0, (level - opened) / 100)
+                spread = max(2.0, (level - opened) / 50)  # ~50 first calls/s: each renders a whole prompt
                 clients.request("start", TrafficSpec(endpoints=endpoints, agents=level - opened, think_s=args.think_s,
                                                      episode_turns=10**6, first_call_spread_s=spread,
                                                      seed=level, client=args.client))
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             overhead = closed["overhead_s"]
 
             clients.request("start", TrafficSpec(endpoints=[(url + "/v1", "none")], agents=top, think_s=args.think_s,
-                                                 episode_turns=10**6, first_call_spread_s=max(2.0, top / 100),
+                                                 episode_turns=10**6, first_call_spread_s=max(2.0, top / 50),
                                                  seed=top, client=args.client))
             wait_for_turns(clients, top, 120 + top / 5)
             direct = measure_window(clients, args.window)
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(before_line + "  (before)")
     print(machine_line() + "  (after)")
     print(f"\nMemory of the gate process per open rollout (each agent answered at least once, connection kept open; "
-          f"RSS {base['rss_bytes'] / MB:.0f} MB after warm-up; Python heap traced from the first rollout on)")
+          f"RSS {base['rss_bytes'] / MB:.0f} MB after warm-up; Python heap traced from the first rollout on — RSS "
+          f"then also holds tracemalloc's own bookkeeping)")
     print(table(["open rollouts", "RSS delta MB", "heap MB", "token buffers MB", "held messages MB",
                  "RSS KB/rollout", "heap KB/rollout", "heap KB/rollout excl. buffers", "turns so far"], memory_rows))
     per_rollout = [row[7] for row in memory_rows]
