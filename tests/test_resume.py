@@ -210,7 +210,10 @@ def _train(out: Path, tmp: Path, marker: str, extra: list[str]) -> tuple[str, fl
             pass
     assert proc.returncode == 0, output[-6000:]
     assert leftovers == set(), f"the run left processes behind (engine, agents or sandboxes): {leftovers}"
-    assert sorted(p.name for p in tmp.iterdir()) == [], "the run left sandbox or grading directories behind"
+    # The sandbox registry's state dir stays (a later run reaps orphans from it), empty; nothing else may remain.
+    state_dir = tmp / f"intercept-rl-{os.getuid()}"
+    assert [p.name for p in tmp.iterdir() if p != state_dir] == [], "the run left grading or engine files behind"
+    assert not state_dir.exists() or list(state_dir.iterdir()) == [], "the run left sandbox directories behind"
     return output, elapsed
 
 
