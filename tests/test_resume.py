@@ -218,7 +218,8 @@ def _train(out: Path, tmp: Path, marker: str, extra: list[str]) -> tuple[str, fl
 
 
 def _progress_steps(output: str) -> list[int]:
-    return [int(line.split()[2].split("/")[0]) for line in output.splitlines() if line.startswith("[intercept-rl] step")]
+    lines = [line for line in output.splitlines() if line.startswith("[intercept-rl] step ")]
+    return [int(line.split()[2].split("/")[0]) for line in lines]
 
 
 def _logged_steps(checkpoint: Path) -> list[dict]:
@@ -271,7 +272,8 @@ def test_a_stopped_run_resumes_at_the_next_step_with_the_task_order_intact(tmp_p
     # Run 2 first re-ran the groups in flight at the save, then took the next tasks of the same order.
     assert (sched4["pass"] * n + sched4["position"]) - (sched2["pass"] * n + sched2["position"]) == \
         run2_started - len(rerun)
-    assert s4["counters"]["groups"] > s2["counters"]["groups"] and s4["counters"]["rollouts"] > s2["counters"]["rollouts"]
+    assert s4["counters"]["groups"] > s2["counters"]["groups"]
+    assert s4["counters"]["rollouts"] > s2["counters"]["rollouts"]
     assert s4["model_version"] > s2["model_version"] > 0
 
     # rollouts.jsonl: run 2 appended; every recorded group ran the task the seeded order gives its group id.
