@@ -81,7 +81,21 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         episode_timeout_s=script.episode_timeout_s,
         drop_zero_variance_groups=script.drop_zero_variance_groups,
         keep_trajectories=keep_trajectories,
+        max_queued_samples=_max_queued_samples(training),
     )
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.agent, script.sandbox)
     return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
                         chat_template=script.chat_template, engine_url=engine_url)
+
+
+def _max_queued_samples(training) -> int | None:
+    """How many samples may wait for the trainer before the worker stops launching rollouts.
+
+    Samples older than `max_staleness` policy versions are dropped at dequeue, so queueing more than
+    `max(1, max_staleness)` steps' worth only burns rollouts (and, with a fast-moving policy, trains far off-policy).
+    With a token budget the samples per step are not known up front: fall back to the worker's default.
+    """
+    if training.token_budget:
+        return None
+    per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    return max(training.num_generations, per_step * max(1, training.max_staleness))
