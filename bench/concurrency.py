@@ -33,6 +33,17 @@ TARGET_ADDED_P99_MS = 10.0
 MB = 1024 * 1024
 
 
+def drain_backlog(gate: Child, timeout_s: float) -> None:
+    """Wait (bounded) until the gate holds no more than a handful of unanswered requests."""
+    deadline = time.monotonic() + timeout_s
+    while gate.request("snapshot")["pending"] > 5:
+        if time.monotonic() > deadline:
+            print("  ! the gate still has a backlog; the window measures it", file=sys.stderr)
+            return
+        time.sleep(1.0)
+    time.sleep(2.0)
+
+
 def measure_window(clients: Child, seconds: float) -> list[float]:
     start = clients.request("snapshot")["at"]
     time.sleep(seconds)
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                     (traced - buffers) / level / 1024, mem["turns_total"] - base["turns_total"]])
                 print(f"... {level} rollouts open: RSS +{delta / MB:.1f} MB", file=sys.stderr, flush=True)
             gate.request("trace", False)
-            time.sleep(2.0)  # let the agents settle after tracing
+            drain_backlog(gate, 180.0)  # tracing slows the gate; measure only once it has caught up again
             gate.request("gc_pauses")  # reset: count the window's collector pauses only
             gated = measure_window(clients, args.window)
             clients.request("halt")

@@ -138,7 +138,8 @@ class GateUnderTest:
         return self.closed_turns + sum(state.turns for _, _, state, _ in self.rollouts)
 
     async def snapshot(self) -> dict:
-        return {**process_snapshot(), "turns_total": self._turns(), "open_rollouts": self.server.open_rollouts}
+        return {**process_snapshot(), "turns_total": self._turns(), "open_rollouts": self.server.open_rollouts,
+                "pending": self.server.pending_requests}
 
     async def _gc_pauses(self) -> dict:
         """Collector pauses since the last call (or close_all): {generation: (count, total s, longest s)}."""
