@@ -32,6 +32,11 @@ from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_
 from rollout_worker.messages import normalize_messages
 from rollout_worker.parsing import parse_completion
 
+try:
+    from bench.report import machine_line
+except ImportError:  # run as a script: bench/ is on sys.path, not the repo root
+    from report import machine_line
+
 SIZES = (8_000, 48_000, 160_000)
 TARGET_MS_AT_160K = 2.0
 TARGET_RATIO = 100.0
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"... {held} tokens measured ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     stats = bench.conversation.stats
+    print(machine_line())
     print(f"\nPer-turn prompt cost (CPU ms, medians), Qwen3 tokenizer + qwen3_training template; "
           f"{stats['turns']} turns, {stats['forks']} forks, {stats['sampled_tokens']} sampled = {stats['trained_tokens']} trained tokens")
     header = (f"{'held tokens':>11} | {'new tok/turn':>12} | {'incremental':>11} | {'bridge part':>11} | "
