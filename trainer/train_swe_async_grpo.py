@@ -155,6 +155,7 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
     from trl.experimental.async_grpo import AsyncGRPOTrainer
 
     from trainer.cpu_compat import apply_cpu_compat
+    from trainer.on_demand_batches import fetch_batches_on_demand
 
     from accelerate import PartialState
 
@@ -186,6 +187,9 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
     )
     if state_callback is not None:
         state_callback.model_version_fn = lambda: trainer.model_version
+    # accelerate's loader fetches one batch ahead, i.e. before the previous step's weight sync: without this every
+    # batch after the first would be trained one policy version staler than `max_staleness` allows and TRL logs.
+    fetch_batches_on_demand(trainer)
     return trainer
 
 
