@@ -89,6 +89,59 @@ def test_on_demand_batches_refuse_a_loader_they_would_split_wrongly():
         OnDemandBatches(plain.prepare(DataLoader(CountingStream(length=1), batch_size=1, collate_fn=_only_item)))
 
 
+TWO_RANK_SCRIPT = """
+import json, torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch.utils.data import DataLoader, IterableDataset
+from trainer.on_demand_batches import OnDemandBatches
+
+class Stream(IterableDataset):
+    pulled = 0
+    def __iter__(self):
+        for i in range(4):
+            Stream.pulled += 1
+            yield {"x": torch.tensor([[10 * i + rank, -1] for rank in range(2)])}  # one row per rank, like TRL's
+
+accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=True, split_batches=True),
+                          cpu=True)
+loader = OnDemandBatches(accelerator.prepare(DataLoader(Stream(), batch_size=1, collate_fn=lambda items: items[0])))
+seen, pulls = [], []
+for batch in loader:
+    seen.append(batch["x"].tolist())
+    pulls.append(Stream.pulled)
+print("RESULT " + json.dumps({"rank": accelerator.process_index, "seen": seen, "pulls": pulls}), flush=True)
+"""
+
+
+def test_on_demand_batches_dispatch_one_row_per_rank(tmp_path):
+    """Two CPU ranks (gloo) under torchrun: rank 0 pulls each batch only when handed out, every rank gets its own row,
+    and both stop together when the stream ends (no rank left waiting in a collective)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANK_SCRIPT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), str(script)],
+        capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = {r["rank"]: r for r in (json.loads(line.removeprefix("RESULT ")) for line in
+                                      completed.stdout.splitlines() if line.startswith("RESULT "))}
+    assert set(results) == {0, 1}
+    for rank in (0, 1):
+        assert results[rank]["seen"] == [[[10 * i + rank, -1]] for i in range(4)]
+    assert results[0]["pulls"] == [1, 2, 3, 4]  # no lookahead on the rank that owns the queue
+
+
 def test_fetch_batches_on_demand_wraps_the_trainers_loader_once():
     class FakeTrainer:  # only the method the Trainer loop calls
         def get_train_dataloader(self):
