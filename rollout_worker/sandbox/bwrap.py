@@ -108,12 +108,14 @@ def build_bwrap_argv(
             argv += ["--ro-bind", top, top]
     for name in _ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    # The private /tmp and /run come before the read-only runtimes: a checkout under /tmp (CI clones often live
+    # there) must stay visible, and a later tmpfs would hide its venvs.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     seen = {"/usr"}
     for path in [sys.base_prefix, *config.ro_paths]:
         if path not in seen and not any(path.startswith(s + "/") for s in seen):
             argv += ["--ro-bind-try", path, path]
             seen.add(path)
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     argv += ["--ro-bind", str(INNER_INIT), INNER_INIT_PATH]
     for host, inside in writable_binds:
         argv += ["--bind", host, inside]
