@@ -26,28 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_wide_model(target: Path) -> Path:
     """The embedded recipe with vLLM-friendly attention shapes; deterministic like the tiny one."""
-    import torch
-    from transformers import GenerationConfig, Qwen3ForCausalLM
-
-    from local_engine.embedded import TINY_MODEL_SEED, tiny_model_config
-    from rollout_worker.chat_template import load_qwen3_tokenizer
+    from local_engine.embedded import build_tiny_model
 
     if (target / "config.json").is_file():
         return target
-    tokenizer = load_qwen3_tokenizer()
-    config = tiny_model_config(tokenizer)
-    config.hidden_size, config.intermediate_size, config.num_hidden_layers = 1024, 2048, 4
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 8, 4, 128
-    config.layer_types = ["full_attention"] * config.num_hidden_layers  # derived at init from the old depth
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_MODEL_SEED)
-        model = Qwen3ForCausalLM(config).to(torch.float32).eval()
-    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    model.generation_config = GenerationConfig(
-        bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=True
-    )
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+    target.mkdir(parents=True, exist_ok=True)
+    build_tiny_model(target, hidden_size=1024, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=4, head_dim=128)
     return target
 
 

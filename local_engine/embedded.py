@@ -53,17 +53,20 @@ def tiny_model_config(tokenizer) -> Qwen3Config:
     )
 
 
-def build_tiny_model(target: Path, initializer_range: float | None = None) -> None:
+def build_tiny_model(target: Path, **config_overrides) -> None:
     """Write the tiny model and its tokenizer into the (new or empty) directory `target`.
 
-    `initializer_range` overrides the init scale: the default (0.02) gives a near-uniform next-token distribution over
-    the 152k vocabulary; a larger one (e.g. 0.5) gives a random model with peaked distributions, whose sampled tokens
-    recur often enough for a few dozen GRPO steps to move a reward (the learning benchmark uses it).
+    `config_overrides` change the Qwen3 config of the recipe. `initializer_range`: the default (0.02) gives a
+    near-uniform next-token distribution over the 152k vocabulary; a larger one (e.g. 0.5) gives a random model with
+    peaked distributions, whose sampled tokens recur often enough for a few dozen GRPO steps to move a reward (the
+    learning benchmark uses it). Sizes (`hidden_size`, `num_hidden_layers`, …) give wider models (gpu/build_model.py).
     """
     tokenizer = load_qwen3_tokenizer()
     config = tiny_model_config(tokenizer)
-    if initializer_range is not None:
-        config.initializer_range = initializer_range
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
+    if "num_hidden_layers" in config_overrides and "layer_types" not in config_overrides:
+        config.layer_types = ["full_attention"] * config.num_hidden_layers  # derived at init from the old depth
     # A private RNG scope: the build must not depend on, nor disturb, the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_MODEL_SEED)
