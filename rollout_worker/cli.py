@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (the agent's is ignored).")
     p.add_argument("--max-tokens-per-turn", type=int, default=512, help="Cap on tokens sampled per agent call.")
     p.add_argument("--max-turns", type=int, default=30, help="Agent calls per rollout before the budget ends it.")
+    p.add_argument("--max-completion-tokens", type=int, default=None,
+                   help="Sampled tokens per rollout before the budget ends it (default: no cap).")
+    p.add_argument("--budget-grace", type=float, default=30.0,
+                   help="Seconds the agent may still act on the reply that spent its token budget (s).")
     p.add_argument("--agent-timeout", type=float, default=600.0, help="Agent wall-time budget per rollout (s).")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="Context length of `--engine local` (default: the model's max positions).")
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         config = WorkerConfig(served_model_name=served, num_generations=args.num_generations,
                               max_inflight=args.max_inflight, temperature=args.temperature,
                               max_tokens_per_turn=args.max_tokens_per_turn, max_turns=args.max_turns,
+                              max_completion_tokens=args.max_completion_tokens, budget_grace_s=args.budget_grace,
                               seed=args.seed, max_groups=len(tasks), keep_trajectories=True,
                               drop_zero_variance_groups=False,
                               episode_timeout_s=args.agent_timeout + 600)

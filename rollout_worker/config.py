@@ -30,6 +30,14 @@ class WorkerConfig:
     max_completion_tokens: int | None = field(
         default=None, metadata={"help": "Sampled tokens per rollout before the budget ends it (None: no cap)."}
     )
+    budget_grace_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "Once the reply that spends the completion-token budget is sent, how long the agent may still act "
+            "on it (run its last command, write its answer, exit) before it is stopped and graded. A further model "
+            "call ends the rollout at once (HTTP 400 budget_exceeded)."
+        },
+    )
     max_staleness: int | None = field(
         default=None,
         metadata={
@@ -83,5 +91,7 @@ class WorkerConfig:
             raise ValueError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if self.budget_grace_s < 0:
+            raise ValueError("budget_grace_s must be >= 0")
         if self.max_tokens_per_turn < 1 or self.max_turns < 1:
             raise ValueError("max_tokens_per_turn and max_turns must be >= 1")

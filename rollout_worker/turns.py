@@ -2,7 +2,9 @@
 
 One coroutine per rollout answers its calls in order. Everything that ends a rollout early (a budget, an overlong
 prompt, a stale policy, a dead engine) answers the pending call with an OpenAI-style error and sets `stop`, so the
-episode runner kills the agent; nothing here waits without a bound.
+episode runner kills the agent; nothing here waits without a bound. The one exception is the reply that spends the
+completion-token budget: the agent still gets `budget_grace_s` to act on it (stopping it at once would race its
+last action, e.g. writing its answer, and grade an unfinished tree: reward noise the policy cannot explain).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TurnState:
     engine_latency_s: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)  # our time per turn, engine excluded
     last_activity: float = field(default_factory=time.monotonic)
+    budget_timer: asyncio.TimerHandle | None = None  # sets `stop` once the grace after the last reply is over
 
 
 class TurnServer:
@@ -59,6 +62,13 @@ class TurnServer:
 
     async def serve(self, handle, conversation, state: TurnState, stop: asyncio.Event) -> None:
         """Answer calls until the rollout is closed (the worker closes it when the episode ends)."""
+        try:
+            await self._serve(handle, conversation, state, stop)
+        finally:
+            if state.budget_timer is not None:
+                state.budget_timer.cancel()
+
+    async def _serve(self, handle, conversation, state: TurnState, stop: asyncio.Event) -> None:
         while True:
             try:
                 request = await handle.next_request(timeout=self.config.request_timeout_s)
@@ -89,6 +99,9 @@ class TurnServer:
         if stop.is_set():
             await request.fail(409, "this rollout has ended", code="rollout_ended")
             return
+        if state.ended_by == "tokens":  # a call after the budget-spending reply
+            msg = f"completion token budget of {cfg.max_completion_tokens} tokens is exhausted"
+            return await self._end(request, stop, state, "tokens", 400, msg, "budget_exceeded")
         version = self.model_version()  # stamped at request time, not at rollout end
         if state.first_model_version is None:
             state.first_model_version = version
@@ -157,7 +170,10 @@ class TurnServer:
         state.overhead_s.append((t1 - t0) + (time.perf_counter() - t2))
         if cfg.max_completion_tokens is not None and state.completion_tokens >= cfg.max_completion_tokens:
             state.ended_by = state.ended_by or "tokens"
-            stop.set()
+            if cfg.budget_grace_s > 0:
+                state.budget_timer = asyncio.get_running_loop().call_later(cfg.budget_grace_s, stop.set)
+            else:
+                stop.set()
 
     def _overlong_message(self, prompt_len: int) -> str:
         return (

@@ -74,3 +74,49 @@ def test_real_agents_run_to_the_end_with_token_exact_rows(tmp_path, agent):
             mask = np.array(row["completion_mask"], dtype=bool)
             ref = _teacher_forced(model, row["input_ids"], 1.0)
             assert np.abs(np.array(row["old_log_probs"])[mask] - ref[mask]).max() < 1e-5
+
+
+def _answer_in_patch(patch: str) -> str:
+    """The text the agent wrote to answer.txt, read back from the graded diff."""
+    added = [line[1:] for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return "\n".join(added)
+
+
+def _fraction_reward(text: str) -> float:
+    share = sum("a" <= c <= "z" for c in text) / len(text) if text else 0.0
+    return sum(share * 100 >= p for p in range(10, 101, 10)) / 10
+
+
+def test_reply_that_spends_the_token_budget_is_still_acted_on(tmp_path):
+    # Every reply spends the whole 4-token budget. The agent must still write it and exit on its own before grading:
+    # killing it at the budget raced its write and graded empty answers (reward noise the policy cannot explain).
+    records, _ = _rollouts(tmp_path, "--agent", "single-shot", "--tasks", "learning", "--reward", "fraction",
+                           "--num-generations", "6", "--max-inflight", "3", "--max-completion-tokens", "4",
+                           "--max-tokens-per-turn", "4")
+    assert len(records) == 6
+    for rec in records:
+        assert rec["status"] == "budget" and rec["scorable"], rec["status"]
+        assert rec["exit_code"] == 0, rec["agent_output"]  # it exited by itself, nobody killed it
+        (row,) = rec["rows"]
+        assert sum(row["completion_mask"]) == 4
+        answer = _answer_in_patch(rec["details"]["agent_patch"])
+        assert f"wrote {len(answer)} characters" in rec["agent_output"] or "\n" in answer
+        assert rec["reward"] == _fraction_reward(answer), (answer, rec["reward"])
+    assert any(_answer_in_patch(r["details"]["agent_patch"]) for r in records)  # the answers were written
+
+
+def test_agent_idling_after_its_budget_is_stopped_after_the_grace(tmp_path):
+    # One call that spends the budget, then the agent hangs: the grace (1 s) ends it long before its wall time.
+    hang = ("cmd:python3 -c \"import json,os,urllib.request as u; "
+            "r=u.Request(os.environ['OPENAI_BASE_URL']+'/chat/completions', data=json.dumps({'model': "
+            "os.environ['OPENAI_MODEL'], 'messages': [{'role': 'user', 'content': 'hi'}]}).encode(), "
+            "headers={'Authorization': 'Bearer '+os.environ['OPENAI_API_KEY'], 'Content-Type': 'application/json'}); "
+            "u.urlopen(r, timeout=60).read(); print('answered', flush=True)\"; sleep 300")
+    records, _ = _rollouts(tmp_path, "--agent", hang, "--tasks", "learning", "--reward", "fraction",
+                           "--max-completion-tokens", "3", "--max-tokens-per-turn", "8", "--budget-grace", "1",
+                           "--agent-timeout", "240", timeout=200)
+    (rec,) = records
+    assert rec["status"] == "budget" and rec["scorable"]
+    assert "answered" in rec["agent_output"]
+    assert rec["exit_code"] != 0  # killed, not exited
+    assert rec["timings"]["agent"] < 60, rec["timings"]

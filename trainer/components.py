@@ -76,6 +76,7 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         max_tokens_per_turn=script.max_tokens_per_turn,
         max_turns=script.max_turns,
         max_completion_tokens=training.max_completion_length,
+        budget_grace_s=script.budget_grace_s,
         max_staleness=training.max_staleness,
         seed=training.seed,
         episode_timeout_s=script.episode_timeout_s,

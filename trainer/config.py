@@ -111,6 +111,11 @@ class SweTrainArguments:
         default=900.0,
         metadata={"help": "Agent wall-time budget per rollout; past it the agent is killed and its work graded."},
     )
+    budget_grace_s: float = field(
+        default=30.0,
+        metadata={"help": "Seconds the agent may still act on the reply that spent its token budget "
+                  "(max_completion_length): run its last command, write its answer. A further call ends it."},
+    )
     episode_timeout_s: float = field(
         default=1800.0, metadata={"help": "Hard wall-time cap on one rollout (agent + grading); past it: unscorable."}
     )
