@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 steps (shows the machinery, not the 0.2 rise).")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--num-generations", type=int, default=8, help="Rollouts per group = samples per step.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args(argv)
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     model = build_peaked_model(work / "peaked-model")
     cmd = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "cpu-demo",
            "--model-name-or-path", str(model), "--tasks", "learning", "--agent", "single-shot",
-           "--reward-mode", "fraction", "--num-generations", "8", "--per-device-train-batch-size", "8",
+           "--reward-mode", "fraction", "--num-generations", str(args.num_generations),
+           "--per-device-train-batch-size", str(args.num_generations),
            "--max-tokens-per-turn", "4", "--max-turns", "1", "--max-completion-length", "4",
            "--learning-rate", str(args.lr), "--max-steps", str(steps), "--max-staleness", "0",
-           "--max-inflight", "8", "--seed", str(args.seed), "--output-dir", str(work / "run"),
+           "--max-inflight", str(args.num_generations), "--seed", str(args.seed), "--output-dir", str(work / "run"),
            "--save-steps", "100000", "--report-to", "none"]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600,

@@ -262,3 +262,67 @@ def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(unpatched
             torch.testing.assert_close(
                 tree_logits[torch.tensor(path, device=device)].log_softmax(-1), plain.log_softmax(-1), atol=1e-5, rtol=0
             )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_policy_gradient_through_tree_packing_equals_unpacked(unpatched_trl, device):
+    """The update itself, not just the forward: TRL's packed GRPO loss (tree attention with our fallback, fused LM head,
+    token_index / advantages from `TreeRow.pack`) gives every parameter the gradient of the same loss computed sample
+    by sample with plain SDPA."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cpu_compat.apply_cpu_compat()
+    packing.register_tree_attention()
+    config = Qwen3Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tree_model = Qwen3ForCausalLM(config).to(device)
+    plain_model = Qwen3ForCausalLM(config).to(device)
+    plain_model.load_state_dict(tree_model.state_dict())
+    trl_utils.add_fused_lm_head(tree_model, temperature=0.7, outputs=("log_probs", "entropy"))
+
+    rng = random.Random(11)
+    prompt = [rng.randrange(128) for _ in range(9)]  # one GRPO group: a shared prompt, completions of varied length
+    completions = [[rng.randrange(128) for _ in range(rng.randint(2, 6))] for _ in range(6)]
+    advantages = [rng.uniform(-1.5, 1.5) for _ in completions]
+    row = packing.TreeRow()
+    for comp, adv in zip(completions, advantages, strict=True):
+        row.add({"input_ids": np.array(prompt + comp), "completion_mask": np.array([0] * len(prompt) + [1] * len(comp)),
+                 "old_log_probs": np.zeros(len(prompt) + len(comp), dtype=np.float32), "advantage": adv,
+                 "group_id": 0, "metrics": {}})
+    packed = {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.pack().items()}
+    assert len(packed["input_ids"]) < sum(len(prompt) + len(c) for c in completions), "the prompt must be shared"
+
+    tree_model.set_attn_implementation(packing.TREE_ATTENTION)
+    out = tree_model(
+        input_ids=packed["input_ids"][None], position_ids=packed["position_ids"][None],
+        shift_labels=packed["shift_labels"][None], fused_lm_head=True,
+        tree_kv_index=packed["tree_kv_index"], tree_cu_seqlens_q=packed["tree_cu_seqlens_q"],
+        tree_cu_seqlens_k=packed["tree_cu_seqlens_k"], tree_max_seqlen_q=int(packed["tree_max_seqlens"][0]),
+        tree_max_seqlen_k=int(packed["tree_max_seqlens"][1]),
+    )  # fmt: skip
+    log_probs = out.log_probs.flatten()[packed["token_index"]]
+    # TRL's on-policy GRPO loss: -sum(A * ratio) / trained tokens, with ratio = exp(logp - old) and old = logp here.
+    loss = -(packed["advantages"] * torch.exp(log_probs - log_probs.detach())).sum() / len(log_probs)
+    loss.backward()
+
+    plain_model.set_attn_implementation("sdpa")
+    n_tokens, plain_loss = sum(map(len, completions)), 0.0
+    for comp, adv in zip(completions, advantages, strict=True):
+        ids = torch.tensor([prompt + comp], device=device)
+        logp = (plain_model(input_ids=ids).logits[0, :-1].float() / 0.7).log_softmax(-1)
+        lp = logp.gather(1, ids[0, 1:, None])[len(prompt) - 1 :, 0]
+        plain_loss = plain_loss - (adv * torch.exp(lp - lp.detach())).sum() / n_tokens
+    plain_loss.backward()
+
+    torch.testing.assert_close(log_probs.detach(), torch.cat([
+        (plain_model(input_ids=torch.tensor([prompt + c], device=device)).logits[0, :-1].float() / 0.7)
+        .log_softmax(-1).gather(1, torch.tensor([prompt + c], device=device)[0, 1:, None])[len(prompt) - 1 :, 0]
+        for c in completions]).detach(), atol=1e-5, rtol=0)  # fmt: skip
+    plain_grads = dict(plain_model.named_parameters())
+    for name, param in tree_model.named_parameters():
+        assert param.grad is not None and plain_grads[name].grad is not None, name
+        assert param.grad.abs().max() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(param.grad, plain_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
