@@ -77,9 +77,13 @@ def test_real_agents_run_to_the_end_with_token_exact_rows(tmp_path, agent):
 
 
 def _answer_in_patch(patch: str) -> str:
-    """The text the agent wrote to answer.txt, read back from the graded diff."""
-    added = [line[1:] for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
-    return "\n".join(added)
+    """The text the agent wrote to answer.txt (a new file), read back exactly from the graded diff."""
+    lines = patch.split("\n")
+    added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+    if not added:
+        return ""
+    ends_with_newline = "\\ No newline at end of file" not in lines
+    return "\n".join(added) + ("\n" if ends_with_newline else "")
 
 
 def _fraction_reward(text: str) -> float:
@@ -100,7 +104,7 @@ def test_reply_that_spends_the_token_budget_is_still_acted_on(tmp_path):
         (row,) = rec["rows"]
         assert sum(row["completion_mask"]) == 4
         answer = _answer_in_patch(rec["details"]["agent_patch"])
-        assert f"wrote {len(answer)} characters" in rec["agent_output"] or "\n" in answer
+        assert f"wrote {len(answer)} characters" in rec["agent_output"], (answer, rec["agent_output"])
         assert rec["reward"] == _fraction_reward(answer), (answer, rec["reward"])
     assert any(_answer_in_patch(r["details"]["agent_patch"]) for r in records)  # the answers were written
 
