@@ -225,17 +225,23 @@ def test_unsupported_keyword_is_a_clear_error():
         cpu_compat.torch_flash_attn_varlen_func(x, x, x, cu, cu, 2, 2, causal=True, dropout_p=0.1)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(unpatched_trl, device):
-    """The whole model path: TRL's registered `tree_fa3` attention (with our fallback) vs plain SDPA per sequence."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def _tiny_qwen3_config():
+    from transformers import Qwen3Config
 
-    cpu_compat.apply_cpu_compat()
-    packing.register_tree_attention()
-    config = Qwen3Config(
+    return Qwen3Config(
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_qwen3_forward_through_trl_tree_attention_equals_unpacked(unpatched_trl, device):
+    """The whole model path: TRL's registered `tree_fa3` attention (with our fallback) vs plain SDPA per sequence."""
+    from transformers import Qwen3ForCausalLM
+
+    cpu_compat.apply_cpu_compat()
+    packing.register_tree_attention()
+    config = _tiny_qwen3_config()
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).eval().to(device)
     rng = random.Random(7)
@@ -269,14 +275,11 @@ def test_policy_gradient_through_tree_packing_equals_unpacked(unpatched_trl, dev
     """The update itself, not just the forward: TRL's packed GRPO loss (tree attention with our fallback, fused LM head,
     token_index / advantages from `TreeRow.pack`) gives every parameter the gradient of the same loss computed sample
     by sample with plain SDPA."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     cpu_compat.apply_cpu_compat()
     packing.register_tree_attention()
-    config = Qwen3Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
-    )  # fmt: skip
+    config = _tiny_qwen3_config()
     torch.manual_seed(0)
     tree_model = Qwen3ForCausalLM(config).to(device)
     plain_model = Qwen3ForCausalLM(config).to(device)
@@ -309,18 +312,16 @@ def test_policy_gradient_through_tree_packing_equals_unpacked(unpatched_trl, dev
     loss.backward()
 
     plain_model.set_attn_implementation("sdpa")
-    n_tokens, plain_loss = sum(map(len, completions)), 0.0
+    n_tokens, plain_loss, plain_log_probs = sum(map(len, completions)), 0.0, []
     for comp, adv in zip(completions, advantages, strict=True):
         ids = torch.tensor([prompt + comp], device=device)
         logp = (plain_model(input_ids=ids).logits[0, :-1].float() / 0.7).log_softmax(-1)
         lp = logp.gather(1, ids[0, 1:, None])[len(prompt) - 1 :, 0]
+        plain_log_probs.append(lp.detach())
         plain_loss = plain_loss - (adv * torch.exp(lp - lp.detach())).sum() / n_tokens
     plain_loss.backward()
 
-    torch.testing.assert_close(log_probs.detach(), torch.cat([
-        (plain_model(input_ids=torch.tensor([prompt + c], device=device)).logits[0, :-1].float() / 0.7)
-        .log_softmax(-1).gather(1, torch.tensor([prompt + c], device=device)[0, 1:, None])[len(prompt) - 1 :, 0]
-        for c in completions]).detach(), atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(log_probs.detach(), torch.cat(plain_log_probs), atol=1e-5, rtol=0)
     plain_grads = dict(plain_model.named_parameters())
     for name, param in tree_model.named_parameters():
         assert param.grad is not None and plain_grads[name].grad is not None, name
