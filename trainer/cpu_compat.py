@@ -8,6 +8,10 @@ upgrade that renames or reshapes them fails loudly there instead of silently her
    the Hub. We replace `_flash_attn` with a provider of a pure-torch `flash_attn_varlen_func`: per tree segment, SDPA
    of the segment's queries over the K/V rows of its root-to-segment path, with a bottom-right-aligned causal mask
    (the flash-attn convention when a segment has fewer queries than keys). It is exact and works on CPU and GPU alike.
+   The plain causal case (no window, no softcap: every Qwen3 layer) goes through torch's own bottom-right
+   `CausalBias` (`is_causal` when a segment has as many queries as keys), which lets SDPA pick its fused
+   flash / memory-efficient kernels on CUDA; a dense boolean mask (`masked_flash_attn_varlen_func`, the reference)
+   would force its slower paths (measured on an H200: docs/gpu.md).
 2. `AsyncGRPOTrainer.__init__` calls `get_peak_flops_per_device`, which calls `torch.cuda.get_device_name`. Without
    CUDA we make it return None, which TRL already treats as "MFU unknown" (throughput metrics are still logged).
 
@@ -22,6 +26,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ def torch_flash_attn_varlen_func(
 ) -> torch.Tensor:
     """Pure-torch stand-in for flash-attn's `flash_attn_varlen_func`, with flash-attn's semantics.
 
+    Causal, window-free, softcap-free segments use torch's bottom-right `CausalBias` (fused SDPA kernels); the rest
+    use a dense boolean mask (`masked_flash_attn_varlen_func`). Both are exact.
+
     Args:
         q: `(total_q, heads, head_dim)`, the segments' queries laid end to end.
         k, v: `(total_k, kv_heads, head_dim)`, each segment's keys/values laid end to end (GQA: heads % kv_heads == 0).
@@ -66,6 +74,31 @@ def torch_flash_attn_varlen_func(
     if unsupported:
         # Silently ignoring e.g. `dropout_p` or `alibi_slopes` would compute a different attention than asked for.
         raise NotImplementedError(f"torch_flash_attn_varlen_func does not support {sorted(unsupported)}")
+    return _varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window_size, softcap,
+                             lower_right=True)
+
+
+def masked_flash_attn_varlen_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+) -> torch.Tensor:
+    """The reference path of `torch_flash_attn_varlen_func`: a dense boolean mask for every segment (slower on CUDA,
+    where SDPA then cannot use its fused kernels). Kept for the tests and `gpu/bench_tree_attention.py`."""
+    return _varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window_size, softcap,
+                             lower_right=False)
+
+
+def _varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window_size, softcap, *,
+                      lower_right: bool) -> torch.Tensor:
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     left, right = window_size
     bounds_q = cu_seqlens_q.tolist()
@@ -78,13 +111,20 @@ def torch_flash_attn_varlen_func(
         query = q[q0:q1].transpose(0, 1).unsqueeze(0)  # (1, heads, Lq, d)
         key = k[k0:k1].transpose(0, 1).unsqueeze(0)
         value = v[k0:k1].transpose(0, 1).unsqueeze(0)
+        gqa = key.shape[1] != query.shape[1]
+        if lower_right and causal and left < 0 and right < 0 and not (softcap and softcap > 0) and n_q <= n_k:
+            # Bottom-right causal without materializing a mask: SDPA's fused kernels (flash / efficient) on CUDA.
+            bias = None if n_q == n_k else causal_lower_right(n_q, n_k)
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=bias, is_causal=bias is None, scale=scale, enable_gqa=gqa
+            )
+            outputs.append(out[0].transpose(0, 1))
+            continue
         mask = _segment_mask(n_q, n_k, causal, left, right, q.device)
         if softcap and softcap > 0:
             out = _softcapped_attention(query, key, value, mask, scale, softcap)
         else:
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
-            )
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=gqa)
         outputs.append(out[0].transpose(0, 1))
     if not outputs:
         return q.new_zeros(q.shape)
