@@ -5,8 +5,10 @@ The shape is one GRPO group as TRL packs it: `--group` completions of `--complet
 prompt once; the reference runs SDPA on each unpacked sequence (prompt + completion). Reported per dtype: the max abs
 difference on every completion token, and the median forward / forward+backward time of both paths.
 
-It also measures a candidate faster fallback (`lower_right_varlen_attention`, torch's bottom-right `CausalBias`),
-which `trainer/cpu_compat.py` does not use (yet): numbers to decide on, not a second implementation in use.
+"tree" is what the trainer uses (`cpu_compat.torch_flash_attn_varlen_func`: per segment, torch's bottom-right
+`CausalBias`, fused SDPA kernels). Candidates, measured beside it: "tree_masked" (the previous fallback, a dense
+boolean mask per segment, kept as the reference path) and, on CUDA where this torch has it, "torch_varlen" (torch's
+own varlen flash attention, all segments in one call).
 
 Usage: python gpu/bench_tree_attention.py --out bench_tree_attention.json
 """
@@ -56,32 +58,37 @@ def packed_group(args):
     return packed, paths
 
 
-def lower_right_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None, expand_kv=False):
-    """Candidate faster fallback (causal, no window/softcap): per segment, SDPA with torch's bottom-right
-    `CausalBias` (or plain `is_causal` when the segment has as many queries as keys), which lets SDPA pick its
-    flash / memory-efficient kernels instead of the dense boolean mask that forces the slower paths."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.attention.bias import causal_lower_right
+def torch_varlen_attention():
+    """torch's own varlen flash attention (`torch.nn.attention.varlen.varlen_attn`, CUDA only), adapted to flash-attn's
+    `flash_attn_varlen_func` call, or None when this torch has none. Its keyword names changed between releases
+    (`is_causal` → `window_size`), so they are read off the signature. A candidate measured here, not used by the
+    trainer."""
+    import inspect
 
-    outputs = []
-    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:])):
-        n_q, n_k = q1 - q0, k1 - k0
-        query = q[q0:q1].transpose(0, 1)[None]
-        key, value = k[k0:k1].transpose(0, 1)[None], v[k0:k1].transpose(0, 1)[None]
-        gqa = key.shape[1] != query.shape[1]
-        if gqa and expand_kv:  # some kernels refuse GQA: give them full heads
-            repeat = query.shape[1] // key.shape[1]
-            key, value, gqa = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1), False
-        if n_q == n_k:
-            out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=softmax_scale,
-                                                 enable_gqa=gqa)
+    import torch
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+
+    def call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, softmax_scale=None, causal=True):
+        kwargs = {"scale": softmax_scale} if "scale" in params else {}
+        if "window_size" in params:
+            kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
         else:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(n_q, n_k),
-                                                 scale=softmax_scale, enable_gqa=gqa)
-        outputs.append(out[0].transpose(0, 1))
-    return torch.cat(outputs, dim=0)
+            kwargs["is_causal"] = causal
+        if k.shape[1] != q.shape[1]:
+            if "enable_gqa" in params:
+                kwargs["enable_gqa"] = True
+            else:
+                repeat = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
+        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        return varlen_attn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), **kwargs)
+
+    return call
 
 
 def timed(fn, repeats: int) -> float:
@@ -104,7 +111,7 @@ def run(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from trainer.cpu_compat import torch_flash_attn_varlen_func
+    from trainer.cpu_compat import masked_flash_attn_varlen_func, torch_flash_attn_varlen_func
 
     packed, paths = packed_group(args)
     n = len(packed["input_ids"])
@@ -131,9 +138,15 @@ def run(args) -> dict:
                                                    v[i].transpose(0, 1)[None], is_causal=True,
                                                    enable_gqa=True)[0].transpose(0, 1) for i in index]
 
-        def candidate(expand_kv):
-            return lambda: lower_right_varlen_attention(q, k.index_select(0, kv_index), v.index_select(0, kv_index),
-                                                        cu_q, cu_k, args.head_dim ** -0.5, expand_kv)
+        def via(fn):
+            return lambda: fn(q, k.index_select(0, kv_index), v.index_select(0, kv_index), cu_q, cu_k, max_q, max_k,
+                              softmax_scale=args.head_dim ** -0.5, causal=True)
+
+        # "tree_masked": the previous fallback (a dense boolean mask per segment), kept as the reference path.
+        candidate_fns = {"tree_masked": masked_flash_attn_varlen_func}
+        varlen = torch_varlen_attention() if args.device == "cuda" else None
+        if varlen is not None:
+            candidate_fns["torch_varlen"] = varlen
 
         with torch.no_grad():
             out_tree, out_ref = tree(), unpacked()
@@ -144,19 +157,25 @@ def run(args) -> dict:
                               for i, r in zip(index, out_ref))
             fwd_tree, fwd_ref = timed(tree, args.repeats), timed(unpacked, args.repeats)
             candidates = {}
-            for expand_kv in (False, True):
-                name_c = "lower_right" + ("_expanded_kv" if expand_kv else "_gqa")
-                out_c = candidate(expand_kv)()
-                candidates[name_c] = {
-                    "max_abs_diff_vs_unpacked": max((out_c[i].float() - r.float()).abs().max().item()
-                                                    for i, r in zip(index, out_ref)),
-                    "fwd_ms": round(timed(candidate(expand_kv), args.repeats), 3)}
+            for name_c, fn in candidate_fns.items():
+                try:
+                    out_c = via(fn)()
+                    candidates[name_c] = {
+                        "max_abs_diff_vs_unpacked": max((out_c[i].float() - r.float()).abs().max().item()
+                                                        for i, r in zip(index, out_ref)),
+                        "fwd_ms": round(timed(via(fn), args.repeats), 3)}
+                except Exception as error:  # noqa: BLE001 - a candidate this torch cannot run is reported, not fatal
+                    candidates[name_c] = {"error": f"{type(error).__name__}: {error}"[:300]}
         grad = torch.randn(n, args.heads, args.head_dim, device=args.device, dtype=dtype)
         bwd_tree = timed(lambda: tree().backward(grad), args.repeats)
         bwd_ref = timed(lambda: torch.autograd.backward(unpacked(), [grad[i] for i in index]), args.repeats)
-        for expand_kv in (False, True):
-            name_c = "lower_right" + ("_expanded_kv" if expand_kv else "_gqa")
-            candidates[name_c]["fwd_bwd_ms"] = round(timed(lambda: candidate(expand_kv)().backward(grad), args.repeats), 3)
+        for name_c, fn in candidate_fns.items():
+            if "error" in candidates[name_c]:
+                continue
+            try:
+                candidates[name_c]["fwd_bwd_ms"] = round(timed(lambda: via(fn)().backward(grad), args.repeats), 3)
+            except Exception as error:  # noqa: BLE001
+                candidates[name_c]["fwd_bwd_error"] = f"{type(error).__name__}: {error}"[:300]
         report["by_dtype"][name] = {
             "max_abs_diff_completion": diff, "max_abs_diff_prompt": prompt_diff,
             "fwd_ms_tree": round(fwd_tree, 3), "fwd_ms_unpacked": round(fwd_ref, 3),

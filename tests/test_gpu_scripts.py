@@ -1,6 +1,7 @@
 """CPU-side checks of the scripts in gpu/ (they run on a lent GPU box; CI has none): they import, parse their
 arguments, the shell drivers parse, the tree-attention bench is exact at a toy size, and vLLM 0.26's real overlong
-400 (recorded on the GPU box, docs/gpu.md) becomes our PromptTooLongError with both numbers."""
+400 (recorded on the GPU box, docs/gpu.md) becomes our PromptTooLongError with both numbers. The production path's
+helpers (probe, gate-vs-raw bench, summary) parse their arguments and compute what docs/gpu.md quotes from fixtures."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_script_imports_without_a_gpu_and_parses_its_arguments(name):
                           if name == "build_model" else ["--group", "two"])
 
 
-@pytest.mark.parametrize("script", ["setup_and_start.sh", "run_checks.sh"])
+@pytest.mark.parametrize("script", ["setup_and_start.sh", "run_checks.sh", "production.sh"])
 def test_shell_drivers_parse(script):
     result = subprocess.run(["bash", "-n", str(GPU_DIR / script)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -90,3 +91,70 @@ async def test_vllm_026_overlong_answer_becomes_prompt_too_long_with_both_number
         await runner.cleanup()
     assert caught.value.status == 400
     assert caught.value.prompt_tokens == 2058 and caught.value.max_model_len == 2048
+
+
+def test_setup_and_start_caps_flex_attention_blocks_for_float32_unless_told_otherwise():
+    script = (GPU_DIR / "setup_and_start.sh").read_text()
+    assert 'VLLM_EXTRA="--num-gpu-blocks-override 1024 --max-num-seqs 32"' in script
+    assert '"$dtype" == float32 && -z "${VLLM_EXTRA+set}"' in script  # an explicit VLLM_EXTRA (even empty) wins
+
+
+def test_qwen3_1_7b_variant_has_the_real_architecture_size():
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    module = load("build_model")
+    assert module.build_parser().parse_args(["--variant", "qwen3-1.7b"]).variant == "qwen3-1.7b"
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, **module.QWEN3_1_7B))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 1.72  # Qwen3-1.7B, tied embeddings
+
+
+def test_probe_weights_compare_reports_every_pair(tmp_path):
+    module = load("probe_weights")
+    ids = module.probe_ids(2, 8, seed=0)
+    assert ids == module.probe_ids(2, 8, seed=0) and len(ids) == 2 and all(len(x) == 8 for x in ids)
+    files = []
+    for label, shift in (("a", 0.0), ("b", 0.01), ("c", 1.0)):
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps({"label": label, "logprobs": [[-1.0 + shift, -2.0], [-3.0, -4.0 - shift]]}))
+        files.append(str(path))
+    out = tmp_path / "cmp.json"
+    assert module.main(["compare", *files, "--out", str(out)]) == 0
+    pairs = json.loads(out.read_text())["pairs"]
+    assert set(pairs) == {"a vs b", "a vs c", "b vs c"}
+    assert pairs["a vs b"]["max_abs_diff"] == pytest.approx(0.01)
+    assert pairs["a vs c"]["mean_abs_diff"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit):
+        module.build_parser().parse_args(["hf", "--out", "x.json"])  # --model-dir is required
+
+
+def test_gate_vs_raw_bench_parses_its_arguments():
+    module = load("bench_gate_vs_raw")
+    args = module.build_parser().parse_args(["--model-dir", "/m", "--concurrency", "8"])
+    assert args.modes == ["raw", "gated", "raw"] and args.concurrency == 8
+    with pytest.raises(SystemExit):
+        module.build_parser().parse_args(["--model-dir", "/m", "--modes", "direct"])
+
+
+def test_summarize_production_reads_step_logs_rollouts_and_reports(tmp_path):
+    module = load("summarize_production")
+    (tmp_path / "train.log").write_text(
+        "INFO noise\n"
+        "{'loss': 0.01, 'ratio': 1.002, 'kl': 0.0004, 'perf/weight_sync_s': 1.5, 'perf/mfu_fwd_bwd': 21.0}\n"
+        "2026 INFO trl: Weight sync: done. Total 1.5s\n"
+        "{'loss': 0.02, 'ratio': 0.998, 'kl': 0.0005, 'perf/weight_sync_s': 1.2}\n"
+        "{'train_runtime': 60.0, 'train_loss': 0.015}\n")
+    (tmp_path / "rollouts.jsonl").write_text("\n".join(json.dumps(
+        {"status": "completed", "turns": 1, "reward": 0.0, "drift": {"sampled_tokens": 512},
+         "timings": {"sandbox_setup": 0.5, "agent": 3.0, "grading": 1.5, "total": 5.0}}) for _ in range(4)))
+    (tmp_path / "sync_proof.json").write_text(json.dumps({"pairs": {"a vs b": {"max_abs_diff": 0.1}}}))
+    out = tmp_path / "summary.json"
+    assert module.main(["--work", str(tmp_path), "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert [step["ratio"] for step in summary["steps"]] == [1.002, 0.998]
+    assert summary["steps"][0]["perf/mfu_fwd_bwd"] == 21.0
+    assert summary["weight_sync_lines"] == ["done. Total 1.5s"]
+    assert summary["rollouts"]["rollouts"] == 4 and summary["rollouts"]["sampled_tokens"] == 2048
+    assert summary["rollouts"]["share_agent"] == pytest.approx(0.6)
+    assert summary["sync_proof"] == {"a vs b": {"max_abs_diff": 0.1}}

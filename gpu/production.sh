@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The production path on a lent two-GPU box (nvidia-h200-x2), from a clean checkout: vLLM on one GPU with the NCCL
+# weight-transfer backend, TRL's AsyncGRPOTrainer (trainer/train_swe_async_grpo.py, TRL's own WeightTransferClient)
+# on the other, real rollouts through our gate (agent `single-shot`, sandbox `local` = bubblewrap, embedded tasks
+# graded by pytest), a weight sync after every optimizer step, and the proof that the weights arrive.
+#
+# Usage (repo root, on the GPU box, after the vLLM chunks were copied to /tmp/vc; docs/gpu.md):
+#   bash gpu/production.sh setup   # carry [".whl", ".deb"]: install, attention checks + bench, build the model,
+#                                  # start vLLM, probe its logprobs before any training
+#   bash gpu/production.sh train   # gated vs raw vLLM throughput, N AsyncGRPOTrainer steps, probes after
+# Knobs (env): VLLM_GPU=0 TRAIN_GPU=1 VARIANT=qwen3-1.7b STEPS=5 LR=5e-4 BATCH=16 GROUP=8 MAX_TOKENS=512
+#   VLLM_MEM=0.80 VLLM_EXTRA="" SKIP_ATTENTION=0 SKIP_GATE_BENCH=0 TRAIN_TIMEOUT=360
+# Leaves /tmp/prod (logs, JSON), /tmp/gpu_env.sh, /tmp/vllm.pid; writes summary_<stage>.json and <stage>_logs.tar.gz
+# under $OUT. vLLM stays up between the two stages; kill it by pid ($(cat /tmp/vllm.pid)) when done.
+set -uo pipefail
+stage="${1:?usage: production.sh setup|train}"
+out="${OUT:-/tmp/out}"; mkdir -p "$out"
+work=/tmp/prod; mkdir -p "$work"
+repo="$PWD"
+VLLM_GPU="${VLLM_GPU:-0}"; TRAIN_GPU="${TRAIN_GPU:-1}"; VARIANT="${VARIANT:-qwen3-1.7b}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+t0=$(date +%s)
+say() { echo "[production $stage +$(( $(date +%s) - t0 ))s] $*"; }
+
+pack() {  # everything small under /tmp/prod (and the vLLM log) into one file: $OUT takes at most 8 files
+  cp /tmp/vllm.log "$work/vllm.log" 2>/dev/null
+  tar -czf "$out/${stage}_logs.tar.gz" -C "$work" . 2>/dev/null
+  [[ -f "$work/summary_${stage}.json" ]] && cp "$work/summary_${stage}.json" "$out/"
+}
+trap pack EXIT
+
+wait_health() {  # bounded wait for vLLM's /health; prints the log tail if it died
+  local limit="$1" pid; pid=$(cat /tmp/vllm.pid)
+  local start; start=$(date +%s)
+  until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then say "vLLM (pid $pid) died"; tail -40 /tmp/vllm.log; return 1; fi
+    if (( $(date +%s) - start > limit )); then say "vLLM not healthy after $limit s"; tail -30 /tmp/vllm.log; return 1; fi
+    sleep 2
+  done
+}
+
+if [[ "$stage" == setup ]]; then
+  [[ -f /tmp/vc/c01/install.sh ]] || { echo "copy the vLLM chunks to /tmp/vc first (docs/gpu.md)"; exit 2; }
+  if [[ ! -f /tmp/site/env.sh ]]; then
+    bash /tmp/vc/c01/install.sh /tmp/vc > "$work/install.log" 2>&1 || { tail -40 "$work/install.log"; exit 1; }
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site2 .whl/*.whl \
+    > "$work/whl.log" 2>&1 || { cat "$work/whl.log"; exit 1; }
+  say "vLLM set + .whl installed"
+  # bubblewrap (the local sandbox) and git (the grader's diff/apply) from carried Debian packages when missing.
+  extra_path=""; git_exec=""
+  if ! command -v bwrap >/dev/null; then dpkg -x .deb/bubblewrap_*.deb /tmp/debroot && extra_path=/tmp/debroot/usr/bin; fi
+  if ! command -v git >/dev/null; then
+    dpkg -x .deb/git_*.deb /tmp/debroot && extra_path=/tmp/debroot/usr/bin && git_exec=/tmp/debroot/usr/lib/git-core
+  fi
+  # The single-shot agent runs `python3` inside the sandbox, whose PATH is the system's: make sure one is there.
+  if ! [[ -x /usr/bin/python3 || -x /usr/local/bin/python3 ]]; then
+    base=$(python3 -c 'import sys; print(sys.base_prefix)'); ln -sf "$base/bin/python3" /usr/local/bin/python3
+  fi
+  cat > /tmp/gpu_env.sh <<ENV
+source /tmp/site/env.sh
+export PYTHONPATH="$repo:/tmp/site2:\$PYTHONPATH"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export TRL_EXPERIMENTAL_SILENCE=1 HF_HUB_OFFLINE=1 INTERCEPT_RL_CACHE=/tmp/irl
+${extra_path:+export PATH="$extra_path:\$PATH"}
+${git_exec:+export GIT_EXEC_PATH="$git_exec"}
+ENV
+  source /tmp/gpu_env.sh
+  {
+    python3 -c "import vllm, trl, transformers, torch; print('vllm', vllm.__version__, 'trl', trl.__version__, \
+'transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count())"
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi topo -m 2>/dev/null | head -4
+    echo "bwrap: $(command -v bwrap) $(bwrap --version 2>&1)"; echo "git: $(command -v git) $(git --version 2>&1)"
+    bwrap --unshare-all --die-with-parent --ro-bind / / true && echo "bwrap sandbox: ok" || echo "bwrap sandbox: FAILED"
+    ls -la /usr/bin/python3 /usr/local/bin/python3 2>&1 | head -2; python3 -c 'import sys; print(sys.prefix, sys.base_prefix)'
+  } 2>&1 | tee "$work/versions.txt"
+
+  model_dir=$(CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/build_model.py --variant "$VARIANT" --cache-dir /tmp/irl | tail -1)
+  [[ -f "$model_dir/config.json" ]] || { say "model build failed: $model_dir"; exit 1; }
+  echo "$model_dir" > /tmp/model_dir
+  say "model: $model_dir ($(du -sh "$model_dir" | cut -f1))"
+  # DESIGN §5's production command, on its own GPU (--enforce-eager: no compile/CUDA-graph minutes at start).
+  CUDA_VISIBLE_DEVICES=$VLLM_GPU VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy \
+    --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 4096 \
+    --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 --enforce-eager ${VLLM_EXTRA:-} \
+    > /tmp/vllm.log 2>&1 < /dev/null &
+  echo $! > /tmp/vllm.pid
+  say "vLLM pid $(cat /tmp/vllm.pid) starting on GPU $VLLM_GPU"
+
+  # Tree attention on the trainer's GPU while vLLM boots on the other.
+  if [[ "${SKIP_ATTENTION:-0}" != 1 ]]; then
+    CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 -m pytest tests/test_cpu_compat.py \
+      tests/test_tree_attention_fast_path.py -q -p no:cacheprovider 2>&1 | tail -6 | tee "$work/pytest_attention.log"
+    CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 gpu/bench_tree_attention.py --out "$work/bench_tree_attention.json" \
+      > "$work/bench_tree_attention.log" 2>&1 || tail -20 "$work/bench_tree_attention.log"
+    python3 - "$work/bench_tree_attention.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for dt, d in r["by_dtype"].items():
+    print(dt, "tree fwd/fwd+bwd ms", d["fwd_ms_tree"], d["fwd_bwd_ms_tree"], "| unpacked", d["fwd_ms_unpacked"],
+          d["fwd_bwd_ms_unpacked"], "| diff completion/prompt", d["max_abs_diff_completion"], d["max_abs_diff_prompt"])
+    for name, c in d["candidates"].items():
+        print("   ", name, c)
+PY
+    say "attention checks done"
+  fi
+
+  wait_health 420 || exit 1
+  say "vLLM healthy"
+  grep -iE "attention backend|Using .*backend|weight.transfer|KV cache" /tmp/vllm.log | head -8
+  python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_before.json"
+  CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf --model-dir "$model_dir" --out "$work/probe_hf_init.json"
+  python3 gpu/probe_weights.py compare "$work/probe_vllm_before.json" "$work/probe_hf_init.json" \
+    --out "$work/summary_setup.json"
+  say "setup done"
+  exit 0
+fi
+
+if [[ "$stage" == train ]]; then
+  source /tmp/gpu_env.sh
+  model_dir=$(cat /tmp/model_dir)
+  wait_health 300 || exit 1
+  if [[ "${SKIP_GATE_BENCH:-0}" != 1 ]]; then
+    timeout 240 python3 gpu/bench_gate_vs_raw.py --model-dir "$model_dir" --out "$work/gate_vs_raw.json" \
+      2>&1 | grep -v Warning | tail -12
+    say "gate vs raw done"
+  fi
+  run_dir=/tmp/prod_run; rm -rf "$run_dir"
+  # A few AsyncGRPOTrainer optimizer steps, a weight sync (TRL's NCCL WeightTransferClient) after every one.
+  CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout "${TRAIN_TIMEOUT:-360}" python3 trainer/train_swe_async_grpo.py \
+    --model_name_or_path "$model_dir" --vllm_url http://127.0.0.1:8000 --served_model_name policy \
+    --max_model_len 4096 --dtype bfloat16 --bf16 true --tree_attention torch \
+    --tasks embedded --agent single-shot --sandbox local --drop_zero_variance_groups false \
+    --num_generations "${GROUP:-8}" --max_inflight "${BATCH:-16}" --per_device_train_batch_size "${BATCH:-16}" \
+    --gradient_accumulation_steps 1 --token_budget 0 --max_turns 2 --max_tokens_per_turn "${MAX_TOKENS:-512}" \
+    --max_completion_length 1024 --temperature 1.0 --max_staleness 0 --weight_sync_steps 1 \
+    --max_steps "${STEPS:-5}" --learning_rate "${LR:-5e-4}" --logging_steps 1 --save_steps 100000 \
+    --report_to none --output_dir "$run_dir" --agent_wall_time_s 120 --episode_timeout_s 300 --seed 0 \
+    > "$work/train.log" 2>&1
+  rc=$?
+  say "training exited rc=$rc"
+  grep -E "^\[intercept-rl\]|Weight sync: done|Traceback|Error" "$work/train.log" | head -30
+  [[ $rc == 0 ]] || tail -40 "$work/train.log"
+  cp "$run_dir/rollouts.jsonl" "$work/" 2>/dev/null
+  python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_after.json"
+  if [[ -f "$run_dir/config.json" ]]; then
+    CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf --model-dir "$run_dir" --out "$work/probe_hf_trained.json"
+  fi
+  python3 gpu/probe_weights.py compare "$work"/probe_vllm_before.json "$work"/probe_hf_init.json \
+    "$work"/probe_vllm_after.json $(ls "$work"/probe_hf_trained.json 2>/dev/null) --out "$work/sync_proof.json"
+  python3 gpu/summarize_production.py --work "$work" --out "$work/summary_train.json"
+  say "train stage done"
+  exit 0
+fi
+echo "unknown stage $stage"; exit 2
