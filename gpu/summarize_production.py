@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if log_path.is_file():
         text = log_path.read_text(errors="replace")
         logs = step_logs(text)
-        summary["steps"] = [{k: log[k] for k in STEP_KEYS if k in log} for log in logs]
+        summary["steps"] = [{k: log[k] for k in STEP_KEYS if k in log} for log in logs if "train_runtime" not in log]
         summary["final_log"] = next((log for log in reversed(logs) if "train_runtime" in log), None)
         summary["weight_sync_lines"] = [line.split("Weight sync: ")[-1] for line in text.splitlines()
                                         if "Weight sync: done" in line]
