@@ -3,10 +3,25 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 STAMP := .venv/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench clean lock lock-upgrade doctor
 
 setup:
 	@bash scripts/bootstrap.sh
+
+# Re-resolve the locks (locks/) after an input changed (pyproject.toml, locks/agents.in, locks/npm/*/package.json);
+# existing pins are kept. Commit the lock diff with the change that needed it.
+lock:
+	bash scripts/lock.sh
+
+# A deliberate upgrade: the newest versions the inputs allow, reinstalled from the new locks, then the whole suite.
+# Commit the lock diff only with this green run behind it (README: "Upgrading dependencies").
+lock-upgrade:
+	bash scripts/lock.sh --upgrade
+	$(MAKE) test
+
+# Everything the system relies on, one line each with its remedy (exit 1 if something required is missing).
+doctor: setup
+	.venv/bin/intercept-rl doctor
 
 # Everything, slow end-to-end tests (real agents, training, dashboard) included. CI runs this.
 test: setup

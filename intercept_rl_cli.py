@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
     "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset cpu-demo` on a laptop)"),
+    "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
 }
 
 

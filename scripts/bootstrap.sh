@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Bootstraps everything intercept-rl needs on a fresh machine: system packages, the project venv,
-# the agents' own environments (mini-swe-agent in its venv, pi from npm) and the task runtime.
-# Idempotent: each step is skipped when its stamp is newer than its inputs.
+# Bootstraps everything intercept-rl needs on a fresh machine, from the committed locks (locks/, written by
+# `make lock`): system packages, the project venv, the agents' own environments (mini-swe-agent in its venv, pi
+# from npm) and the task runtime.
+# Idempotent: each environment is reinstalled only when its lock changed (the stamp holds the lock's hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
-MINI_SWE_AGENT_VERSION=2.4.6
-PI_VERSION=0.73.1
+PIP_VERSION=25.3
+# torch is not in locks/project.txt (scripts/lock.sh says why). A CPU machine gets the CPU wheel of this version;
+# on a GPU box install your CUDA build of torch into .venv first: an importable torch is kept as it is.
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
+lock_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
+fresh() { [[ -f "$1" && "$(cat "$1")" == "$2" ]]; }  # fresh STAMP HASH: installed from exactly these locks
 
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
@@ -26,36 +29,56 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# 1. The project venv. torch first and pinned: on CPU machines this takes the local CPU wheel
-#    instead of letting a loose requirement pull a multi-GB CUDA build.
-if [[ ! -f .venv/.installed || pyproject.toml -nt .venv/.installed ]]; then
-  log "creating .venv"
+# install_locked VENV LOCK: pip pinned, then exactly the lock's pins, hash-checked, without resolving anything.
+install_locked() {
+  local venv=$1 lock=$2
+  [[ -x "$venv/bin/python" ]] || "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q "pip==${PIP_VERSION}"
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r "$lock"
+  # ...and nothing else: what venv seeded or an older lock left behind goes (torch and pip stay, see doctor/locks.py).
+  local extra=()
+  mapfile -t extra < <("$PYTHON" -m doctor.locks unlocked "$venv/bin/python" "$lock")
+  if ((${#extra[@]})); then "$venv/bin/python" -m pip uninstall -q -y "${extra[@]}"; fi
+}
+
+# 1. The project venv: torch first (see above), then the lock, then the project itself (editable, no resolution).
+project_hash=$(lock_hash locks/project.txt pyproject.toml)
+if ! fresh .venv/.installed "$project_hash"; then
+  log "installing .venv from locks/project.txt"
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
-  .venv/bin/python -m pip install -q -e ".[test]"
-  touch .venv/.installed
+  install_locked .venv locks/project.txt
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+  echo "$project_hash" > .venv/.installed
 fi
 
-# 2. mini-swe-agent lives in its own venv: its litellm stack must not share pins with TRL.
-#    It needs `mcp` (litellm crashes without it, DESIGN §7). pytest is the embedded tasks' runtime.
-if [[ ! -f .venv-agents/.installed || scripts/bootstrap.sh -nt .venv-agents/.installed ]]; then
-  log "creating .venv-agents (mini-swe-agent ${MINI_SWE_AGENT_VERSION})"
-  [[ -x .venv-agents/bin/python ]] || "$PYTHON" -m venv .venv-agents
-  .venv-agents/bin/python -m pip install -q --upgrade pip
-  .venv-agents/bin/python -m pip install -q "mini-swe-agent==${MINI_SWE_AGENT_VERSION}" mcp pytest
-  touch .venv-agents/.installed
+# 2. mini-swe-agent lives in its own venv: its litellm stack must not share pins with TRL (locks/agents.in says
+#    what is in it and why).
+agents_hash=$(lock_hash locks/agents.txt)
+if ! fresh .venv-agents/.installed "$agents_hash"; then
+  log "installing .venv-agents from locks/agents.txt"
+  install_locked .venv-agents locks/agents.txt
+  .venv-agents/bin/python -m pip check >/dev/null || { .venv-agents/bin/python -m pip check; exit 1; }
+  echo "$agents_hash" > .venv-agents/.installed
 fi
 
-# 3. pi, pinned, from npm, into a project-local prefix (no global install).
-if [[ ! -f .agents/pi/.installed || scripts/bootstrap.sh -nt .agents/pi/.installed ]]; then
-  if command -v npm >/dev/null; then
-    log "installing pi ${PI_VERSION}"
-    mkdir -p .agents/pi
-    npm install --silent --no-audit --no-fund --prefix .agents/pi "@mariozechner/pi-coding-agent@${PI_VERSION}" >/dev/null 2>&1 \
-      && touch .agents/pi/.installed || log "WARNING: npm install of pi failed; the pi agent will be unavailable"
-  else
-    log "WARNING: npm not found; the pi agent will be unavailable (needs Node >= 20.6)"
+# 3. The npm agents, each from its package-lock.json (`npm ci`: exactly the lock, integrity-checked) into a
+#    project-local prefix (no global install).
+for lock_dir in locks/npm/*/; do
+  name=$(basename "$lock_dir"); prefix=".agents/$name"
+  npm_hash=$(lock_hash "$lock_dir/package.json" "$lock_dir/package-lock.json")
+  fresh "$prefix/.installed" "$npm_hash" && continue
+  if ! command -v npm >/dev/null; then
+    log "WARNING: npm not found; the $name agent will be unavailable (needs Node >= 20.6)"; continue
   fi
-fi
+  log "installing $name from $lock_dir"
+  rm -rf "$prefix"; mkdir -p "$prefix"
+  cp "$lock_dir/package.json" "$lock_dir/package-lock.json" "$prefix/"
+  if (cd "$prefix" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1); then
+    echo "$npm_hash" > "$prefix/.installed"
+  else
+    log "WARNING: npm ci of $name failed; the $name agent will be unavailable"
+  fi
+done
 log "ready"

@@ -1,0 +1,1 @@
+"""Setup checks: the environment against its locks (`locks`), and `intercept-rl doctor` (`checks`, `cli`)."""
