@@ -45,18 +45,24 @@ class _Reply:
 
 
 class InterceptedRequest:
-    """One chat-completion call from an agent, waiting for the worker's answer.
+    """One chat call from an agent, waiting for the worker's answer.
+
+    Whatever wire format the agent spoke (`dialect`), the call reaches the worker as an OpenAI chat completion:
+    `messages` and `tools` are always in the chat-completions form, and the reply is always an OpenAI assistant
+    message; the gate translates both ways (`control_plane/dialects/`).
 
     Attributes:
         rollout_id: the rollout the call arrived on.
-        id: the `chatcmpl-…` id the answer will carry.
-        messages: the validated `messages` list, exactly as sent.
+        id: the id the answer will carry (`chatcmpl-…`; `msg_…` for Anthropic Messages, `resp_…` for Responses).
+        dialect: the wire format the agent spoke ("chat_completions", "anthropic_messages", "openai_responses");
+            informational only.
+        messages: the validated `messages` list: exactly as sent for chat completions, else the translation.
         tools: the `tools` list, or None.
         stream: whether the agent asked for SSE.
         include_usage: whether the agent asked for a usage chunk (`stream_options.include_usage`).
         params: the sampling keys the agent sent (temperature, top_p, max_tokens, stop, seed, …), nulls dropped.
         model: the `model` string the agent sent, if any.
-        raw: the whole request body.
+        raw: the whole request body, as the agent sent it (in its own dialect).
         received_at: `time.monotonic()` when the body was accepted.
         disconnected: set when the request can no longer be answered before a reply was given — the client went away,
             the request timed out, or the rollout closed (`end_reason` says which). Watch it to cancel generation.
@@ -65,9 +71,11 @@ class InterceptedRequest:
     """
 
     def __init__(self, rollout_id: str, body: dict, *, messages: list[dict], tools: list[dict] | None, stream: bool,
-                 include_usage: bool, params: dict[str, Any], model: str | None) -> None:
+                 include_usage: bool, params: dict[str, Any], model: str | None, request_id: str | None = None,
+                 dialect: str = "chat_completions") -> None:
         self.rollout_id = rollout_id
-        self.id = new_completion_id()
+        self.id = request_id or new_completion_id()
+        self.dialect = dialect
         self.raw = body
         self.messages = messages
         self.tools = tools
@@ -103,7 +111,7 @@ class InterceptedRequest:
         return True
 
     async def fail(self, status: int, message: str, code: str | None = None, type: str | None = None) -> bool:
-        """Answer with an OpenAI-style error: JSON with `status`, or an SSE error event if the stream has started.
+        """Answer with an error in the agent's dialect: JSON with `status`, or an error event if the stream started.
 
         Returns False (and does nothing) when the request already ended.
         """
@@ -145,6 +153,9 @@ class RolloutHandle:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._pending: set[InterceptedRequest] = set()
         self._closed = False
+        # Per-rollout state a dialect keeps between calls (the Responses dialect: its response history, for
+        # `previous_response_id`); dropped when the rollout closes.
+        self.dialect_state: dict[str, Any] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"RolloutHandle(rollout_id={self.rollout_id!r}, base_url={self.base_url!r}, closed={self._closed})"
@@ -152,6 +163,12 @@ class RolloutHandle:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def root_url(self) -> str:
+        """`base_url` without its `/v1`: the base URL for clients that append `/v1/…` themselves (the Anthropic SDK
+        and Claude Code's `ANTHROPIC_BASE_URL`)."""
+        return self.base_url.removesuffix("/v1")
 
     @property
     def pending(self) -> int:
@@ -206,6 +223,7 @@ class RolloutHandle:
             return
         self._closed = True
         self._server._forget_rollout(self)
+        self.dialect_state.clear()
         error_message = f"{reason}; this rollout accepts no more requests"
         for req in list(self._pending):
             req._settle(GateError(404, error_message, code="rollout_closed"), ROLLOUT_CLOSED)

@@ -1,7 +1,11 @@
 """The interception gate: an aiohttp server standing where an agent expects an OpenAI-compatible endpoint.
 
-Routes (all errors are OpenAI-style JSON, aiohttp's own 404/405/413 included):
+Routes (errors are JSON in the route's dialect — Anthropic's shape under …/v1/messages, OpenAI's elsewhere —
+aiohttp's own 404/405/413 included):
     POST /rollout/{rollout_id}/v1/chat/completions   chat call, JSON or SSE, answered by the worker
+    POST /rollout/{rollout_id}/v1/messages           the same, spoken as Anthropic Messages (Claude Code)
+    POST /rollout/{rollout_id}/v1/messages/count_tokens   an estimate of the prompt's tokens (Anthropic)
+    POST /rollout/{rollout_id}/v1/responses          the same, spoken as OpenAI Responses (Codex)
     GET  /rollout/{rollout_id}/v1/models             the served model name
     GET  /healthz                                    liveness + counts (no ids, no secrets)
     GET  /metrics                                    Prometheus text
@@ -10,6 +14,7 @@ Routes (all errors are OpenAI-style JSON, aiohttp's own 404/405/413 included):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -21,11 +26,13 @@ from typing import Any
 from aiohttp import web
 
 from .config import GateConfig
+from .dialects import (ANTHROPIC_MESSAGES, CHAT_COMPLETIONS, OPENAI_RESPONSES, Answer, Dialect, Frame, ParsedCall,
+                       dialect_for_path)
+from .dialects.anthropic_request import estimate_input_tokens, parse_messages_body
 from .errors import GateError
 from .metrics import CLIENT_CLOSED, GateMetrics
-from .responses import KEEPALIVE, completion_body, sse_error, stream_body
 from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, RolloutHandle, _Reply
-from .validation import parse_json_body, validate_chat_body
+from .validation import parse_json_body
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +82,12 @@ class InterceptionServer:
         if self._runner is not None:
             raise RuntimeError("the server is already started")
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._error_middleware])
-        app.router.add_post("/rollout/{rollout_id}/v1/chat/completions", self._chat, name="chat_completions")
+        for path, dialect in (("chat/completions", CHAT_COMPLETIONS), ("messages", ANTHROPIC_MESSAGES),
+                              ("responses", OPENAI_RESPONSES)):
+            app.router.add_post(f"/rollout/{{rollout_id}}/v1/{path}", functools.partial(self._call, dialect),
+                                name=dialect.name.value)
+        app.router.add_post("/rollout/{rollout_id}/v1/messages/count_tokens", self._count_tokens,
+                            name="anthropic_count_tokens")
         app.router.add_get("/rollout/{rollout_id}/v1/models", self._models, name="models", allow_head=False)
         app.router.add_get("/healthz", self._healthz, name="healthz", allow_head=False)
         app.router.add_get("/metrics", self._metrics_text, name="metrics", allow_head=False)
@@ -148,9 +160,10 @@ class InterceptionServer:
     # -- HTTP plumbing --------------------------------------------------------------------------------------------
     @web.middleware
     async def _error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Turn every error into OpenAI-style JSON and count every request by route and status."""
+        """Turn every error into JSON in the path's dialect and count every request by route and status."""
         start = time.monotonic()
         route = request.match_info.route.name or "unmatched"
+        dialect = dialect_for_path(request.path)
         status = 500
         try:
             response = await handler(request)
@@ -158,7 +171,7 @@ class InterceptionServer:
             return response
         except GateError as exc:
             status = exc.status
-            return self._error_response(exc)
+            return self._error_response(exc, dialect)
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -171,22 +184,22 @@ class InterceptionServer:
             }.get(exc.status, exc.reason)
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
-            return self._error_response(GateError(exc.status, message, code=code), headers)
+            return self._error_response(GateError(exc.status, message, code=code), dialect, headers)
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
         except ConnectionError:  # the client left mid-body; nobody reads this answer
             status = CLIENT_CLOSED
-            return GateError(400, "client connection lost", code="client_disconnected").response()
+            return dialect.error_response(GateError(400, "client connection lost", code="client_disconnected"))
         except Exception:
             logger.exception("gate handler failed on %s %s", request.method, route)
-            return GateError(500, "internal gate error", code="internal_error").response()
+            return dialect.error_response(GateError(500, "internal gate error", code="internal_error"))
         finally:
             self._metrics.observe(route, status, time.monotonic() - start)
 
     @staticmethod
-    def _error_response(error: GateError, headers: dict[str, str] | None = None) -> web.Response:
-        response = error.response(headers)
+    def _error_response(error: GateError, dialect: Dialect, headers: dict[str, str] | None = None) -> web.Response:
+        response = dialect.error_response(error, headers)
         if error.status in (408, 413):  # the body was not read in full: do not reuse the connection
             response.force_close()
         return response
@@ -195,7 +208,7 @@ class InterceptionServer:
         """Authenticate before looking the rollout up, so an unauthenticated caller learns nothing about which ids
         exist: no key / wrong key → 401, then unknown or closed rollout → 404."""
         rollout_id = request.match_info["rollout_id"]
-        key = request.headers.get("x-api-key")
+        key = request.headers.get("x-api-key") or None  # an empty x-api-key must not hide a Bearer token
         if key is None:
             auth = request.headers.get("Authorization", "")
             scheme, _, value = auth.partition(" ")
@@ -231,9 +244,8 @@ class InterceptionServer:
                  "owned_by": "intercept-rl"}
         return web.json_response({"object": "list", "data": [model]})
 
-    # -- chat completions -----------------------------------------------------------------------------------------
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        rollout = self._authorized_rollout(request)
+    # -- chat calls, in every dialect -------------------------------------------------------------------------------
+    async def _read_json(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
             raise GateError(413, f"request body too large (limit {self.config.max_body_bytes} bytes)",
                             code="request_too_large")
@@ -243,53 +255,70 @@ class InterceptionServer:
         except TimeoutError:
             raise GateError(408, f"request body not received within {self.config.body_timeout_s} s",
                             code="body_timeout") from None
-        body = parse_json_body(raw)
-        chat = validate_chat_body(body)
+        return parse_json_body(raw)
+
+    async def _call(self, dialect: Dialect, request: web.Request) -> web.StreamResponse:
+        """One agent call: translate it (`dialect`), queue it for the worker, answer in the same dialect."""
+        rollout = self._authorized_rollout(request)
+        body = await self._read_json(request)
+        call = dialect.parse(body, rollout)
+        chat = call.chat
         req = InterceptedRequest(rollout.rollout_id, body, messages=chat.messages, tools=chat.tools,
                                  stream=chat.stream, include_usage=chat.include_usage, params=chat.params,
-                                 model=chat.model)
+                                 model=chat.model, request_id=dialect.new_id(secrets.token_hex(12)),
+                                 dialect=dialect.name.value)
         rollout._admit(req, self.config.max_pending_per_rollout)
         try:
             if req.stream:
-                return await self._answer_stream(request, req)
+                return await self._answer_stream(request, req, dialect, call, rollout)
             outcome = await self._await_outcome(req, None)
             if isinstance(outcome, GateError):
-                return outcome.response()
-            return web.Response(body=self._completion(req, outcome), content_type="application/json")
+                return dialect.error_response(outcome)
+            answer = self._answer(req, call, outcome)
+            dialect.remember(rollout, answer)
+            return web.Response(body=dialect.reply_body(answer), content_type="application/json")
         except asyncio.CancelledError:
             self._client_left(req)
             raise
         finally:
             rollout._release(req)
 
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's `count_tokens`: an estimate (see `estimate_input_tokens`), never sent to the worker."""
+        self._authorized_rollout(request)
+        body = await self._read_json(request)
+        return web.json_response({"input_tokens": estimate_input_tokens(parse_messages_body(body))})
+
     def _client_left(self, req: InterceptedRequest) -> None:
         if not req.done:
             self._metrics.disconnects_total += 1
         req._settle(None, CLIENT_DISCONNECTED)
 
-    def _completion(self, req: InterceptedRequest, reply: _Reply) -> bytes:
-        return completion_body(req.id, int(time.time()), self.served_model_name, reply.message, reply.finish_reason,
-                               reply.usage)
+    def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: _Reply) -> Answer:
+        return Answer(req.id, int(time.time()), self.served_model_name, call, reply.message, reply.finish_reason,
+                      reply.usage)
 
-    async def _answer_stream(self, request: web.Request, req: InterceptedRequest) -> web.StreamResponse:
+    async def _answer_stream(self, request: web.Request, req: InterceptedRequest, dialect: Dialect,
+                             call: ParsedCall, rollout: RolloutHandle) -> web.StreamResponse:
         """SSE answer. Headers go out with the first keep-alive, so an early failure is still a plain HTTP error."""
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
 
         async def keepalive() -> None:
             if not response.prepared:
                 await response.prepare(request)
-            await response.write(KEEPALIVE)
+            await response.write(dialect.keepalive)
 
         try:
             outcome = await self._await_outcome(req, keepalive)
             if isinstance(outcome, GateError):
                 if not response.prepared:
-                    return outcome.response()
-                await response.write(sse_error(outcome.body()))
+                    return dialect.error_response(outcome)
+                frame = Frame(req.id, int(time.time()), self.served_model_name, call)
+                await response.write(dialect.stream_error(outcome, frame))
             else:
-                payload = stream_body(req.id, int(time.time()), self.served_model_name, outcome.message,
-                                      outcome.finish_reason, outcome.usage, req.include_usage,
-                                      self.config.stream_chunk_chars)
+                answer = self._answer(req, call, outcome)
+                dialect.remember(rollout, answer)
+                payload = dialect.stream_body(answer, self.config.stream_chunk_chars)
                 if not response.prepared:
                     await response.prepare(request)
                 await response.write(payload)

@@ -60,7 +60,7 @@ class ValidatedChat:
     model: str | None
 
 
-def _bad(message: str, code: str = "invalid_request") -> GateError:
+def bad_request(message: str, code: str = "invalid_request") -> GateError:
     return GateError(400, message, code=code)
 
 
@@ -72,16 +72,16 @@ def parse_json_body(raw: bytes) -> Any:
     nesting deeper than 1024.
     """
     if not raw:
-        raise _bad("request body is empty; expected a JSON object", "invalid_json")
+        raise bad_request("request body is empty; expected a JSON object", "invalid_json")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):
-            raise _bad("request body is nested too deeply", "invalid_json") from None
-        raise _bad(f"request body is not valid JSON: {exc}", "invalid_json") from None
+            raise bad_request("request body is nested too deeply", "invalid_json") from None
+        raise bad_request(f"request body is not valid JSON: {exc}", "invalid_json") from None
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
@@ -93,65 +93,65 @@ def _check_text_parts(parts: list, where: str, allow_refusal: bool) -> None:
     for j, part in enumerate(parts):
         pwhere = f"{where}[{j}]"
         if not isinstance(part, dict):
-            raise _bad(f"{pwhere} must be an object, got {_type_name(part)}")
+            raise bad_request(f"{pwhere} must be an object, got {type_name(part)}")
         kind = part.get("type")
         if kind == "text":
             if not isinstance(part.get("text"), str):
-                raise _bad(f"{pwhere}.text must be a string")
+                raise bad_request(f"{pwhere}.text must be a string")
         elif kind == "refusal" and allow_refusal:
             if not isinstance(part.get("refusal"), str):
-                raise _bad(f"{pwhere}.refusal must be a string")
+                raise bad_request(f"{pwhere}.refusal must be a string")
         elif kind in ("image_url", "input_image", "image"):
-            raise _bad(f"{pwhere}: image content is not supported; this endpoint serves a text-only model",
+            raise bad_request(f"{pwhere}: image content is not supported; this endpoint serves a text-only model",
                        "unsupported_content")
         elif kind in ("input_audio", "file", "audio"):
-            raise _bad(f"{pwhere}: {kind} content is not supported; only text parts are accepted",
+            raise bad_request(f"{pwhere}: {kind} content is not supported; only text parts are accepted",
                        "unsupported_content")
         else:
-            raise _bad(f"{pwhere}.type must be 'text', got {kind!r}")
+            raise bad_request(f"{pwhere}.type must be 'text', got {kind!r}")
 
 
 def _check_content(msg: dict, where: str, role: str, has_tool_calls: bool) -> None:
     if "content" not in msg or msg["content"] is None:
         if role == "assistant":
             return  # tool-call-only turns (pi sends content: null; OpenAI allows omitting it)
-        raise _bad(f"{where}.content is required for role {role!r}")
+        raise bad_request(f"{where}.content is required for role {role!r}")
     content = msg["content"]
     if isinstance(content, str):
         return
     if isinstance(content, list):
         _check_text_parts(content, f"{where}.content", allow_refusal=role == "assistant")
         return
-    raise _bad(f"{where}.content must be a string, null or a list of text parts, got {_type_name(content)}")
+    raise bad_request(f"{where}.content must be a string, null or a list of text parts, got {type_name(content)}")
 
 
 def _check_tool_calls(tool_calls: Any, where: str) -> None:
     if not isinstance(tool_calls, list):
-        raise _bad(f"{where}.tool_calls must be an array, got {_type_name(tool_calls)}")
+        raise bad_request(f"{where}.tool_calls must be an array, got {type_name(tool_calls)}")
     for k, call in enumerate(tool_calls):
         cwhere = f"{where}.tool_calls[{k}]"
         if not isinstance(call, dict):
-            raise _bad(f"{cwhere} must be an object")
+            raise bad_request(f"{cwhere} must be an object")
         if not isinstance(call.get("id"), str) or not call["id"]:
-            raise _bad(f"{cwhere}.id must be a non-empty string")
+            raise bad_request(f"{cwhere}.id must be a non-empty string")
         if call.get("type", "function") != "function":
-            raise _bad(f"{cwhere}.type must be 'function'")
+            raise bad_request(f"{cwhere}.type must be 'function'")
         function = call.get("function")
         if not isinstance(function, dict):
-            raise _bad(f"{cwhere}.function must be an object")
+            raise bad_request(f"{cwhere}.function must be an object")
         if not isinstance(function.get("name"), str) or not function["name"]:
-            raise _bad(f"{cwhere}.function.name must be a non-empty string")
+            raise bad_request(f"{cwhere}.function.name must be a non-empty string")
         if not isinstance(function.get("arguments"), str):
-            raise _bad(f"{cwhere}.function.arguments must be a string (JSON-encoded arguments)")
+            raise bad_request(f"{cwhere}.function.arguments must be a string (JSON-encoded arguments)")
 
 
 def validate_messages(messages: Any) -> list[dict]:
     if messages is None:
-        raise _bad("'messages' is required")
+        raise bad_request("'messages' is required")
     if not isinstance(messages, list):
-        raise _bad(f"'messages' must be an array, got {_type_name(messages)}")
+        raise bad_request(f"'messages' must be an array, got {type_name(messages)}")
     if not messages:
-        raise _bad("'messages' must not be empty")
+        raise bad_request("'messages' must not be empty")
     for i, msg in enumerate(messages):
         # The whole history is re-sent on every call: accept the common shapes cheaply and leave anything else
         # (text-part lists, and every invalid message) to the thorough check, which names the problem.
@@ -197,50 +197,50 @@ def _plainly_valid(msg: Any) -> bool:
 def _validate_message(i: int, msg: Any) -> None:
     where = f"messages[{i}]"
     if not isinstance(msg, dict):
-        raise _bad(f"{where} must be an object, got {_type_name(msg)}")
+        raise bad_request(f"{where} must be an object, got {type_name(msg)}")
     role = msg.get("role")
     if role not in ROLES:
-        raise _bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
+        raise bad_request(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
     if "name" in msg and msg["name"] is not None and not isinstance(msg["name"], str):
-        raise _bad(f"{where}.name must be a string")
+        raise bad_request(f"{where}.name must be a string")
     tool_calls = msg.get("tool_calls")
     if tool_calls is not None:
         if role != "assistant":
-            raise _bad(f"{where}.tool_calls is only allowed on assistant messages")
+            raise bad_request(f"{where}.tool_calls is only allowed on assistant messages")
         _check_tool_calls(tool_calls, where)
     _check_content(msg, where, role, bool(tool_calls))
     if role == "tool" and (not isinstance(msg.get("tool_call_id"), str) or not msg["tool_call_id"]):
-        raise _bad(f"{where}.tool_call_id is required for tool messages (a non-empty string)")
+        raise bad_request(f"{where}.tool_call_id is required for tool messages (a non-empty string)")
 
 
 def validate_tools(tools: Any) -> list[dict] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise _bad(f"'tools' must be an array, got {_type_name(tools)}")
+        raise bad_request(f"'tools' must be an array, got {type_name(tools)}")
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise _bad(f"{where} must be an object")
+            raise bad_request(f"{where} must be an object")
         if tool.get("type", "function") != "function":
-            raise _bad(f"{where}.type must be 'function', got {tool.get('type')!r}")
+            raise bad_request(f"{where}.type must be 'function', got {tool.get('type')!r}")
         function = tool.get("function")
         if not isinstance(function, dict):
-            raise _bad(f"{where}.function must be an object")
+            raise bad_request(f"{where}.function must be an object")
         if not isinstance(function.get("name"), str) or not function["name"]:
-            raise _bad(f"{where}.function.name must be a non-empty string")
+            raise bad_request(f"{where}.function.name must be a non-empty string")
         if "description" in function and function["description"] is not None and not isinstance(
             function["description"], str
         ):
-            raise _bad(f"{where}.function.description must be a string")
+            raise bad_request(f"{where}.function.description must be a string")
         if "parameters" in function and function["parameters"] is not None and not isinstance(
             function["parameters"], dict
         ):
-            raise _bad(f"{where}.function.parameters must be an object (a JSON schema)")
+            raise bad_request(f"{where}.function.parameters must be an object (a JSON schema)")
     return tools
 
 
-def _check_param(key: str, kind: str, value: Any) -> None:
+def check_param(key: str, kind: str, value: Any) -> None:
     if kind == _NUMBER:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif kind == _INT:
@@ -258,47 +258,48 @@ def _check_param(key: str, kind: str, value: Any) -> None:
     else:  # tool_choice: "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}
         ok = value in ("none", "auto", "required") or isinstance(value, dict)
     if not ok:
-        raise _bad(f"'{key}' has an invalid value of type {_type_name(value)}", "invalid_parameter")
-    if key in ("max_tokens", "max_completion_tokens") and value < 1:
-        raise _bad(f"'{key}' must be at least 1", "invalid_parameter")
+        raise bad_request(f"'{key}' has an invalid value of type {type_name(value)}", "invalid_parameter")
+    if key in ("max_tokens", "max_completion_tokens", "max_output_tokens") and value < 1:
+        raise bad_request(f"'{key}' must be at least 1", "invalid_parameter")
     if key in ("temperature", "top_p", "min_p") and value < 0:
-        raise _bad(f"'{key}' must not be negative", "invalid_parameter")
+        raise bad_request(f"'{key}' must not be negative", "invalid_parameter")
 
 
 def validate_chat_body(body: Any) -> ValidatedChat:
     """Check a parsed chat-completion body; raise `GateError(400)` naming the first problem found."""
     if not isinstance(body, dict):
-        raise _bad(f"request body must be a JSON object, got {_type_name(body)}")
+        raise bad_request(f"request body must be a JSON object, got {type_name(body)}")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string")
+        raise bad_request("'model' must be a string")
     messages = validate_messages(body.get("messages"))
     tools = validate_tools(body.get("tools"))
     stream = body.get("stream")
     if stream is None:
         stream = False
     elif not isinstance(stream, bool):
-        raise _bad(f"'stream' must be a boolean, got {_type_name(stream)}")
+        raise bad_request(f"'stream' must be a boolean, got {type_name(stream)}")
     options = body.get("stream_options")
     include_usage = False
     if options is not None:
         if not isinstance(options, dict):
-            raise _bad("'stream_options' must be an object")
+            raise bad_request("'stream_options' must be an object")
         include_usage = options.get("include_usage", False)
         if include_usage is None:
             include_usage = False
         if not isinstance(include_usage, bool):
-            raise _bad("'stream_options.include_usage' must be a boolean")
+            raise bad_request("'stream_options.include_usage' must be a boolean")
     n = body.get("n")
     if n is not None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise _bad("'n' must be a positive integer", "invalid_parameter")
+            raise bad_request("'n' must be a positive integer", "invalid_parameter")
         if n > 1:
-            raise _bad("'n' > 1 is not supported: each agent call gets exactly one completion", "invalid_parameter")
+            raise bad_request("'n' > 1 is not supported: each agent call gets exactly one completion",
+                              "invalid_parameter")
     params: dict[str, Any] = {}
     for key, kind in SAMPLING_KEYS.items():
         value = body.get(key)
         if value is not None:
-            _check_param(key, kind, value)
+            check_param(key, kind, value)
             params[key] = value
     return ValidatedChat(messages, tools, stream, include_usage, params, model)
