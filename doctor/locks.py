@@ -123,7 +123,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m doctor.locks unlocked PYTHON LOCK", file=sys.stderr)
         return 2
     drift = compare("", read_pip_lock(Path(argv[3])), installed_in(Path(argv[2])))
-    print("\n".join(sorted(drift.unlocked)))
+    for name in sorted(drift.unlocked):
+        print(name)
     return 0
 
 
