@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     before_line = machine_line()
-    from rollout_worker.chat_template import load_qwen3_tokenizer
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
     turn = canned_tool_call_turn(load_qwen3_tokenizer(), TOOLS)
     memory_rows, gated, direct, overhead, closed = [], [], [], [], {}

@@ -62,7 +62,7 @@ class Run:
 class Bench:
     def __init__(self, args):
         self.args = args
-        from rollout_worker.chat_template import load_qwen3_tokenizer
+        from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
         turn = canned_tool_call_turn(load_qwen3_tokenizer(), TOOLS)
         self.standin = Child("engine-standin", run_standin_process, turn)

@@ -17,7 +17,8 @@ from typing import Any
 
 from control_plane import GateConfig, InterceptionServer, RolloutClosed
 from rollout_worker.assembly import PromptAssembler
-from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.chat_template import resolve_training_template
 from rollout_worker.config import WorkerConfig
 from rollout_worker.engine_client import EngineClient
 from rollout_worker.turns import TurnServer, TurnState

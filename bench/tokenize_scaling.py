@@ -28,7 +28,8 @@ import sys
 import time
 
 from rollout_worker.assembly import PromptAssembler
-from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.chat_template import resolve_training_template
 from rollout_worker.messages import normalize_messages
 from rollout_worker.parsing import parse_completion
 

@@ -176,7 +176,7 @@ def check_chromium() -> CheckResult:
 def check_embedded_model() -> CheckResult:
     """Build/load the tiny model and the Qwen3 tokenizer with the Hub switched off, in the project venv."""
     python = ROOT / ".venv" / "bin" / "python"
-    code = ("from local_engine.embedded import ensure_tiny_model; from rollout_worker.chat_template import "
+    code = ("from local_engine.embedded import ensure_tiny_model; from intercept_common.qwen3_tokenizer import "
             "load_qwen3_tokenizer; import transformers as t; p = ensure_tiny_model(); tok = load_qwen3_tokenizer(); "
             "m = t.AutoModelForCausalLM.from_pretrained(p); print(p, len(tok), m.num_parameters())")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

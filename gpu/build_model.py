@@ -50,7 +50,7 @@ def build_qwen3_1_7b(target: Path, seed: int = 0) -> Path:
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
     from local_engine.embedded import tiny_model_config
-    from rollout_worker.chat_template import load_qwen3_tokenizer
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
     if (target / "config.json").is_file():
         return target

@@ -85,7 +85,8 @@ def run(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+    from rollout_worker.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
     from rollout_worker.types import Task
     from rollout_worker.worker import RolloutWorker

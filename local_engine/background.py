@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 from aiohttp import web
 
+from intercept_common.http_site import start_site
+from intercept_common.loop_thread import LoopThread
 from local_engine.server import EngineServer
 
 
@@ -18,49 +17,34 @@ class BackgroundEngine:
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = LoopThread("local-engine-http", call_timeout_s=startup_timeout_s)
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
-    def _run(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            self._runner = web.AppRunner(self.server.app(), access_log=None, handler_cancellation=True)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, self.host, 0).start())
-            self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"
-        except BaseException as error:  # reported to start(), which raises it in the caller's thread
-            self._error = error
-            self.server.generator.close()
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
+    async def _serve(self) -> str:
+        self._runner, url = await start_site(self.server.app(), host=self.host, port=0)
+        return url
 
     def start(self) -> "BackgroundEngine":
-        self._thread = threading.Thread(target=self._run, name="local-engine-http", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self.startup_timeout_s):
-            raise TimeoutError(f"the local engine did not start within {self.startup_timeout_s:.0f}s")
-        if self._error is not None:
-            raise RuntimeError(f"the local engine failed to start: {self._error}") from self._error
+        self._loop_thread.start()
+        try:
+            self.url = self._loop_thread.run(self._serve(), self.startup_timeout_s)
+        except BaseException as error:
+            self.server.generator.close()
+            self._loop_thread.stop()
+            if isinstance(error, TimeoutError):
+                raise TimeoutError(f"the local engine did not start within {self.startup_timeout_s:.0f}s") from None
+            raise RuntimeError(f"the local engine failed to start: {error}") from error
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
+        if not self._loop_thread.running:
             return
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        thread.join(timeout_s)
+        try:
+            if self._runner is not None:  # runs on_shutdown: the generator thread stops, waiting requests fail
+                self._loop_thread.run(self._runner.cleanup(), timeout_s)
+        finally:
+            self._runner = None
+            self._loop_thread.stop(timeout_s)
 
     def __enter__(self) -> "BackgroundEngine":
         return self.start()

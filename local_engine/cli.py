@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
-from aiohttp import web
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
+from intercept_common.http_site import start_site
 from local_engine.generation import BatchedGenerator
 from local_engine.server import EngineConfig, EngineServer
 
@@ -74,14 +74,9 @@ def create_engine_server(config: EngineConfig) -> EngineServer:
 
 async def serve(server: EngineServer, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; print the bound URL once listening (port 0 picks a free port)."""
-    # handler_cancellation: a client that hangs up cancels its handler, which drops its request from the batch.
-    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
-    await runner.setup()
+    runner, url = await start_site(server.app(), host=host, port=port)
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        print(f"local engine serving {server.served_model_name!r} on http://{host}:{bound}", flush=True)
+        print(f"local engine serving {server.served_model_name!r} on {url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from rollout_worker.chat_template import load_qwen3_tokenizer
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
 logger = logging.getLogger(__name__)
 

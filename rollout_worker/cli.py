@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_proc = None
     try:
         if args.engine == "local":
-            from local_engine.launcher import LocalEngineProcess
+            from intercept_common.engine_process import LocalEngineProcess
 
             print(f"starting the local engine on {args.model} …", file=sys.stderr)
             engine_proc = LocalEngineProcess(args.model, served_model_name=args.served_model_name or "policy",

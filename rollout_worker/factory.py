@@ -65,7 +65,7 @@ def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tok
 def load_tokenizer(model: str):
     """The tokenizer of `model` (a path or hub name); `embedded` is the tiny demo model's real Qwen3 tokenizer."""
     if model == "embedded":
-        from .chat_template import load_qwen3_tokenizer
+        from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
         return load_qwen3_tokenizer()
     from transformers import AutoTokenizer

@@ -18,7 +18,7 @@ from rollout_worker.agents import (
     PiLauncher,
     get_agent,
 )
-from rollout_worker.agents.install import agents_venv, pi_prefix
+from intercept_common.install_paths import agents_venv, pi_prefix
 from rollout_worker.types import RolloutEndpoint
 from tests.test_sandbox_support import backend, state_dir, task  # noqa: F401 (fixtures)
 

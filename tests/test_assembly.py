@@ -18,7 +18,8 @@ from rollout_worker.assembly import (
     TOOLS_CHANGED,
     PromptAssembler,
 )
-from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.chat_template import resolve_training_template
 from rollout_worker.messages import MessageFormatError, normalize_messages
 from rollout_worker.parsing import parse_completion
 

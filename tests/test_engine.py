@@ -25,7 +25,7 @@ from local_engine.client import get_weights_version, push_weights
 from local_engine.embedded import ensure_tiny_model
 from local_engine.sampling import SamplingParams
 from local_engine.server import EngineConfig
-from rollout_worker.chat_template import load_qwen3_tokenizer
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
 MAX_MODEL_LEN = 512
 TOL = 1e-5

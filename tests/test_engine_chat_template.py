@@ -11,7 +11,8 @@ from trl.chat_template_utils import (
     qwen3_training_chat_template,
 )
 
-from rollout_worker.chat_template import load_qwen3_tokenizer, qwen3_tokenizer_dir, resolve_training_template
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer, qwen3_tokenizer_dir
+from rollout_worker.chat_template import resolve_training_template
 
 
 @pytest.fixture(scope="module")

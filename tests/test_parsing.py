@@ -9,7 +9,8 @@ from openai.types.chat import ChatCompletionMessage
 from trl.chat_template_utils import parse_response
 
 from rollout_worker.assembly import PromptAssembler
-from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.chat_template import resolve_training_template
 from rollout_worker.messages import messages_equivalent
 from rollout_worker.parsing import PREFIX_TAIL_TOKENS, parse_completion, parsing_tokenizer
 

@@ -179,7 +179,7 @@ def peaked_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def peaked_engine(peaked_model_dir):
-    from local_engine.launcher import LocalEngineProcess
+    from intercept_common.engine_process import LocalEngineProcess
 
     with LocalEngineProcess(str(peaked_model_dir), served_model_name="policy", max_model_len=4096) as proc:
         yield proc

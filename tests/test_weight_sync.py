@@ -24,7 +24,7 @@ def tiny_model_dir():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from local_engine.launcher import LocalEngineProcess
+    from intercept_common.engine_process import LocalEngineProcess
 
     with LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) as proc:
         yield proc

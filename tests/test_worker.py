@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from local_engine.embedded import ensure_tiny_model
-from local_engine.launcher import LocalEngineProcess
-from rollout_worker.chat_template import load_qwen3_tokenizer, resolve_training_template
+from intercept_common.engine_process import LocalEngineProcess
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.chat_template import resolve_training_template
 from rollout_worker.config import WorkerConfig
 from rollout_worker.types import AGENT_ERROR, COMPLETED, EpisodeResult, Task
 from rollout_worker.worker import RolloutWorker

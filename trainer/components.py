@@ -32,7 +32,7 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
         yield EngineHandle(url=script.vllm_url.rstrip("/"), weight_transfer=None)
         return
 
-    from local_engine.launcher import LocalEngineProcess
+    from intercept_common.engine_process import LocalEngineProcess
 
     from trainer.weight_transfer import LocalEngineWeightTransfer
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from rollout_worker.agents.base import AgentCommand, AgentUnavailableError, openai_env
-from rollout_worker.agents.install import agents_venv
+from intercept_common.install_paths import agents_venv
 
 if TYPE_CHECKING:
     from rollout_worker.sandbox.base import Sandbox

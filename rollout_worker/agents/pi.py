@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rollout_worker.agents.base import AgentCommand, AgentUnavailableError, openai_env
-from rollout_worker.agents.install import pi_prefix
+from intercept_common.install_paths import pi_prefix
 
 if TYPE_CHECKING:
     from rollout_worker.sandbox.base import Sandbox

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rollout_worker.agents.install import agent_runtime_paths
+from intercept_common.install_paths import agent_runtime_paths
 from rollout_worker.sandbox.base import ExecResult, SandboxUnavailableError
 
 INNER_INIT = Path(__file__).with_name("inner_init.py")

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import hdrs, web
 
+from intercept_common.http_site import start_site
+from intercept_common.openai_errors import openai_error_body
+
 logger = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones aiohttp recomputes.
@@ -27,9 +30,7 @@ _DROP_HEADERS_LOWER = {h.lower() for h in _DROP_HEADERS}
 
 
 def _openai_error(status: int, message: str, code: str) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status=status
-    )
+    return web.json_response(openai_error_body(message, code=code), status=status)
 
 
 class GateProxy:
@@ -58,11 +59,8 @@ class GateProxy:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s, sock_connect=10), auto_decompress=False
         )
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         try:
-            await self._runner.setup()
-            site = web.UnixSite(self._runner, str(self.socket_path))
-            await site.start()
+            self._runner, _ = await start_site(app, unix_path=str(self.socket_path))
             os.chmod(self.socket_path, 0o600)
         except BaseException:
             await self.close()

