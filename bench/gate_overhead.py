@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.agent_traffic import TOOLS, TrafficSpec, run_client_process  # noqa: E402
-from bench.gate_process import run_gate_process  # noqa: E402
 from bench.concurrency import wait_for_turns  # noqa: E402
+from bench.gate_process import run_gate_process  # noqa: E402
 from bench.processes import Child  # noqa: E402
 from bench.report import exit_on_sigterm, machine_line, percentile, table, verdict  # noqa: E402
 from bench.standin_engine import canned_tool_call_turn, run_standin_process  # noqa: E402

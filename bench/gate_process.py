@@ -15,15 +15,14 @@ import time
 import tracemalloc
 from typing import Any
 
-from control_plane import GateConfig, InterceptionServer, RolloutClosed
-from rollout_worker.assembly import PromptAssembler
-from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.chat_template import resolve_training_template
-from rollout_worker.config import WorkerConfig
-from rollout_worker.engine_client import EngineClient
-from rollout_worker.turns import TurnServer, TurnState
-
 from bench.processes import process_snapshot, serve_commands
+from control_plane import GateConfig, InterceptionServer, RolloutClosed
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from rollout_worker.config import WorkerConfig
+from rollout_worker.serving.assembly import PromptAssembler
+from rollout_worker.serving.chat_template import resolve_training_template
+from rollout_worker.serving.engine_client import EngineClient
+from rollout_worker.serving.turns import TurnServer, TurnState
 
 
 def _deep_size(obj: Any, seen: set[int]) -> int:

@@ -35,7 +35,7 @@ class CannedTurn:
 
 def canned_tool_call_turn(tokenizer, tools: list[dict]) -> CannedTurn:
     """A realistic sampled turn (think block + compact tool-call JSON + turn end), parsed the way the worker does."""
-    from rollout_worker.parsing import parse_completion
+    from rollout_worker.serving.parsing import parse_completion
 
     text = ('<think>\nThe failing assertion compares the parsed header; I should look at how it is built.\n</think>'
             '\n\n<tool_call>\n{"name":"bash","arguments":{"command":"grep -n \\"def parse_header\\" -r src/ | '

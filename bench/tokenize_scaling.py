@@ -27,11 +27,11 @@ import statistics
 import sys
 import time
 
-from rollout_worker.assembly import PromptAssembler
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.chat_template import resolve_training_template
-from rollout_worker.messages import normalize_messages
-from rollout_worker.parsing import parse_completion
+from rollout_worker.serving.assembly import PromptAssembler
+from rollout_worker.serving.chat_template import resolve_training_template
+from rollout_worker.serving.messages import normalize_messages
+from rollout_worker.serving.parsing import parse_completion
 
 try:
     from bench.report import machine_line

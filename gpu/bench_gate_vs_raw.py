@@ -148,22 +148,23 @@ class GatedAgents:
                            self.args.turns, self.args.max_tokens)
 
     async def run(self, task, endpoint, stop):
-        from rollout_worker.types import AGENT_ERROR, COMPLETED, EpisodeResult
+        from rollout_worker.outcomes import EpisodeStatus
+        from rollout_worker.types import EpisodeResult
 
         try:
             stats = await asyncio.wrap_future(self.agents.submit(self._agent(endpoint)))
         except Exception as error:  # noqa: BLE001
             self.errors.append(repr(error)[:300])
-            return EpisodeResult(status=AGENT_ERROR, reward=None, scorable=False, agent_output=repr(error)[:500],
+            return EpisodeResult(status=EpisodeStatus.AGENT_ERROR, reward=None, scorable=False, agent_output=repr(error)[:500],
                                  exit_code=1)
         self.turn_stats += stats
-        return EpisodeResult(status=COMPLETED, reward=next(self.rewards), resolved=False, agent_output="", exit_code=0)
+        return EpisodeResult(status=EpisodeStatus.COMPLETED, reward=next(self.rewards), resolved=False, agent_output="", exit_code=0)
 
 
 def run_gated(args, agents: AgentLoop) -> dict:
     from transformers import AutoTokenizer
 
-    from rollout_worker.chat_template import resolve_training_template
+    from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
     from rollout_worker.types import Task
     from rollout_worker.worker import RolloutWorker

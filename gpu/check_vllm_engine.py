@@ -1,4 +1,4 @@
-"""Check OUR `rollout_worker.engine_client.EngineClient` against a real vLLM server (run on the GPU box).
+"""Check OUR `rollout_worker.serving.engine_client.EngineClient` against a real vLLM server (run on the GPU box).
 
 What it proves, each as a named check in the JSON report (non-zero exit if any fails):
 - `/v1/models` gives `max_model_len`, and `EngineClient.max_model_len()` reads it;
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def probe_prompts(tokenizer, n_random: int = 2, seed: int = 0) -> list[list[int]]:
     """A rendered chat (what the worker sends) and random-id prompts of a few lengths."""
-    from rollout_worker.chat_template import resolve_training_template
+    from rollout_worker.serving.chat_template import resolve_training_template
 
     template = resolve_training_template(tokenizer)
     chat = [{"role": "system", "content": "You are a coding agent."},
@@ -82,7 +82,8 @@ async def run_checks(args, report: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rollout_worker.engine_client import EngineClient, PromptTooLongError
+    from rollout_worker.serving.engine_client import EngineClient
+    from rollout_worker.types import PromptTooLongError
 
     checks = report["checks"]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

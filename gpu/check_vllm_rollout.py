@@ -47,7 +47,8 @@ class ScriptedAgents:
         self.stream = stream
 
     async def run(self, task, endpoint, stop):
-        from rollout_worker.types import AGENT_ERROR, COMPLETED, EpisodeResult
+        from rollout_worker.outcomes import EpisodeStatus
+        from rollout_worker.types import EpisodeResult
 
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
                "OPENAI_BASE_URL": endpoint.base_url, "OPENAI_API_KEY": endpoint.api_key,
@@ -65,9 +66,9 @@ class ScriptedAgents:
             out, _ = await waiter
         output = out.decode(errors="replace")[-2000:]
         if proc.returncode != 0:
-            return EpisodeResult(status=AGENT_ERROR, reward=None, scorable=False, agent_output=output,
+            return EpisodeResult(status=EpisodeStatus.AGENT_ERROR, reward=None, scorable=False, agent_output=output,
                                  exit_code=proc.returncode)
-        return EpisodeResult(status=COMPLETED, reward=next(self.rewards), resolved=False, agent_output=output,
+        return EpisodeResult(status=EpisodeStatus.COMPLETED, reward=next(self.rewards), resolved=False, agent_output=output,
                              exit_code=0)
 
 
@@ -86,7 +87,7 @@ def run(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-    from rollout_worker.chat_template import resolve_training_template
+    from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
     from rollout_worker.types import Task
     from rollout_worker.worker import RolloutWorker

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.engine_url and not args.engine:
         args.engine = "local"
-    from .tasks import load_tasks
+    from .environment.tasks import load_tasks
 
     try:
         tasks = load_tasks(args.tasks, split=args.split, max_tasks=args.max_tasks, seed=args.seed)

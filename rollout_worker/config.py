@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .outcomes import OverlongPolicy
+
 
 @dataclass
 class WorkerConfig:
@@ -45,8 +47,8 @@ class WorkerConfig:
             "turn. None keeps every rollout; TRL still drops stale samples at dequeue."
         },
     )
-    overlong_policy: str = field(
-        default="exclude",
+    overlong_policy: OverlongPolicy = field(
+        default=OverlongPolicy.EXCLUDE,
         metadata={
             "help": "What a rollout whose prompt outgrew the engine's max_model_len becomes: 'exclude' (unscorable, "
             "not trained) or 'zero' (reward 0, trained)."
@@ -87,8 +89,10 @@ class WorkerConfig:
             raise ValueError("num_generations must be >= 1")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
-        if self.overlong_policy not in ("exclude", "zero"):
-            raise ValueError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}")
+        try:
+            self.overlong_policy = OverlongPolicy(self.overlong_policy)
+        except ValueError:
+            raise ValueError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}") from None
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if self.budget_grace_s < 0:

@@ -26,15 +26,15 @@ class EpisodeOptions:
 
 def build_episode_runner(options: EpisodeOptions):
     """A `SandboxEpisodeRunner` for the named agent, sandbox and reward mode."""
-    from .agents import get_agent
-    from .episode import EpisodeConfig, SandboxEpisodeRunner
-    from .grading import Grader, GradingConfig
-    from .sandbox import get_backend
+    from .environment.agents import get_agent
+    from .environment.episode import EpisodeConfig, SandboxEpisodeRunner
+    from .environment.grading import FailPassGrader, GradingConfig
+    from .environment.sandbox import get_backend
 
     if options.reward not in ("binary", "fraction"):
         raise ValueError(f"--reward must be 'binary' or 'fraction', got {options.reward!r}")
     backend = get_backend(options.sandbox)
-    grader = Grader(_test_executor(options.sandbox),
+    grader = FailPassGrader(_test_executor(options.sandbox),
                     GradingConfig(reward_mode=options.reward, timeout_s=options.grading_timeout_s))
     return SandboxEpisodeRunner(backend, get_agent(options.agent), grader,
                                 EpisodeConfig(wall_time_s=options.agent_timeout_s))
@@ -46,7 +46,7 @@ def _test_executor(sandbox: str):
     agent's but its diff."""
     if sandbox not in ("local", "docker"):
         raise ValueError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
-    from .sandbox import LocalSandboxTestExecutor
+    from .environment.sandbox import LocalSandboxTestExecutor
 
     return LocalSandboxTestExecutor()
 
@@ -54,7 +54,7 @@ def _test_executor(sandbox: str):
 def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, chat_template: str | None,
                  engine_url: str, gate_host: str = "127.0.0.1", gate_port: int = 0):
     """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's)."""
-    from .chat_template import resolve_training_template
+    from .serving.chat_template import resolve_training_template
     from .worker import RolloutWorker
 
     template = resolve_training_template(tokenizer, chat_template)

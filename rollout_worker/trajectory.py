@@ -19,7 +19,7 @@ class Trajectory:
     rollout_id: str
     slot: Slot
     result: EpisodeResult
-    rows: list[Any]  # rollout_worker.assembly.TrainingRow
+    rows: list[Any]  # rollout_worker.serving.assembly.TrainingRow
     stats: dict[str, float]
     first_model_version: int | None
     started_at: float

@@ -6,9 +6,10 @@ agent + grader) and the task loaders. Keep them small and free of heavy imports.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from .outcomes import EpisodeStatus
 
 
 @dataclass
@@ -48,21 +49,12 @@ class RolloutEndpoint:
     model: str
 
 
-# Episode statuses. Only "completed" and "budget" episodes are graded normally; "overlong" follows the worker's
-# overlong policy; everything else is unscorable (excluded from the group baseline, never trained).
-COMPLETED = "completed"  # the agent exited on its own
-BUDGET = "budget"  # a turn/token/wall-time budget ended the agent; its work is still graded
-OVERLONG = "overlong"  # the prompt outgrew the engine's max_model_len
-AGENT_ERROR = "agent_error"  # the agent crashed or could not start
-INFRA_ERROR = "infra_error"  # sandbox / grading infrastructure failed
-CANCELLED = "cancelled"  # the worker stopped or the rollout went stale
-
 
 @dataclass
 class EpisodeResult:
     """What an episode runner reports once the agent is gone and the work is graded."""
 
-    status: str
+    status: EpisodeStatus
     reward: float | None  # None when the episode is unscorable
     resolved: bool = False
     scorable: bool = True
@@ -72,13 +64,76 @@ class EpisodeResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: sandbox_setup, agent, grading, ...
 
 
-class EpisodeRunner(Protocol):
-    """Runs one agent episode for a task against a rollout endpoint and grades it.
+@dataclass
+class GradeResult:
+    """A graded episode. `reward` is None exactly when `scorable` is False; `details` says why and what ran."""
 
-    The worker serves the endpoint's chat calls meanwhile. `stop` is set by the worker when a budget runs out or the
-    rollout must end (overlong prompt, staleness, shutdown): the runner must then kill the agent promptly, still grade
-    what it left behind unless told the episode is cancelled, and always clean up its sandbox and processes.
-    Raising is allowed; the worker turns an exception into an unscorable INFRA_ERROR episode.
+    reward: float | None
+    resolved: bool
+    scorable: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExecResult:
+    """Outcome of a command run to completion (or killed at its timeout).
+
+    `exit_code` is the process's status; a negative value is the signal that ended it (e.g. -9 after a timeout kill).
+    `stdout` / `stderr` hold at most the command's output limit (the tail) and are decoded leniently.
     """
 
-    async def run(self, task: Task, endpoint: RolloutEndpoint, stop: asyncio.Event) -> EpisodeResult: ...
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+
+@dataclass
+class AgentCommand:
+    """What to run: `argv` with `env` added to the sandbox's minimal environment, after writing `files`.
+
+    `files` maps inside paths (under the sandbox's home or workdir) to contents. Secrets (the rollout key) go in
+    `env` only: never in `argv` (visible to every process) and never in a file unless the agent cannot read env.
+    """
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    cwd: str | None = None  # default: the sandbox's workdir
+
+    def __repr__(self) -> str:  # env holds the rollout key: never print it
+        return f"AgentCommand(argv={self.argv!r}, env_keys={sorted(self.env)!r}, files={sorted(self.files)!r})"
+
+
+# -- the engine contract --------------------------------------------------------------------------------------------
+class EngineError(RuntimeError):
+    """The engine could not produce a completion (after retries, where retrying is allowed)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class PromptTooLongError(EngineError):
+    """The prompt (plus max_tokens) exceeds the engine's `max_model_len` (vLLM's 400 and ours)."""
+
+    def __init__(self, message: str, status: int | None = 400, prompt_tokens: int | None = None,
+                 max_model_len: int | None = None):
+        super().__init__(message, status)
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
+class EngineResponseError(EngineError):
+    """The engine answered 200 but the body lacks what token-exact training needs (ids, logprobs)."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled turn: ids (the stop token included, as vLLM returns it) and their processed logprobs."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    latency_s: float

@@ -18,13 +18,15 @@ from typing import Any
 
 from control_plane import GateConfig, InterceptionServer
 
-from .assembly import PromptAssembler
 from .config import WorkerConfig
-from .engine_client import EngineClient
 from .groups import GroupScheduler, Slot, group_advantages
+from .outcomes import EpisodeStatus, decide_outcome
+from .protocols import EpisodeRunner
+from .serving.assembly import PromptAssembler
+from .serving.engine_client import EngineClient
+from .serving.turns import TurnServer, TurnState
 from .trajectory import Trajectory, build_samples
-from .turns import TurnServer, TurnState
-from .types import BUDGET, CANCELLED, INFRA_ERROR, OVERLONG, EpisodeResult, EpisodeRunner, RolloutEndpoint, Task
+from .types import EpisodeResult, RolloutEndpoint, Task
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +236,13 @@ class RolloutWorker:
                 result = await asyncio.wait_for(self.episode_runner.run(slot.task, endpoint, stop),
                                                 timeout=self.config.episode_timeout_s)
             except asyncio.TimeoutError:
-                result = EpisodeResult(status=CANCELLED, reward=None, scorable=False,
+                result = EpisodeResult(status=EpisodeStatus.CANCELLED, reward=None, scorable=False,
                                        details={"error": f"episode exceeded {self.config.episode_timeout_s} s"})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an infrastructure failure is unscorable, never reward 0
                 logger.exception("episode %s failed", rollout_id)
-                result = EpisodeResult(status=INFRA_ERROR, reward=None, scorable=False,
+                result = EpisodeResult(status=EpisodeStatus.INFRA_ERROR, reward=None, scorable=False,
                                        details={"error": f"{type(exc).__name__}: {exc}"})
         finally:
             await handle.close()
@@ -248,7 +250,7 @@ class RolloutWorker:
             await asyncio.gather(server, return_exceptions=True)
             self._inflight.pop(rollout_id, None)
             self._wakeup.set()
-        result = self._apply_turn_outcome(result, state)
+        result = decide_outcome(result, state.ended_by, self.config.overlong_policy, state.engine_error)
         traj = Trajectory(
             rollout_id=rollout_id, slot=slot, result=result, rows=conversation.rows(),
             stats={**conversation.stats, "parse_failures": state.parse_failures,
@@ -260,24 +262,6 @@ class RolloutWorker:
         group = self.scheduler.finish(slot, traj)
         if group is not None:
             self._complete_group(group)
-
-    def _apply_turn_outcome(self, result: EpisodeResult, state: TurnState) -> EpisodeResult:
-        """Fold what the serving loop saw into the episode's status and reward."""
-        ended = state.ended_by
-        if ended == "overlong":
-            result.status = OVERLONG
-            if self.config.overlong_policy == "zero":
-                result.reward, result.resolved, result.scorable = 0.0, False, True
-            else:
-                result.reward, result.scorable = None, False
-        elif ended in ("stale", "engine_error"):
-            result.status = CANCELLED if ended == "stale" else INFRA_ERROR
-            result.reward, result.scorable = None, False
-            result.details.setdefault("error", state.engine_error or "rollout went stale")
-        elif ended in ("turns", "tokens") and result.scorable:
-            result.status = BUDGET
-        result.details.setdefault("ended_by", ended)
-        return result
 
     def _complete_group(self, group: list[Trajectory]) -> None:
         rewards = [t.reward for t in group]
@@ -317,7 +301,7 @@ class RolloutWorker:
             "rollout/sampled_tokens_total": float(stats.get("sampled_tokens", 0)),
             "rollout/trained_tokens_total": float(stats.get("trained_tokens", 0)),
             "rollout/parse_failures_total": float(state.parse_failures),
-            "rollout/overlong_total": float(res.status == OVERLONG),
+            "rollout/overlong_total": float(res.status is EpisodeStatus.OVERLONG),
             "rollout/unscorable_total": float(not res.scorable),
             "rollout/scorable": (float(res.scorable), 1.0),
         }

@@ -9,7 +9,8 @@ import json
 import pytest
 import yaml
 
-from rollout_worker.agents import (
+from intercept_common.install_paths import agents_venv, pi_prefix
+from rollout_worker.environment.agents import (
     AgentUnavailableError,
     CommandAgent,
     MiniSweAgentLauncher,
@@ -18,7 +19,6 @@ from rollout_worker.agents import (
     PiLauncher,
     get_agent,
 )
-from intercept_common.install_paths import agents_venv, pi_prefix
 from rollout_worker.types import RolloutEndpoint
 from tests.test_sandbox_support import backend, state_dir, task  # noqa: F401 (fixtures)
 

@@ -11,17 +11,12 @@ import json
 
 import pytest
 
-from rollout_worker.assembly import (
-    CONCURRENT_BRANCH,
-    HISTORY_EDITED,
-    HISTORY_SHORTENED,
-    TOOLS_CHANGED,
-    PromptAssembler,
-)
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.chat_template import resolve_training_template
-from rollout_worker.messages import MessageFormatError, normalize_messages
-from rollout_worker.parsing import parse_completion
+from rollout_worker.outcomes import ForkReason
+from rollout_worker.serving.assembly import PromptAssembler
+from rollout_worker.serving.chat_template import resolve_training_template
+from rollout_worker.serving.messages import MessageFormatError, normalize_messages
+from rollout_worker.serving.parsing import parse_completion
 
 BASH_TOOL = {
     "type": "function",
@@ -261,7 +256,7 @@ def test_edited_history_forks_from_a_full_render(tokenizer, template, assembler)
     edited = [dict(m) for m in messages] + [echo_like_pi(reply1), {"role": "tool", "content": "x"}]
     edited[3] = {"role": "tool", "content": "[output truncated]"}
     plan = conv.prepare(edited, tools)
-    assert plan.forked and plan.reason == HISTORY_EDITED and "message 3" in plan.detail
+    assert plan.forked and plan.reason == ForkReason.HISTORY_EDITED and "message 3" in plan.detail
     expected = tokenizer.apply_chat_template(
         normalize_messages(edited), tools=tools, add_generation_prompt=True, tokenize=False, chat_template=template
     )
@@ -291,11 +286,11 @@ def test_changed_tools_or_args_fork(tokenizer, assembler):
     reordered = {"function": dict(reversed(list(BASH_TOOL["function"].items()))), "type": "function"}
     assert not conv.prepare(nxt, [reordered]).forked
     plan = conv.prepare(nxt, [BASH_TOOL, READ_TOOL])
-    assert plan.forked and plan.reason == TOOLS_CHANGED
+    assert plan.forked and plan.reason == ForkReason.TOOLS_CHANGED
     rewritten = echo_like_pi(reply)
     rewritten["tool_calls"][0]["function"]["arguments"] = '{"command": "ls -la"}'
     plan = conv.prepare(messages + [rewritten, {"role": "tool", "content": "a.py"}], [BASH_TOOL])
-    assert plan.forked and plan.reason == HISTORY_EDITED
+    assert plan.forked and plan.reason == ForkReason.HISTORY_EDITED
     assert conv.stats["forks"] == 0  # planning alone counts nothing: only committed turns do
 
 
@@ -306,14 +301,14 @@ def test_sub_agent_branch_forks_once_and_main_conversation_resumes(tokenizer, as
     main_plan, main_ids, main_lps, reply = run_turn(conv, tokenizer, engine, main, None, "Delegating.<|im_end|>")
     sub = [{"role": "system", "content": "Sub agent"}, {"role": "user", "content": "Subtask"}]
     sub_plan, sub_ids, sub_lps, sub_reply = run_turn(conv, tokenizer, engine, sub, None, "Sub done.<|im_end|>")
-    assert sub_plan.forked and sub_plan.reason == HISTORY_EDITED
+    assert sub_plan.forked and sub_plan.reason == ForkReason.HISTORY_EDITED
     main = main + [reply, {"role": "user", "content": "Sub said: done"}]
     plan, ids, lps, _ = run_turn(conv, tokenizer, engine, main, None, "Finished.<|im_end|>")
     assert not plan.forked
     assert plan.prompt_ids[: len(main_plan.prompt_ids) + len(main_ids)] == main_plan.prompt_ids + main_ids
     # A retry of the sub-agent's first request (its reply never reached it) is a branch inside a held conversation.
     retry = conv.prepare(sub, None)
-    assert retry.forked and retry.reason == HISTORY_SHORTENED
+    assert retry.forked and retry.reason == ForkReason.HISTORY_SHORTENED
     assert conv.stats["forks"] == 1 and conv.stats["rows"] == 2
     first, second = conv.rows()
     assert_sampled_in_place(first, [(len(main_plan.prompt_ids), main_ids, main_lps), (len(plan.prompt_ids), ids, lps)])
@@ -332,7 +327,7 @@ def test_two_concurrent_extensions_become_a_counted_branch(tokenizer, assembler)
     ids_b, lps_b = engine.sample("B done.<|im_end|>")
     conv.commit(a, ids_a, lps_a, {"role": "assistant", "content": "A done."}, "stop", 1)
     conv.commit(b, ids_b, lps_b, {"role": "assistant", "content": "B done."}, "stop", 1)
-    assert b.forked and b.reason == CONCURRENT_BRANCH
+    assert b.forked and b.reason == ForkReason.CONCURRENT_BRANCH
     assert conv.stats["forks"] == 1
     row_a, row_b = conv.rows()
     assert_sampled_in_place(row_a, [(len(first_plan.prompt_ids), first_ids, first_lps), (len(a.prompt_ids), ids_a, lps_a)])

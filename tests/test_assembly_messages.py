@@ -1,10 +1,10 @@
-"""Message normalization and semantic equality (rollout_worker/messages.py), on the dialects agents really send."""
+"""Message normalization and semantic equality (rollout_worker/serving/messages.py), on the dialects agents really send."""
 
 from __future__ import annotations
 
 import pytest
 
-from rollout_worker.messages import (
+from rollout_worker.serving.messages import (
     MessageFormatError,
     count_unparsed_arguments,
     messages_equivalent,

@@ -16,7 +16,7 @@ from bench.agent_traffic import TOOLS, AgentFleet, TrafficSpec, echo
 from bench.report import percentile, table, verdict
 from bench.standin_engine import canned_tool_call_turn, start_standin
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.engine_client import EngineClient
+from rollout_worker.serving.engine_client import EngineClient
 
 REPO = Path(__file__).resolve().parent.parent
 

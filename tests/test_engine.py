@@ -12,20 +12,19 @@ import concurrent.futures
 import time
 
 import aiohttp
-
 import pytest
 import requests
 import torch
 from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM
 
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from local_engine.background import BackgroundEngine
 from local_engine.cli import create_engine_server
 from local_engine.client import get_weights_version, push_weights
 from local_engine.embedded import ensure_tiny_model
 from local_engine.sampling import SamplingParams
 from local_engine.server import EngineConfig
-from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
 MAX_MODEL_LEN = 512
 TOL = 1e-5

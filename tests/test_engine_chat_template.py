@@ -12,7 +12,7 @@ from trl.chat_template_utils import (
 )
 
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer, qwen3_tokenizer_dir
-from rollout_worker.chat_template import resolve_training_template
+from rollout_worker.serving.chat_template import resolve_training_template
 
 
 @pytest.fixture(scope="module")

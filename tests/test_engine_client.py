@@ -15,13 +15,8 @@ from local_engine.background import BackgroundEngine
 from local_engine.cli import create_engine_server
 from local_engine.embedded import ensure_tiny_model
 from local_engine.server import EngineConfig
-from rollout_worker.engine_client import (
-    Completion,
-    EngineClient,
-    EngineError,
-    EngineResponseError,
-    PromptTooLongError,
-)
+from rollout_worker.serving.engine_client import EngineClient
+from rollout_worker.types import Completion, EngineError, EngineResponseError, PromptTooLongError
 
 MAX_MODEL_LEN = 256
 

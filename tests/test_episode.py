@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.agents import CommandAgent, MiniSweAgentLauncher, get_agent
-from rollout_worker.episode import EpisodeConfig, SandboxEpisodeRunner
-from rollout_worker.grading import Grader
-from rollout_worker.sandbox import LocalSandboxTestExecutor
-from rollout_worker.types import AGENT_ERROR, BUDGET, COMPLETED, INFRA_ERROR
+from rollout_worker.environment.agents import CommandAgent, MiniSweAgentLauncher, get_agent
+from rollout_worker.environment.episode import EpisodeConfig, SandboxEpisodeRunner
+from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.sandbox import LocalSandboxTestExecutor
+from rollout_worker.outcomes import EpisodeStatus as Status
 from tests.test_sandbox_support import (  # noqa: F401 (fixtures)
     backend,
     pids_with,
@@ -60,17 +60,17 @@ async def _episode(make_gate, runner, task, rollout_id, stop=None):
 
 
 async def test_oracle_noop_and_test_tampering_graded_on_the_host(make_gate, backend, task, state_dir):
-    grader = Grader(LocalSandboxTestExecutor())
+    grader = FailPassGrader(LocalSandboxTestExecutor())
     gate = await make_gate()
     oracle = await _episode(gate, SandboxEpisodeRunner(backend, get_agent("oracle"), grader), task, "r-oracle")
-    assert (oracle.status, oracle.reward, oracle.resolved, oracle.scorable) == (COMPLETED, 1.0, True, True), oracle
+    assert (oracle.status, oracle.reward, oracle.resolved, oracle.scorable) == (Status.COMPLETED, 1.0, True, True), oracle
     assert oracle.exit_code == 0 and "calc.py" in oracle.agent_output  # git apply --verbose names the file
     assert set(oracle.timings) >= {"sandbox_setup", "agent", "grading"}
     noop = await _episode(gate, SandboxEpisodeRunner(backend, get_agent("noop"), grader), task, "r-noop")
-    assert (noop.status, noop.reward, noop.scorable) == (COMPLETED, 0.0, True)
+    assert (noop.status, noop.reward, noop.scorable) == (Status.COMPLETED, 0.0, True)
     cheat = get_agent("cmd:printf 'def test_add():\\n    pass\\n\\ndef test_zero():\\n    pass\\n' > tests/test_calc.py")
     cheated = await _episode(gate, SandboxEpisodeRunner(backend, cheat, grader), task, "r-cheat")
-    assert (cheated.status, cheated.reward, cheated.scorable) == (COMPLETED, 0.0, True), cheated.details
+    assert (cheated.status, cheated.reward, cheated.scorable) == (Status.COMPLETED, 0.0, True), cheated.details
     assert sandbox_dirs(state_dir) == []
 
 
@@ -79,7 +79,7 @@ async def test_wall_time_budget_kills_and_still_grades(make_gate, backend, task,
     agent = CommandAgent("touch done; sleep 4545.5")
     runner = SandboxEpisodeRunner(backend, agent, grader, EpisodeConfig(wall_time_s=1.0))
     result = await _episode(make_gate, runner, task, "r-wall")
-    assert (result.status, result.reward, result.details["ended_by"]) == (BUDGET, 1.0, "wall_time")
+    assert (result.status, result.reward, result.details["agent_end"]) == (Status.BUDGET, 1.0, "wall_time")
     assert result.timings["agent"] < 8
     assert pids_with("4545.5") == [] and sandbox_dirs(state_dir) == []
 
@@ -89,7 +89,7 @@ async def test_stop_event_ends_the_agent_promptly(make_gate, backend, task, stat
     runner = SandboxEpisodeRunner(backend, CommandAgent("sleep 4646.5"), MarkerGrader())
     asyncio.get_running_loop().call_later(0.5, stop.set)
     result = await _episode(make_gate, runner, task, "r-stop", stop)
-    assert (result.status, result.reward, result.details["ended_by"]) == (BUDGET, 0.0, "stop")
+    assert (result.status, result.reward, result.details["agent_end"]) == (Status.BUDGET, 0.0, "stop")
     assert result.timings["agent"] < 8 and pids_with("4646.5") == []
 
 
@@ -97,14 +97,14 @@ async def test_agent_crash_and_start_failures_are_unscorable(make_gate, backend,
     grader = MarkerGrader()
     crashed = await _episode(make_gate, SandboxEpisodeRunner(backend, CommandAgent("echo boom >&2; exit 3"), grader),
                              task, "r-crash")
-    assert (crashed.status, crashed.reward, crashed.scorable, crashed.exit_code) == (AGENT_ERROR, None, False, 3)
+    assert (crashed.status, crashed.reward, crashed.scorable, crashed.exit_code) == (Status.AGENT_ERROR, None, False, 3)
     assert "boom" in crashed.agent_output
     missing = await _episode(make_gate, SandboxEpisodeRunner(backend, MiniSweAgentLauncher(venv=tmp_path), grader),
                              task, "r-missing")
-    assert (missing.status, missing.scorable) == (AGENT_ERROR, False) and "bootstrap" in missing.details["reason"]
+    assert (missing.status, missing.scorable) == (Status.AGENT_ERROR, False) and "bootstrap" in missing.details["reason"]
     no_binary = await _episode(make_gate, SandboxEpisodeRunner(backend, get_agent("cmd:exec /no/such/agent"), grader),
                                task, "r-nobin")
-    assert (no_binary.status, no_binary.exit_code) == (AGENT_ERROR, 127)
+    assert (no_binary.status, no_binary.exit_code) == (Status.AGENT_ERROR, 127)
     assert grader.graded == []  # nothing unscorable was graded
     assert sandbox_dirs(state_dir) == []
 
@@ -113,10 +113,10 @@ async def test_sandbox_and_grader_failures_are_infra_errors(make_gate, backend, 
     broken_task = type(task)(**{**task.__dict__, "repo_dir": str(tmp_path / "missing")})
     no_sandbox = await _episode(make_gate, SandboxEpisodeRunner(backend, get_agent("noop"), MarkerGrader()),
                                 broken_task, "r-nosb")
-    assert (no_sandbox.status, no_sandbox.reward, no_sandbox.scorable) == (INFRA_ERROR, None, False)
+    assert (no_sandbox.status, no_sandbox.reward, no_sandbox.scorable) == (Status.INFRA_ERROR, None, False)
     bad_grader = await _episode(make_gate, SandboxEpisodeRunner(backend, get_agent("noop"), MarkerGrader(fail=True)),
                                 task, "r-badgrader")
-    assert (bad_grader.status, bad_grader.scorable) == (INFRA_ERROR, False)
+    assert (bad_grader.status, bad_grader.scorable) == (Status.INFRA_ERROR, False)
     assert "grader exploded" in bad_grader.details["reason"]
     assert sandbox_dirs(state_dir) == []
 
@@ -179,10 +179,10 @@ async def test_fifty_rollouts_with_kills_and_timeouts_leave_nothing(make_gate, b
 
     await asyncio.gather(*(limited(i, k) for i, k in enumerate(kinds)))
     assert len(outcomes) == 50
-    expected = {"exit": COMPLETED, "crash": AGENT_ERROR, "timeout": BUDGET, "detached": BUDGET, "stop": BUDGET,
-                "self_kill": AGENT_ERROR}
+    expected = {"exit": Status.COMPLETED, "crash": Status.AGENT_ERROR, "timeout": Status.BUDGET, "detached": Status.BUDGET, "stop": Status.BUDGET,
+                "self_kill": Status.AGENT_ERROR}
     for kind, status in outcomes:
-        assert status == expected.get(kind, status) or (kind == "cancel" and status in ("cancelled", BUDGET))
+        assert status == expected.get(kind, status) or (kind == "cancel" and status in ("cancelled", Status.BUDGET))
     assert await wait_until(lambda: pids_with("4848.") == [], timeout=10)
     assert pids_with(str(state_dir)) == []  # no bwrap or relay of ours survives
     assert sandbox_dirs(state_dir) == [] and list(state_dir.iterdir()) == []

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from rollout_worker.engine_client import EngineClient, PromptTooLongError
+from rollout_worker.serving.engine_client import EngineClient
+from rollout_worker.types import PromptTooLongError
 
 GPU_DIR = Path(__file__).resolve().parent.parent / "gpu"
 SCRIPTS = ["build_model", "check_vllm_engine", "check_vllm_rollout", "bench_tree_attention"]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.grading import ExecResult, Grader, GradingConfig, SubprocessTestExecutor
-from rollout_worker.tasks import load_tasks
-from rollout_worker.tasks.trees import git_apply
-from rollout_worker.types import Task
+from rollout_worker.environment.grading import FailPassGrader, GradingConfig, SubprocessTestExecutor
+from rollout_worker.environment.tasks import load_tasks
+from rollout_worker.environment.tasks.trees import git_apply
+from rollout_worker.types import ExecResult, Task
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def task(tmp_path_factory) -> Task:
 
 
 @pytest.fixture
-def grader() -> Grader:
-    return Grader(SubprocessTestExecutor())
+def grader() -> FailPassGrader:
+    return FailPassGrader(SubprocessTestExecutor())
 
 
 def agent_copy(task: Task, tmp_path: Path) -> Path:
@@ -68,7 +68,7 @@ async def test_oracle_scores_one_noop_scores_zero(task, grader, tmp_path):
 
 
 async def test_fraction_mode_gives_the_passing_fraction(task, tmp_path):
-    grader = Grader(SubprocessTestExecutor(), GradingConfig(reward_mode="fraction"))
+    grader = FailPassGrader(SubprocessTestExecutor(), GradingConfig(reward_mode="fraction"))
     result = await grader.grade(task, agent_copy(task, tmp_path))
     total = len(task.FAIL_TO_PASS) + len(task.PASS_TO_PASS)
     assert result.scorable and not result.resolved
@@ -169,7 +169,7 @@ class CrashingExecutor:
 
 
 async def test_unscorable_when_the_executor_crashes(task, tmp_path):
-    result = await Grader(CrashingExecutor()).grade(task, agent_copy(task, tmp_path))
+    result = await FailPassGrader(CrashingExecutor()).grade(task, agent_copy(task, tmp_path))
     assert (result.reward, result.scorable, result.resolved) == (None, False, False)
     assert "test executor failed" in result.details["reason"] and "sandbox backend died" in result.details["reason"]
 
@@ -177,7 +177,7 @@ async def test_unscorable_when_the_executor_crashes(task, tmp_path):
 async def test_unscorable_when_the_test_run_times_out(task, tmp_path):
     config = GradingConfig(test_command=[sys.executable, "-c", "import time; time.sleep(120)"], timeout_s=1.5)
     started = time.monotonic()
-    result = await Grader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path))
+    result = await FailPassGrader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path))
     assert (result.reward, result.scorable) == (None, False)
     assert "timed out" in result.details["reason"]
     assert time.monotonic() - started < 30
@@ -185,7 +185,7 @@ async def test_unscorable_when_the_test_run_times_out(task, tmp_path):
 
 async def test_unscorable_when_results_cannot_be_parsed(task, tmp_path):
     config = GradingConfig(test_command=["/bin/true"])
-    result = await Grader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path))
+    result = await FailPassGrader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path))
     assert (result.reward, result.scorable) == (None, False)
     assert "no parseable test results" in result.details["reason"]
 
@@ -219,7 +219,7 @@ async def test_oversized_agent_patch_scores_zero(task, tmp_path):
     repo = agent_copy(task, tmp_path)
     git_apply(repo, task.patch)
     (repo / "iniconf" / "huge.txt").write_text("x" * 5000)
-    result = await Grader(SubprocessTestExecutor(), GradingConfig(max_patch_bytes=2000)).grade(task, repo)
+    result = await FailPassGrader(SubprocessTestExecutor(), GradingConfig(max_patch_bytes=2000)).grade(task, repo)
     assert (result.reward, result.scorable) == (0.0, True)
     assert "max_patch_bytes" in result.details["reason"]
 
@@ -241,7 +241,7 @@ async def test_cancelled_grading_kills_the_tests_and_removes_its_temp_dirs(task,
     pid_file = tmp_path / "test-run.pid"
     code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     config = GradingConfig(test_command=[sys.executable, "-c", code], work_root=str(work_root))
-    grading = asyncio.ensure_future(Grader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path)))
+    grading = asyncio.ensure_future(FailPassGrader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path)))
     deadline = time.monotonic() + 60
     while not pid_file.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -257,9 +257,9 @@ async def test_cancelled_grading_kills_the_tests_and_removes_its_temp_dirs(task,
 async def test_grading_through_the_bubblewrap_test_executor(task, tmp_path):
     """The production executor (sandbox engineer's `LocalSandboxTestExecutor`) mounts the repo elsewhere: the grader's
     relative paths (test files, junit report, --rootdir) must still line up."""
-    from rollout_worker.sandbox import LocalSandboxTestExecutor
+    from rollout_worker.environment.sandbox import LocalSandboxTestExecutor
 
-    grader = Grader(LocalSandboxTestExecutor())
+    grader = FailPassGrader(LocalSandboxTestExecutor())
     noop = await grader.grade(task, agent_copy(task, tmp_path / "noop"))
     assert (noop.reward, noop.scorable) == (0.0, True), noop.details.get("reason")
     oracle_repo = agent_copy(task, tmp_path / "oracle")

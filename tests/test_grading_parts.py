@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.grading import SubprocessTestExecutor
-from rollout_worker.tasks.pytest_report import junit_key, parse_junit_xml, parse_summary_lines, files_of_tests
-from rollout_worker.tasks.trees import TreeFilter
+from rollout_worker.environment.grading import SubprocessTestExecutor
+from rollout_worker.environment.tasks.pytest_report import (
+    files_of_tests,
+    junit_key,
+    parse_junit_xml,
+    parse_summary_lines,
+)
+from rollout_worker.environment.tasks.trees import TreeFilter
 
 SAMPLE = Path(__file__).parent / "fixtures" / "outcomes_sample.py.txt"
 F = "tests/test_sample.py"

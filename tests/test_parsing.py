@@ -1,4 +1,4 @@
-"""Sampled ids → OpenAI assistant message (rollout_worker/parsing.py), with the real Qwen3 tokenizer and TRL's parser."""
+"""Sampled ids → OpenAI assistant message (rollout_worker/serving/parsing.py), with the real Qwen3 tokenizer and TRL's parser."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from openai.types.chat import ChatCompletionMessage
 from trl.chat_template_utils import parse_response
 
-from rollout_worker.assembly import PromptAssembler
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.chat_template import resolve_training_template
-from rollout_worker.messages import messages_equivalent
-from rollout_worker.parsing import PREFIX_TAIL_TOKENS, parse_completion, parsing_tokenizer
+from rollout_worker.serving.assembly import PromptAssembler
+from rollout_worker.serving.chat_template import resolve_training_template
+from rollout_worker.serving.messages import messages_equivalent
+from rollout_worker.serving.parsing import PREFIX_TAIL_TOKENS, parse_completion, parsing_tokenizer
 
 TOOLS = [
     {

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.groups import GroupScheduler
-from rollout_worker.tasks import load_tasks
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter
 from trainer.train_swe_async_grpo import (
     WORKER_STATE_FILE,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from local_engine.embedded import ensure_tiny_model
-from rollout_worker.tasks import embedded_task_names
+from rollout_worker.environment.tasks import embedded_task_names
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from rollout_worker.sandbox import SandboxUnavailableError, get_backend
-from rollout_worker.sandbox.bwrap import INNER_INIT
-from rollout_worker.sandbox.docker_backend import (
+from rollout_worker.environment.sandbox import SandboxUnavailableError, get_backend
+from rollout_worker.environment.sandbox.bwrap import INNER_INIT
+from rollout_worker.environment.sandbox.docker_backend import (
     INIT_INSIDE,
     RELAY_DIR_INSIDE,
     DockerSandboxConfig,

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from rollout_worker.grading import Grader
-from rollout_worker.sandbox import LocalSandboxConfig, LocalSandboxTestExecutor
+from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.sandbox import LocalSandboxConfig, LocalSandboxTestExecutor
 from tests.test_sandbox_support import FIXED, pids_running, task  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,7 +38,7 @@ async def test_timeout_kills_the_test_run(tmp_path):
 
 async def test_grader_scores_through_the_sandboxed_executor(task, tmp_path):
     """The real grader with this executor: base repo → 0, fixed repo → 1 (pytest comes from the agents' venv)."""
-    grader = Grader(LocalSandboxTestExecutor())
+    grader = FailPassGrader(LocalSandboxTestExecutor())
     base = await grader.grade(task, __import__("pathlib").Path(task.repo_dir))
     assert base.scorable and base.reward == 0.0, base.details
     fixed = tmp_path / "fixed"

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
-from rollout_worker.sandbox import (
+from rollout_worker.environment.sandbox import (
     LocalSandboxBackend,
     LocalSandboxConfig,
     SandboxError,
@@ -163,7 +163,7 @@ async def test_streamed_chat_call_through_both_relays(make_gate, backend, task):
               "    messages=[{'role': 'user', 'content': 'hi'}])\n"
               "print(''.join(ch.choices[0].delta.content or '' for ch in s if ch.choices))\n")
     async with await backend.create(task, rollout.rollout_id, rollout.endpoint) as sb:
-        from rollout_worker.agents import openai_env
+        from rollout_worker.environment.agents import openai_env
 
         proc = await sb.start(["python", "-c", script], env=openai_env(sb.endpoint))
         request = await rollout.next_request(timeout=30)

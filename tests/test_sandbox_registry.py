@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from rollout_worker.sandbox import reap_orphans
-from rollout_worker.sandbox.registry import SandboxRecord
+from rollout_worker.environment.sandbox import reap_orphans
+from rollout_worker.environment.sandbox.registry import SandboxRecord
 from tests.test_sandbox_support import (  # noqa: F401 (fixtures)
     backend,
     pids_running,
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 OWNER = textwrap.dedent('''
     import asyncio, sys
-    from rollout_worker.sandbox import LocalSandboxBackend, LocalSandboxConfig
+    from rollout_worker.environment.sandbox import LocalSandboxBackend, LocalSandboxConfig
     from rollout_worker.types import RolloutEndpoint, Task
     async def main():
         backend = LocalSandboxBackend(LocalSandboxConfig(state_dir=sys.argv[1]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.sandbox import LocalSandboxBackend, LocalSandboxConfig
+from rollout_worker.environment.sandbox import LocalSandboxBackend, LocalSandboxConfig
 from rollout_worker.types import Task
 
 BUGGY = "def add(a, b):\n    return a - b\n"

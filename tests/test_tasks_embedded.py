@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.grading import Grader, SubprocessTestExecutor
-from rollout_worker.tasks import embedded_task_names, load_tasks, materialize_embedded_repo
-from rollout_worker.tasks.embedded_tasks import EMBEDDED_DIR
-from rollout_worker.tasks.trees import TreeFilter, git_apply
+from rollout_worker.environment.grading import FailPassGrader, SubprocessTestExecutor
+from rollout_worker.environment.tasks import embedded_task_names, load_tasks, materialize_embedded_repo
+from rollout_worker.environment.tasks.embedded_tasks import EMBEDDED_DIR
+from rollout_worker.environment.tasks.trees import TreeFilter, git_apply
 from rollout_worker.types import Task
 
 
@@ -108,7 +108,7 @@ def test_select_embedded_tasks_by_name(cache_dir):
 @pytest.mark.slow
 async def test_every_task_verifies_base_fails_gold_passes(tasks, tmp_path):
     """base + test_patch: FAIL_TO_PASS fail, PASS_TO_PASS pass (noop → 0.0); base + gold + test_patch: all pass (1.0)."""
-    grader = Grader(SubprocessTestExecutor())
+    grader = FailPassGrader(SubprocessTestExecutor())
     limit = asyncio.Semaphore(2)  # two cores
 
     async def grade(task: Task, apply_gold: bool):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.tasks import (
+from rollout_worker.environment.tasks import (
     SWE_GYM_IMAGE_TEMPLATE,
     TaskLoadConfig,
     TaskLoadError,

@@ -171,8 +171,8 @@ def test_build_trainer_refuses_a_local_run_without_weight_transfer():
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
-    from local_engine.embedded import ensure_tiny_model
     from intercept_common.engine_process import LocalEngineProcess
+    from local_engine.embedded import ensure_tiny_model
 
     model_dir = ensure_tiny_model()
     out = tmp_path_factory.mktemp("run") / "out"

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from local_engine.embedded import ensure_tiny_model
 from intercept_common.engine_process import LocalEngineProcess
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-from rollout_worker.chat_template import resolve_training_template
+from local_engine.embedded import ensure_tiny_model
 from rollout_worker.config import WorkerConfig
-from rollout_worker.types import AGENT_ERROR, COMPLETED, EpisodeResult, Task
+from rollout_worker.outcomes import EpisodeStatus
+from rollout_worker.serving.chat_template import resolve_training_template
+from rollout_worker.types import EpisodeResult, Task
 from rollout_worker.worker import RolloutWorker
 
 AGENT = Path(__file__).parent / "agents" / "scripted_agent.py"
@@ -51,9 +52,9 @@ class ScriptedAgentRunner:
             out, _ = await waiter
         output = out.decode(errors="replace")[-2000:]
         if proc.returncode != 0:
-            return EpisodeResult(status=AGENT_ERROR, reward=None, scorable=False, agent_output=output,
+            return EpisodeResult(status=EpisodeStatus.AGENT_ERROR, reward=None, scorable=False, agent_output=output,
                                  exit_code=proc.returncode)
-        return EpisodeResult(status=COMPLETED, reward=next(self.rewards), resolved=False, agent_output=output,
+        return EpisodeResult(status=EpisodeStatus.COMPLETED, reward=next(self.rewards), resolved=False, agent_output=output,
                              exit_code=0)
 
 
@@ -168,5 +169,5 @@ def test_worker_overlong_prompt_ends_the_rollout_with_context_length_exceeded(ti
             worker.stop()
     (rec,) = records
     assert rec["status"] == "overlong" and rec["scorable"] is False and rec["reward"] is None
-    assert rec["details"]["ended_by"] == "overlong"
+    assert rec["details"]["turn_end"] == "overlong"
     assert "HTTP 400 code=context_length_exceeded" in rec["agent_output"]  # what the agent was told

@@ -33,7 +33,6 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
         return
 
     from intercept_common.engine_process import LocalEngineProcess
-
     from trainer.weight_transfer import LocalEngineWeightTransfer
 
     with LocalEngineProcess(
@@ -58,8 +57,8 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     from transformers import AutoTokenizer
 
     from rollout_worker.config import WorkerConfig
+    from rollout_worker.environment.tasks import load_tasks
     from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
-    from rollout_worker.tasks import load_tasks
 
     tasks = load_tasks(script.tasks, split=script.task_split, max_tasks=script.max_tasks, seed=training.seed)
     if not tasks:

@@ -151,13 +151,12 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
         weight_transfer: a TRL `WeightTransferProtocol`, or None with `--vllm-url` (TRL's NCCL `WeightTransferClient`).
         callbacks: extra `TrainerCallback`s.
     """
+    from accelerate import PartialState
     from transformers import AutoTokenizer
     from trl.experimental.async_grpo import AsyncGRPOTrainer
 
     from trainer.cpu_compat import apply_cpu_compat
     from trainer.on_demand_batches import fetch_batches_on_demand
-
-    from accelerate import PartialState
 
     script, training = args.script, args.training
     if weight_transfer is None and not script.vllm_url and PartialState().is_main_process:

@@ -12,32 +12,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from rollout_worker.types import (
-    AGENT_ERROR,
-    BUDGET,
-    COMPLETED,
-    INFRA_ERROR,
-    EpisodeResult,
-    RolloutEndpoint,
-    Task,
-)
+from rollout_worker.outcomes import AgentEnd, EpisodeStatus
+from rollout_worker.types import EpisodeResult, RolloutEndpoint, Task
 
 if TYPE_CHECKING:
-    from rollout_worker.agents.base import AgentLauncher
-    from rollout_worker.sandbox.base import Sandbox, SandboxBackend, SandboxProcess
+    from rollout_worker.protocols import AgentLauncher, Grader, Sandbox, SandboxBackend, SandboxProcess
 
 logger = logging.getLogger(__name__)
-
-
-class EpisodeGrader(Protocol):
-    """What the runner needs from the grader (rollout_worker.grading.Grader fits)."""
-
-    async def grade(self, task: Task, agent_repo_dir: Path) -> Any:
-        """Grade the repository the agent left; returns an object with reward, resolved, scorable, details."""
-        ...
 
 
 @dataclass
@@ -58,7 +41,7 @@ class SandboxEpisodeRunner:
     """Runs one agent episode in a fresh sandbox and grades it on the host (implements `EpisodeRunner`)."""
 
     def __init__(
-        self, backend: SandboxBackend, agent: AgentLauncher, grader: EpisodeGrader, config: EpisodeConfig | None = None
+        self, backend: SandboxBackend, agent: AgentLauncher, grader: Grader, config: EpisodeConfig | None = None
     ):
         self.backend = backend
         self.agent = agent
@@ -72,7 +55,7 @@ class SandboxEpisodeRunner:
             sandbox = await self.backend.create(task, endpoint.rollout_id, endpoint)
         except Exception as exc:
             logger.warning("episode %s: sandbox creation failed: %r", endpoint.rollout_id, exc)
-            return _unscorable(INFRA_ERROR, f"sandbox creation failed: {exc}", timings)
+            return _unscorable(EpisodeStatus.INFRA_ERROR, f"sandbox creation failed: {exc}", timings)
         timings["sandbox_setup"] = time.monotonic() - started
         try:
             return await self._run_in(sandbox, task, stop, timings)
@@ -92,7 +75,8 @@ class SandboxEpisodeRunner:
             process = await sandbox.start(command.argv, command.env, command.cwd, self.config.output_tail_bytes)
         except Exception as exc:
             logger.warning("episode: agent %s failed to start: %r", self.agent.name, exc)
-            return _unscorable(AGENT_ERROR, f"agent {self.agent.name} failed to start: {exc}", timings)
+            reason = f"agent {self.agent.name} failed to start: {exc}"
+            return _unscorable(EpisodeStatus.AGENT_ERROR, reason, timings)
 
         try:
             ended_by = await self._wait_for_end(process, stop)
@@ -102,16 +86,16 @@ class SandboxEpisodeRunner:
         exit_code = process.returncode
         output = process.output_tail()
 
-        if ended_by == "exit":
+        if ended_by is AgentEnd.EXIT:
             crashed = exit_code != 0 and self.config.crash_is_agent_error
-            status = AGENT_ERROR if crashed else COMPLETED
+            status = EpisodeStatus.AGENT_ERROR if crashed else EpisodeStatus.COMPLETED
         else:
-            status = BUDGET
-        details: dict[str, Any] = {"ended_by": ended_by, "agent": self.agent.name}
-        if status == AGENT_ERROR:
+            status = EpisodeStatus.BUDGET
+        details: dict[str, Any] = {"agent_end": ended_by.value, "agent": self.agent.name}
+        if status is EpisodeStatus.AGENT_ERROR:
             details["reason"] = f"agent exited with code {exit_code}"
-            return EpisodeResult(AGENT_ERROR, None, scorable=False, agent_output=output, exit_code=exit_code,
-                                 details=details, timings=timings)
+            return EpisodeResult(EpisodeStatus.AGENT_ERROR, None, scorable=False, agent_output=output,
+                                 exit_code=exit_code, details=details, timings=timings)
 
         grading_started = time.monotonic()
         try:
@@ -119,13 +103,13 @@ class SandboxEpisodeRunner:
         except Exception as exc:
             logger.warning("episode: grading failed: %r", exc)
             details["reason"] = f"grading failed: {type(exc).__name__}: {exc}"
-            return EpisodeResult(INFRA_ERROR, None, scorable=False, agent_output=output, exit_code=exit_code,
-                                 details=details, timings=timings)
+            return EpisodeResult(EpisodeStatus.INFRA_ERROR, None, scorable=False, agent_output=output,
+                                 exit_code=exit_code, details=details, timings=timings)
         finally:
             timings["grading"] = time.monotonic() - grading_started
         details.update(grade.details or {})
         return EpisodeResult(
-            status=status if grade.scorable else INFRA_ERROR,
+            status=status if grade.scorable else EpisodeStatus.INFRA_ERROR,
             reward=grade.reward if grade.scorable else None,
             resolved=bool(grade.resolved),
             scorable=bool(grade.scorable),
@@ -135,10 +119,10 @@ class SandboxEpisodeRunner:
             timings=timings,
         )
 
-    async def _wait_for_end(self, process: SandboxProcess, stop: asyncio.Event) -> str:
-        """'exit' (the agent ended on its own), 'stop' (the worker's event) or 'wall_time'."""
+    async def _wait_for_end(self, process: SandboxProcess, stop: asyncio.Event) -> AgentEnd:
+        """EXIT (the agent ended on its own), STOP (the worker's event) or WALL_TIME."""
         if stop.is_set():
-            return "stop"
+            return AgentEnd.STOP
         exited = asyncio.ensure_future(process.wait(self.config.wall_time_s))
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -148,9 +132,9 @@ class SandboxEpisodeRunner:
                 waiter.cancel()
         # The worker's stop wins a tie: the agent often exits *because* the gate closed its rollout.
         if stop.is_set():
-            return "stop"
-        return "exit" if process.returncode is not None else "wall_time"
+            return AgentEnd.STOP
+        return AgentEnd.EXIT if process.returncode is not None else AgentEnd.WALL_TIME
 
 
-def _unscorable(status: str, reason: str, timings: dict[str, float]) -> EpisodeResult:
+def _unscorable(status: EpisodeStatus, reason: str, timings: dict[str, float]) -> EpisodeResult:
     return EpisodeResult(status, None, scorable=False, details={"reason": reason}, timings=timings)

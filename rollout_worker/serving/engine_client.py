@@ -16,49 +16,17 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
+
+from ..types import Completion, EngineError, EngineResponseError, PromptTooLongError
 
 RETRYABLE_STATUSES = frozenset({502, 503})
 # Wordings of "the prompt does not fit the context": vLLM's old and new messages, OpenAI's code, ours (= vLLM's).
 _CONTEXT_PATTERNS = re.compile(
     r"maximum context length|context length is only|maximum input length|context_length_exceeded", re.IGNORECASE
 )
-
-
-class EngineError(RuntimeError):
-    """The engine could not produce a completion (after retries, where retrying is allowed)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class PromptTooLongError(EngineError):
-    """The prompt (plus max_tokens) exceeds the engine's `max_model_len` (vLLM's 400 and ours)."""
-
-    def __init__(self, message: str, status: int | None = 400, prompt_tokens: int | None = None,
-                 max_model_len: int | None = None):
-        super().__init__(message, status)
-        self.prompt_tokens = prompt_tokens
-        self.max_model_len = max_model_len
-
-
-class EngineResponseError(EngineError):
-    """The engine answered 200 but the body lacks what token-exact training needs (ids, logprobs)."""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One sampled turn: ids (the stop token included, as vLLM returns it) and their processed logprobs."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" | "length" | "abort"
-    prompt_tokens: int
-    latency_s: float
 
 
 def _error_message(body: object, fallback: str) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rollout_worker.agents.base import AgentCommand, openai_env
+from rollout_worker.environment.agents.base import openai_env
+from rollout_worker.types import AgentCommand
 
 if TYPE_CHECKING:
-    from rollout_worker.sandbox.base import Sandbox
+    from rollout_worker.protocols import Sandbox
     from rollout_worker.types import RolloutEndpoint, Task
 
 _SCRIPT = r'''

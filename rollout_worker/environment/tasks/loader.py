@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rollout_worker.tasks.embedded_tasks import LEARNING_DIR, embedded_rows
-from rollout_worker.tasks.schema import SWE_GYM_IMAGE_TEMPLATE, RowError, TaskValidationError, task_from_row
+from rollout_worker.environment.tasks.embedded_tasks import LEARNING_DIR, embedded_rows
+from rollout_worker.environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE, RowError, TaskValidationError, task_from_row
 from rollout_worker.types import Task
 
 logger = logging.getLogger(__name__)

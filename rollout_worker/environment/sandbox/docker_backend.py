@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from rollout_worker.sandbox.base import ExecResult, SandboxError, SandboxUnavailableError
-from rollout_worker.sandbox.bwrap import INNER_INIT, _Tail
-from rollout_worker.sandbox.local import inner_endpoint
-from rollout_worker.sandbox.registry import SANDBOX_PREFIX, SandboxRecord, default_state_dir, remove_tree
-from rollout_worker.sandbox.relay import GateProxy
+from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
+from rollout_worker.environment.sandbox.bwrap import INNER_INIT, _Tail
+from rollout_worker.environment.sandbox.local import inner_endpoint
+from rollout_worker.environment.sandbox.registry import SANDBOX_PREFIX, SandboxRecord, default_state_dir, remove_tree
+from rollout_worker.environment.sandbox.relay import GateProxy
+from rollout_worker.types import ExecResult
 
 if TYPE_CHECKING:
     from rollout_worker.types import RolloutEndpoint, Task
@@ -313,7 +314,7 @@ class DockerSandboxBackend:
 
 def reap_docker_orphans(client: Any) -> list[str]:
     """Remove containers of this project whose owning process is gone (the dirs go with `reap_orphans`)."""
-    from rollout_worker.sandbox.registry import is_alive
+    from rollout_worker.environment.sandbox.registry import is_alive
 
     removed = []
     for container in client.containers.list(all=True, filters={"label": LABEL}):

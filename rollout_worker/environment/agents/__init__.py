@@ -5,11 +5,13 @@ Specs: `mini-swe-agent` (alias `mini`), `pi`, `cmd:<shell command>`, `oracle`, `
 
 from __future__ import annotations
 
-from rollout_worker.agents.base import AgentCommand, AgentLauncher, AgentUnavailableError, openai_env
-from rollout_worker.agents.mini_swe_agent import MiniSweAgentLauncher
-from rollout_worker.agents.pi import PiLauncher
-from rollout_worker.agents.simple import CommandAgent, NoopAgent, OracleAgent
-from rollout_worker.agents.single_shot import SingleShotAgent
+from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
+from rollout_worker.environment.agents.mini_swe_agent import MiniSweAgentLauncher
+from rollout_worker.environment.agents.pi import PiLauncher
+from rollout_worker.environment.agents.simple import CommandAgent, NoopAgent, OracleAgent
+from rollout_worker.environment.agents.single_shot import SingleShotAgent
+from rollout_worker.protocols import AgentLauncher
+from rollout_worker.types import AgentCommand
 
 __all__ = [
     "AgentCommand", "AgentLauncher", "AgentUnavailableError", "CommandAgent", "MiniSweAgentLauncher", "NoopAgent",

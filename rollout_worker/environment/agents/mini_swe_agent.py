@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from rollout_worker.agents.base import AgentCommand, AgentUnavailableError, openai_env
 from intercept_common.install_paths import agents_venv
+from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
+from rollout_worker.types import AgentCommand
 
 if TYPE_CHECKING:
-    from rollout_worker.sandbox.base import Sandbox
+    from rollout_worker.protocols import Sandbox
     from rollout_worker.types import RolloutEndpoint, Task
 
 

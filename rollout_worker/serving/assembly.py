@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 
+from ..outcomes import ForkReason
 from .messages import (
     MessageFormatError,
     count_unparsed_arguments,
@@ -45,12 +46,6 @@ _PROBE_MESSAGES = (
     {"role": "system", "content": "mid-conversation system"},
 )
 
-# Fork reasons (PromptPlan.reason when forked).
-TOOLS_CHANGED = "tools_changed"
-HISTORY_EDITED = "history_edited"  # a held message differs: truncated middle, summary, edit
-HISTORY_SHORTENED = "history_shortened"  # the request stops inside the held conversation: retry or branch
-CONCURRENT_BRANCH = "concurrent_branch"  # two requests extended the same conversation at once
-NOT_PREFIX_PRESERVING = "template_not_prefix_preserving"
 
 
 @dataclass
@@ -80,7 +75,7 @@ class PromptPlan:
 
     prompt_ids: list[int]
     forked: bool
-    reason: str | None
+    reason: ForkReason | None
     detail: str | None = None  # human-readable explanation of the fork
     rendered_tokens: int = 0  # ids this plan tokenized (the bridge, or the whole prompt on a new row)
     _row: Any = field(default=None, repr=False)  # the _Row extended, None for a new row
@@ -273,10 +268,11 @@ class Conversation:
             try:
                 return self._extend(best, messages, best_refreshed)
             except _NotPrefixPreserving:
-                mismatch = (NOT_PREFIX_PRESERVING, "the template renders the stub differently after new messages", 0)
+                mismatch = (ForkReason.NOT_PREFIX_PRESERVING,
+                            "the template renders the stub differently after new messages", 0)
         return self._new_row_plan(messages, tools, mismatch)
 
-    def _divergence(self, row: _Row, messages: list[dict], tools) -> dict[int, Any] | tuple[str, str, int]:
+    def _divergence(self, row: _Row, messages: list[dict], tools) -> dict[int, Any] | tuple[ForkReason, str, int]:
         """How `messages` relate to what `row` holds.
 
         When they extend it: {index: raw message} for held messages the agent re-sent in another form (an echo of our
@@ -284,7 +280,7 @@ class Conversation:
         (fork reason, detail, number of messages that agree).
         """
         if not tools_equivalent(row.tools, tools):
-            return TOOLS_CHANGED, "the request's tools differ from the held conversation's", 0
+            return ForkReason.TOOLS_CHANGED, "the request's tools differ from the held conversation's", 0
         held, seen = row.messages, row.raw
         refreshed: dict[int, Any] = {}
         for i in range(min(len(messages), len(held))):
@@ -292,11 +288,12 @@ class Conversation:
             if raw == seen[i]:  # re-sent unchanged (the common case): a C-level comparison, no normalizing
                 continue
             if not normalized_equivalent(held[i], normalize_message(raw, i)):
-                return HISTORY_EDITED, f"message {i} ({held[i]['role']}) differs from the held conversation", i
+                detail = f"message {i} ({held[i]['role']}) differs from the held conversation"
+                return ForkReason.HISTORY_EDITED, detail, i
             refreshed[i] = raw
         if len(messages) < len(held):
             detail = f"the request has {len(messages)} messages, the held conversation {len(held)}"
-            return HISTORY_SHORTENED, detail, len(messages)
+            return ForkReason.HISTORY_SHORTENED, detail, len(messages)
         return refreshed
 
     def _extend(self, row: _Row, messages: list[dict], refreshed: dict[int, Any]) -> PromptPlan:
@@ -378,7 +375,7 @@ class Conversation:
         else:
             # A new row: first turn, fork, or a second extension of a row another commit already extended.
             if not plan.forked and self._rows:  # planned before a concurrent request's commit changed the state
-                plan.forked, plan.reason = True, CONCURRENT_BRANCH
+                plan.forked, plan.reason = True, ForkReason.CONCURRENT_BRANCH
                 plan.detail = "another request extended or started this conversation after this one was planned"
             n = len(plan.prompt_ids)
             row = _Row(

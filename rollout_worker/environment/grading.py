@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rollout_worker.sandbox.base import ExecResult, TestExecutor
-from rollout_worker.tasks.pytest_report import TestOutcomes, parse_junit_xml, parse_summary_lines, files_of_tests
-from rollout_worker.tasks.trees import (
+from rollout_worker.environment.tasks.pytest_report import (
+    TestOutcomes,
+    files_of_tests,
+    parse_junit_xml,
+    parse_summary_lines,
+)
+from rollout_worker.environment.tasks.trees import (
     GitError,
     TreeFilter,
     copy_filtered_tree,
@@ -36,12 +40,13 @@ from rollout_worker.tasks.trees import (
     git_diff_no_index,
     restore_unchanged_test_config,
 )
-from rollout_worker.types import Task
+from rollout_worker.protocols import TestExecutor
+from rollout_worker.types import ExecResult, GradeResult, Task
 
 __all__ = [
     "ExecResult",
     "GradeResult",
-    "Grader",
+    "FailPassGrader",
     "GradingConfig",
     "GradingError",
     "SubprocessTestExecutor",
@@ -85,16 +90,6 @@ class GradingConfig:
     work_root: str | None = field(
         default=None, metadata={"help": "Where grading temp dirs are made (default: the system temp dir)."}
     )
-
-
-@dataclass
-class GradeResult:
-    """A graded episode. `reward` is None exactly when `scorable` is False; `details` says why and what ran."""
-
-    reward: float | None
-    resolved: bool
-    scorable: bool
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class SubprocessTestExecutor:
@@ -163,7 +158,7 @@ class SubprocessTestExecutor:
             pass
 
 
-class Grader:
+class FailPassGrader:
     """Grades an agent's repository against a task (see the module docstring for the procedure)."""
 
     def __init__(self, executor: TestExecutor, config: GradingConfig | None = None):

@@ -6,10 +6,11 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rollout_worker.agents.base import AgentCommand, openai_env
+from rollout_worker.environment.agents.base import openai_env
+from rollout_worker.types import AgentCommand
 
 if TYPE_CHECKING:
-    from rollout_worker.sandbox.base import Sandbox
+    from rollout_worker.protocols import Sandbox
     from rollout_worker.types import RolloutEndpoint, Task
 
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rollout_worker.tasks.trees import run_git
+from rollout_worker.environment.tasks.trees import run_git
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 # Toy tasks whose reward a tiny random policy can move (the learning proof, the CPU demo); same layout.

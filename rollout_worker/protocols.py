@@ -1,41 +1,74 @@
-"""Contracts for sandboxes: where an agent runs, how commands run inside, and how grading runs tests.
+"""The seams of the rollout side, in one place: every Protocol an implementation plugs into.
 
-A `SandboxBackend` turns a task into a `Sandbox`: an isolated copy of the task's repository plus the only network
-path the agent gets, its own rollout endpoint (DESIGN §7). Backends: `local` (bubblewrap, the default) and `docker`.
+Who calls what, and when:
+- the worker calls `Engine.complete` (through the turn server) for every agent call, and `EpisodeRunner.run` once per
+  rollout, with the rollout's endpoint and a `stop` event it sets when the rollout must end;
+- the episode runner asks a `SandboxBackend` for a `Sandbox`, an `AgentLauncher` for the command, starts it as a
+  `SandboxProcess`, and once the agent is dead asks the `Grader` for a `GradeResult`;
+- graders run the task's tests through a `TestExecutor`.
+Data passed across these seams lives in `rollout_worker.types`; statuses in `rollout_worker.outcomes`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from types import TracebackType
-
-    from rollout_worker.types import RolloutEndpoint, Task
+from .types import AgentCommand, Completion, EpisodeResult, ExecResult, GradeResult, RolloutEndpoint, Task
 
 
-class SandboxError(RuntimeError):
-    """A sandbox could not be created or used (infrastructure failure: the episode is unscorable)."""
+class Engine(Protocol):
+    """What the turn server needs from an inference engine (`serving.engine_client.EngineClient` speaks vLLM's
+    `/v1/completions` over HTTP; tests may pass an in-process fake).
 
-
-class SandboxUnavailableError(SandboxError):
-    """The backend cannot run at all here (no bwrap binary, no Docker engine, missing optional extra)."""
-
-
-@dataclass
-class ExecResult:
-    """Outcome of a command run to completion (or killed at its timeout).
-
-    `exit_code` is the process's status; a negative value is the signal that ended it (e.g. -9 after a timeout kill).
-    `stdout` / `stderr` hold at most the command's output limit (the tail) and are decoded leniently.
+    `complete` is called once per agent call with the exact prompt ids; `max_model_len` once per worker start.
     """
 
-    exit_code: int
-    stdout: str
-    stderr: str
-    timed_out: bool = False
+    async def complete(self, prompt_ids: list[int], *, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                       top_k: int = -1, seed: int | None = None,
+                       stop_token_ids: list[int] | None = None) -> Completion:
+        """Sample a continuation of exactly `prompt_ids`; the reply's ids and post-temperature logprobs.
+
+        Raises `PromptTooLongError` when the prompt does not fit, `EngineError` for any other failure.
+        """
+        ...
+
+    async def max_model_len(self) -> int:
+        """The served model's context length."""
+        ...
+
+
+class EpisodeRunner(Protocol):
+    """Runs one agent episode for a task against a rollout endpoint and grades it.
+
+    The worker serves the endpoint's chat calls meanwhile. `stop` is set by the worker when a budget runs out or the
+    rollout must end (overlong prompt, staleness, shutdown): the runner must then kill the agent promptly, still grade
+    what it left behind unless told the episode is cancelled, and always clean up its sandbox and processes.
+    Raising is allowed; the worker turns an exception into an unscorable INFRA_ERROR episode.
+    """
+
+    async def run(self, task: Task, endpoint: RolloutEndpoint, stop: asyncio.Event) -> EpisodeResult: ...
+
+
+class Grader(Protocol):
+    """What the runner needs from the grader (rollout_worker.environment.grading.Grader fits)."""
+
+    async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
+        """Grade the repository the agent left. Infrastructure failures are `scorable=False`, never reward 0."""
+        ...
+
+
+class AgentLauncher(Protocol):
+    """An agent CLI that can be pointed at a rollout endpoint."""
+
+    name: str
+
+    def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
+        """The command that runs this agent on `task` in `sandbox`, talking to `endpoint` (the agent-facing one:
+        for isolated sandboxes its inner URL). Raises `AgentUnavailableError` if the agent is not installed."""
+        ...
 
 
 @runtime_checkable

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout_worker.sandbox.base import (
-    ExecResult,
-    Sandbox,
-    SandboxBackend,
-    SandboxError,
-    SandboxProcess,
-    SandboxUnavailableError,
-    TestExecutor,
-)
-from rollout_worker.sandbox.bwrap import LocalSandboxConfig, LocalSandboxTestExecutor
-from rollout_worker.sandbox.local import LocalSandbox, LocalSandboxBackend
-from rollout_worker.sandbox.registry import default_state_dir, reap_orphans
+from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
+from rollout_worker.environment.sandbox.bwrap import LocalSandboxConfig, LocalSandboxTestExecutor
+from rollout_worker.environment.sandbox.local import LocalSandbox, LocalSandboxBackend
+from rollout_worker.environment.sandbox.registry import default_state_dir, reap_orphans
+from rollout_worker.protocols import Sandbox, SandboxBackend, SandboxProcess, TestExecutor
+from rollout_worker.types import ExecResult
 
 __all__ = [
     "ExecResult", "LocalSandbox", "LocalSandboxBackend", "LocalSandboxConfig", "LocalSandboxTestExecutor", "Sandbox",
@@ -30,7 +24,7 @@ def get_backend(name: str, **config: Any) -> SandboxBackend:
     if name == "local":
         return LocalSandboxBackend(LocalSandboxConfig(**config))
     if name == "docker":
-        from rollout_worker.sandbox.docker_backend import DockerSandboxBackend, DockerSandboxConfig
+        from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend, DockerSandboxConfig
 
         return DockerSandboxBackend(DockerSandboxConfig(**config))
     raise ValueError(f"unknown sandbox backend {name!r}: expected 'local' or 'docker'")

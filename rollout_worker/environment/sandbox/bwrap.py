@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from intercept_common.install_paths import agent_runtime_paths
-from rollout_worker.sandbox.base import ExecResult, SandboxUnavailableError
+from rollout_worker.environment.sandbox.base import SandboxUnavailableError
+from rollout_worker.types import ExecResult
 
 INNER_INIT = Path(__file__).with_name("inner_init.py")
 INNER_INIT_PATH = "/run/intercept/init.py"

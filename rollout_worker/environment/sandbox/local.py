@@ -18,23 +18,23 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from rollout_worker.sandbox.base import ExecResult, SandboxError
-from rollout_worker.sandbox.bwrap import (
+from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.bwrap import (
     BwrapProcess,
     LocalSandboxConfig,
     build_bwrap_argv,
     resolve_bwrap,
     sandbox_env,
 )
-from rollout_worker.sandbox.registry import (
+from rollout_worker.environment.sandbox.registry import (
     SANDBOX_PREFIX,
     SandboxRecord,
     default_state_dir,
     process_start_time,
     remove_tree,
 )
-from rollout_worker.sandbox.relay import GateProxy
-from rollout_worker.types import RolloutEndpoint
+from rollout_worker.environment.sandbox.relay import GateProxy
+from rollout_worker.types import ExecResult, RolloutEndpoint
 
 if TYPE_CHECKING:
     from types import TracebackType

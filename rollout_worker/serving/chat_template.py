@@ -16,6 +16,7 @@ from trl.chat_template_utils import (
     is_chat_template_prefix_preserving,
 )
 
+
 def _read_explicit_template(chat_template: str) -> str:
     """An explicit template is either jinja text or the path of a file holding it."""
     if "{{" in chat_template or "{%" in chat_template:

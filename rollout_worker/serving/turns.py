@@ -13,14 +13,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from control_plane import RolloutClosed
+from control_plane import InterceptedRequest, RolloutClosed, RolloutHandle
 
-from .config import WorkerConfig
-from .engine_client import EngineClient, EngineError, PromptTooLongError
+from ..config import WorkerConfig
+from ..outcomes import TurnEnd
+from ..types import EngineError, PromptTooLongError
 from .messages import MessageFormatError
 from .parsing import parse_completion
+
+if TYPE_CHECKING:
+    from ..protocols import Engine
+    from .assembly import Conversation
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,7 @@ class TurnState:
     turns: int = 0
     completion_tokens: int = 0
     first_model_version: int | None = None
-    ended_by: str | None = None  # "turns", "tokens", "overlong", "stale", "engine_error"
+    ended_by: TurnEnd | None = None
     engine_error: str | None = None
     parse_failures: int = 0
     discarded_replies: int = 0  # sampled, but the agent had gone: not trained
@@ -42,6 +47,14 @@ class TurnState:
     budget_timer: asyncio.TimerHandle | None = None  # sets `stop` once the grace after the last reply is over
 
 
+class RolloutEnded(Exception):
+    """Raised by a guard of `_answer`: the call is answered with this error and the rollout ends for `reason`."""
+
+    def __init__(self, reason: TurnEnd, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.status, self.code, self.message = reason, status, code, message
+
+
 class TurnServer:
     """Answers the calls of one rollout through the shared engine and the rollout's own conversation."""
 
@@ -49,7 +62,7 @@ class TurnServer:
         self,
         *,
         config: WorkerConfig,
-        engine: EngineClient,
+        engine: Engine,
         tokenizer,
         max_model_len: int,
         model_version: Callable[[], int],
@@ -60,7 +73,8 @@ class TurnServer:
         self.max_model_len = max_model_len
         self.model_version = model_version
 
-    async def serve(self, handle, conversation, state: TurnState, stop: asyncio.Event) -> None:
+    async def serve(self, handle: RolloutHandle, conversation: Conversation, state: TurnState,
+                    stop: asyncio.Event) -> None:
         """Answer calls until the rollout is closed (the worker closes it when the episode ends)."""
         try:
             await self._serve(handle, conversation, state, stop)
@@ -68,7 +82,8 @@ class TurnServer:
             if state.budget_timer is not None:
                 state.budget_timer.cancel()
 
-    async def _serve(self, handle, conversation, state: TurnState, stop: asyncio.Event) -> None:
+    async def _serve(self, handle: RolloutHandle, conversation: Conversation, state: TurnState,
+                     stop: asyncio.Event) -> None:
         while True:
             try:
                 request = await handle.next_request(timeout=self.config.request_timeout_s)
@@ -78,39 +93,40 @@ class TurnServer:
                 return
             try:
                 await self._answer(request, conversation, state, stop)
+            except RolloutEnded as end:  # the one place a guard's verdict is applied
+                state.ended_by = state.ended_by or end.reason
+                stop.set()
+                await request.fail(end.status, end.message, code=end.code)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug here must not hang the agent: answer, end the rollout, report
                 logger.exception("turn failed")
-                state.ended_by = state.ended_by or "engine_error"
+                state.ended_by = state.ended_by or TurnEnd.ENGINE_ERROR
                 state.engine_error = state.engine_error or f"{type(exc).__name__}: {exc}"
                 stop.set()
                 await request.fail(500, "internal error while serving this call", code="internal_error")
             state.last_activity = time.monotonic()
 
-    async def _end(self, request, stop, state, reason, status, message, code) -> None:
-        state.ended_by = state.ended_by or reason
-        stop.set()
-        await request.fail(status, message, code=code)
-
-    async def _answer(self, request, conversation, state: TurnState, stop: asyncio.Event) -> None:
+    async def _answer(self, request: InterceptedRequest, conversation: Conversation, state: TurnState,
+                      stop: asyncio.Event) -> None:
+        """Answer one call, or raise `RolloutEnded` when a guard ends the rollout."""
         cfg = self.config
         t0 = time.perf_counter()
         if stop.is_set():
             await request.fail(409, "this rollout has ended", code="rollout_ended")
             return
-        if state.ended_by == "tokens":  # a call after the budget-spending reply
-            msg = f"completion token budget of {cfg.max_completion_tokens} tokens is exhausted"
-            return await self._end(request, stop, state, "tokens", 400, msg, "budget_exceeded")
+        if state.ended_by is TurnEnd.TOKENS:  # a call after the budget-spending reply
+            raise RolloutEnded(TurnEnd.TOKENS, 400, "budget_exceeded",
+                               f"completion token budget of {cfg.max_completion_tokens} tokens is exhausted")
         version = self.model_version()  # stamped at request time, not at rollout end
         if state.first_model_version is None:
             state.first_model_version = version
         if cfg.max_staleness is not None and version - state.first_model_version > cfg.max_staleness:
-            msg = f"policy moved {version - state.first_model_version} versions since this rollout began"
-            return await self._end(request, stop, state, "stale", 409, msg, "stale_rollout")
+            raise RolloutEnded(TurnEnd.STALE, 409, "stale_rollout",
+                               f"policy moved {version - state.first_model_version} versions since this rollout began")
         if state.turns >= cfg.max_turns:
-            msg = f"turn budget of {cfg.max_turns} calls is exhausted"
-            return await self._end(request, stop, state, "turns", 400, msg, "budget_exceeded")
+            raise RolloutEnded(TurnEnd.TURNS, 400, "budget_exceeded",
+                               f"turn budget of {cfg.max_turns} calls is exhausted")
 
         try:
             plan = conversation.prepare(request.messages, request.tools)
@@ -119,8 +135,7 @@ class TurnServer:
             return
         prompt_len = len(plan.prompt_ids)
         if prompt_len >= self.max_model_len:
-            return await self._end(request, stop, state, "overlong", 400, self._overlong_message(prompt_len),
-                                   "context_length_exceeded")
+            raise self._overlong(prompt_len)
         max_tokens = min(cfg.max_tokens_per_turn, self.max_model_len - prompt_len)
         asked = request.params.get("max_completion_tokens") or request.params.get("max_tokens")
         if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
@@ -138,12 +153,10 @@ class TurnServer:
                 top_k=cfg.top_k,
             )
         except PromptTooLongError:
-            return await self._end(request, stop, state, "overlong", 400, self._overlong_message(prompt_len),
-                                   "context_length_exceeded")
+            raise self._overlong(prompt_len) from None
         except EngineError as exc:
             state.engine_error = str(exc)
-            return await self._end(request, stop, state, "engine_error", 502, "the inference engine failed",
-                                   "engine_error")
+            raise RolloutEnded(TurnEnd.ENGINE_ERROR, 502, "engine_error", "the inference engine failed") from exc
         t2 = time.perf_counter()
         state.engine_latency_s.append(t2 - t1)
         if request.disconnected.is_set():
@@ -169,14 +182,13 @@ class TurnServer:
         )
         state.overhead_s.append((t1 - t0) + (time.perf_counter() - t2))
         if cfg.max_completion_tokens is not None and state.completion_tokens >= cfg.max_completion_tokens:
-            state.ended_by = state.ended_by or "tokens"
+            state.ended_by = state.ended_by or TurnEnd.TOKENS
             if cfg.budget_grace_s > 0:
                 state.budget_timer = asyncio.get_running_loop().call_later(cfg.budget_grace_s, stop.set)
             else:
                 stop.set()
 
-    def _overlong_message(self, prompt_len: int) -> str:
-        return (
-            f"This model's maximum context length is {self.max_model_len} tokens. However, your messages resulted "
-            f"in {prompt_len} tokens. Please reduce the length of the messages."
-        )
+    def _overlong(self, prompt_len: int) -> RolloutEnded:
+        return RolloutEnded(TurnEnd.OVERLONG, 400, "context_length_exceeded",
+                            f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                            f"messages resulted in {prompt_len} tokens. Please reduce the length of the messages.")

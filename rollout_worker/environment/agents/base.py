@@ -1,0 +1,25 @@
+"""What every agent launcher shares (the `AgentLauncher` Protocol is in `rollout_worker.protocols`, the
+`AgentCommand` it returns in `rollout_worker.types`).
+
+The episode ends when the agent's process exits or a budget runs out (turns, tokens, wall time) — never on an idle
+heuristic. Launchers only describe the command; the episode runner writes the files, starts it and kills it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rollout_worker.types import RolloutEndpoint
+
+
+class AgentUnavailableError(RuntimeError):
+    """The agent's install is missing (run scripts/bootstrap.sh) or the spec names no known agent."""
+
+
+def openai_env(endpoint: RolloutEndpoint | None) -> dict[str, str]:
+    """The conventional variables most OpenAI-compatible agents read."""
+    if endpoint is None:
+        return {}
+    return {"OPENAI_BASE_URL": endpoint.base_url, "OPENAI_API_BASE": endpoint.base_url,
+            "OPENAI_API_KEY": endpoint.api_key, "OPENAI_MODEL": endpoint.model}
