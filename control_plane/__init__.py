@@ -19,6 +19,7 @@ Code) or OpenAI Responses (`…/v1/responses`, Codex); the worker always receive
 from .background import BackgroundGate
 from .config import GateConfig
 from .dialects import DialectName
+from .endpoint import RolloutEndpoint
 from .errors import GateError, RolloutClosed
 from .rollout import InterceptedRequest, RolloutHandle
 from .server import InterceptionServer
@@ -31,5 +32,6 @@ __all__ = [
     "InterceptedRequest",
     "InterceptionServer",
     "RolloutClosed",
+    "RolloutEndpoint",
     "RolloutHandle",
 ]

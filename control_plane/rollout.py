@@ -10,11 +10,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from .endpoint import RolloutEndpoint
 from .errors import GateError, RolloutClosed
 from .responses import new_completion_id, normalize_reply
-
-if TYPE_CHECKING:
-    from rollout_worker.types import RolloutEndpoint
 
 # Why a request ended without a reply (`InterceptedRequest.end_reason`).
 REPLIED = "replied"
@@ -178,8 +176,6 @@ class RolloutHandle:
     @property
     def endpoint(self) -> RolloutEndpoint:
         """This rollout as the `RolloutEndpoint` contract episode runners receive."""
-        from rollout_worker.types import RolloutEndpoint
-
         return RolloutEndpoint(rollout_id=self.rollout_id, base_url=self.base_url, api_key=self.api_key,
                                model=self.model)
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane import RolloutEndpoint
+
 from .outcomes import EpisodeStatus
+
+__all__ = [  # RolloutEndpoint is the gate's product, re-exported for the rollout side
+    "AgentCommand", "Completion", "EngineError", "EngineResponseError", "EpisodeResult", "ExecResult", "GradeResult",
+    "PromptTooLongError", "RolloutEndpoint", "Task",
+]
 
 
 @dataclass
@@ -33,21 +40,6 @@ class Task:
     image: str | None = None
     test_command: list[str] | None = None  # argv run in the repo root; test ids are appended. Default: pytest
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RolloutEndpoint:
-    """Where an agent reaches the policy: the rollout's own gate URL (ends in /v1), its own key and model name.
-
-    `base_url` is a host-side URL on loopback; sandboxes that isolate the network relay it (DESIGN §7) and hand the
-    agent their inner URL instead.
-    """
-
-    rollout_id: str
-    base_url: str
-    api_key: str = field(repr=False)
-    model: str
-
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .serving.assembly import PromptAssembler
 from .serving.engine_client import EngineClient
 from .serving.turns import TurnServer, TurnState
 from .trajectory import Trajectory, build_samples
-from .types import EpisodeResult, RolloutEndpoint, Task
+from .types import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class RolloutWorker:
             self._inflight.pop(rollout_id, None)
             raise
         conversation = self.assembler.new_conversation()
-        endpoint = RolloutEndpoint(rollout_id, handle.base_url, handle.api_key, self.config.served_model_name)
+        endpoint = handle.endpoint
         server = asyncio.create_task(self.turns.serve(handle, conversation, state, stop))
         try:
             try:

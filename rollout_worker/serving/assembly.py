@@ -65,6 +65,20 @@ class TrainingRow:
 
 
 @dataclass
+class PlanCommitState:
+    """What `Conversation.prepare` records for `Conversation.commit` to file the reply: opaque to everyone else."""
+
+    conversation: Any = None  # the Conversation that planned it (a plan is committed only there, once)
+    row: Any = None  # the _Row extended, None for a new row
+    base_len: int = 0  # len(row ids) when planned; the bridge starts there
+    messages: list[dict] = field(default_factory=list)  # normalized request messages
+    raw: list[Any] = field(default_factory=list)  # the agent's raw messages (for fast re-matching)
+    tools: list[dict] | None = None
+    unparsed_arguments: int = 0
+    committed: bool = False
+
+
+@dataclass
 class PromptPlan:
     """The prompt for one agent call, and what `Conversation.commit` needs to file the sampled reply.
 
@@ -78,14 +92,7 @@ class PromptPlan:
     reason: ForkReason | None
     detail: str | None = None  # human-readable explanation of the fork
     rendered_tokens: int = 0  # ids this plan tokenized (the bridge, or the whole prompt on a new row)
-    _row: Any = field(default=None, repr=False)  # the _Row extended, None for a new row
-    _base_len: int = field(default=0, repr=False)  # len(row ids) when planned; the bridge starts there
-    _messages: list[dict] = field(default_factory=list, repr=False)  # normalized request messages
-    _raw: list[Any] = field(default_factory=list, repr=False)  # the agent's raw messages (for fast re-matching)
-    _tools: list[dict] | None = field(default=None, repr=False)
-    _unparsed_arguments: int = field(default=0, repr=False)
-    _conversation: Any = field(default=None, repr=False)
-    _committed: bool = field(default=False, repr=False)
+    commit_state: PlanCommitState = field(default_factory=PlanCommitState, repr=False)
 
 
 class PromptAssembler:
@@ -310,16 +317,12 @@ class Conversation:
             forked=False,
             reason=None,
             rendered_tokens=len(bridge),
-            _row=row,
-            _base_len=len(row.ids),
-            _messages=[*row.messages, *new],
-            _raw=raw,
-            _tools=row.tools,
-            _unparsed_arguments=count_unparsed_arguments(new),
-            _conversation=self,
+            commit_state=PlanCommitState(conversation=self, row=row, base_len=len(row.ids),
+                                         messages=[*row.messages, *new], raw=raw, tools=row.tools,
+                                         unparsed_arguments=count_unparsed_arguments(new)),
         )
 
-    def _new_row_plan(self, messages: list[dict], tools, mismatch: tuple[str, str, int] | None) -> PromptPlan:
+    def _new_row_plan(self, messages: list[dict], tools, mismatch: tuple[ForkReason, str, int] | None) -> PromptPlan:
         normalized = normalize_messages(messages)
         prompt_ids = self._assembler.full_prompt_ids(normalized, tools)
         reason, detail = mismatch[:2] if self._rows else (None, None)
@@ -329,11 +332,9 @@ class Conversation:
             reason=reason,
             detail=detail,
             rendered_tokens=len(prompt_ids),
-            _messages=normalized,
-            _raw=copy.deepcopy(messages),
-            _tools=copy.deepcopy(tools),
-            _unparsed_arguments=count_unparsed_arguments(normalized),
-            _conversation=self,
+            commit_state=PlanCommitState(conversation=self, messages=normalized, raw=copy.deepcopy(messages),
+                                         tools=copy.deepcopy(tools),
+                                         unparsed_arguments=count_unparsed_arguments(normalized)),
         )
 
     # -- filing the sampled reply -------------------------------------------------------------------------------
@@ -352,9 +353,9 @@ class Conversation:
         `finish_reason` is informational: whether the turn is closed is read from the ids (a completion cut by
         `max_tokens` lacks the turn-end token, and the next bridge adds it, un-sampled).
         """
-        if plan._conversation is not self:
+        if plan.commit_state.conversation is not self:
             raise ValueError("this plan was prepared by another conversation")
-        if plan._committed:
+        if plan.commit_state.committed:
             raise ValueError("this plan was already committed")
         if len(completion_ids) != len(completion_logprobs):
             raise ValueError(
@@ -366,9 +367,9 @@ class Conversation:
         if reply["role"] != "assistant":
             raise ValueError("the reply must be an assistant message")
 
-        row = plan._row
-        if row is not None and len(row.ids) == plan._base_len:
-            bridge = plan.prompt_ids[plan._base_len :]
+        row = plan.commit_state.row
+        if row is not None and len(row.ids) == plan.commit_state.base_len:
+            bridge = plan.prompt_ids[plan.commit_state.base_len :]
             row.ids.extend(bridge)
             row.mask.extend([0] * len(bridge))
             row.logprobs.extend([0.0] * len(bridge))
@@ -382,8 +383,8 @@ class Conversation:
                 ids=list(plan.prompt_ids),
                 mask=[0] * n,
                 logprobs=[0.0] * n,
-                tools=plan._tools,
-                n_prompt_messages=len(plan._messages),
+                tools=plan.commit_state.tools,
+                n_prompt_messages=len(plan.commit_state.messages),
             )
             self._rows.append(row)
             if plan.forked:
@@ -391,8 +392,8 @@ class Conversation:
         row.ids.extend(int(t) for t in completion_ids)
         row.mask.extend([1] * len(completion_ids))
         row.logprobs.extend(float(lp) for lp in completion_logprobs)
-        row.messages = [*plan._messages, reply]
-        row.raw = [*plan._raw, None]
+        row.messages = [*plan.commit_state.messages, reply]
+        row.raw = [*plan.commit_state.raw, None]
         row.model_versions.append(int(model_version))
         row.closed = bool(completion_ids) and list(completion_ids[-len(self._assembler.turn_end_ids) :]) == (
             self._assembler.turn_end_ids
@@ -400,13 +401,13 @@ class Conversation:
         if row in self._recent:
             self._recent.remove(row)
         self._recent.insert(0, row)
-        plan._committed = True
+        plan.commit_state.committed = True
 
         counts = self._counts
         counts["turns"] += 1
         counts["sampled_tokens"] += len(completion_ids)
         counts["prompt_tokens_rendered"] += plan.rendered_tokens
-        counts["unparsed_tool_arguments"] += plan._unparsed_arguments
+        counts["unparsed_tool_arguments"] += plan.commit_state.unparsed_arguments
         counts["unclosed_turns"] += not row.closed
 
     # -- results ------------------------------------------------------------------------------------------------

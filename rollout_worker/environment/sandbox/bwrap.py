@@ -13,12 +13,12 @@ import os
 import shutil
 import signal
 import sys
-from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from intercept_common.install_paths import agent_runtime_paths
 from rollout_worker.environment.sandbox.base import SandboxUnavailableError
+from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.types import ExecResult
 
 INNER_INIT = Path(__file__).with_name("inner_init.py")
@@ -139,28 +139,7 @@ def sandbox_env(config: LocalSandboxConfig, home: str, extra: dict[str, str] | N
     return env
 
 
-class _Tail:
-    """Keeps the last `limit` bytes written to a stream."""
-
-    def __init__(self, limit: int):
-        self.limit = max(0, limit)
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        self.chunks.append(data)
-        self.size += len(data)
-        while self.size - len(self.chunks[0]) >= self.limit and len(self.chunks) > 1:
-            self.size -= len(self.chunks.popleft())
-
-    def text(self) -> str:
-        data = b"".join(self.chunks)
-        return data[-self.limit :].decode("utf-8", errors="replace") if self.limit else ""
-
-
-async def _drain(stream: asyncio.StreamReader | None, tail: _Tail) -> None:
+async def _drain(stream: asyncio.StreamReader | None, tail: OutputTail) -> None:
     if stream is None:
         return
     while data := await stream.read(65536):
@@ -173,8 +152,8 @@ class BwrapProcess:
     def __init__(self, proc: asyncio.subprocess.Process, output_limit: int, merge_stderr: bool, kill_timeout_s: float):
         self._proc = proc
         self._kill_timeout_s = kill_timeout_s
-        self.stdout_tail = _Tail(output_limit)
-        self.stderr_tail = self.stdout_tail if merge_stderr else _Tail(output_limit)
+        self.stdout_tail = OutputTail(output_limit)
+        self.stderr_tail = self.stdout_tail if merge_stderr else OutputTail(output_limit)
         self._readers = [asyncio.ensure_future(_drain(proc.stdout, self.stdout_tail))]
         if not merge_stderr:
             self._readers.append(asyncio.ensure_future(_drain(proc.stderr, self.stderr_tail)))

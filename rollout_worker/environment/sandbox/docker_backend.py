@@ -24,8 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
-from rollout_worker.environment.sandbox.bwrap import INNER_INIT, _Tail
+from rollout_worker.environment.sandbox.bwrap import INNER_INIT
 from rollout_worker.environment.sandbox.local import inner_endpoint
+from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import SANDBOX_PREFIX, SandboxRecord, default_state_dir, remove_tree
 from rollout_worker.environment.sandbox.relay import GateProxy
 from rollout_worker.types import ExecResult
@@ -115,7 +116,7 @@ class DockerProcess:
     def __init__(self, sandbox: DockerSandbox, exec_id: str, output_limit: int):
         self._sandbox = sandbox
         self._exec_id = exec_id
-        self._tail = _Tail(output_limit)
+        self._tail = OutputTail(output_limit)
         self._returncode: int | None = None
         self._reader = asyncio.ensure_future(asyncio.to_thread(self._read))
 

@@ -9,7 +9,6 @@ Usage: python -I -S inner_init.py [--relay-port P --relay-socket PATH] [--rlimit
 """
 
 import argparse
-import os
 import resource
 import signal
 import socket
