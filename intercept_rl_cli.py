@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
     "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset cpu-demo` on a laptop)"),
     "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
+    "space": ("space_app.cli", "deploy to a Hugging Face Space (`space deploy --dry-run` prints the plan)"),
 }
 
 
