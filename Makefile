@@ -24,8 +24,11 @@ doctor: setup
 	.venv/bin/intercept-rl doctor
 
 # Everything, slow end-to-end tests (real agents, training, dashboard) included. CI runs this.
+# Docker comes up first (scripts/docker_up.sh; the Docker tests skip with the reason where it cannot) and the daemon
+# it started, if any, is stopped afterwards.
 test: setup
-	$(PYTEST) -m "slow or not slow" -p no:cacheprovider
+	bash scripts/docker_up.sh
+	$(PYTEST) -m "slow or not slow" -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
 
 # The fast default selection (what a bare `pytest` runs).
 test-fast: setup
