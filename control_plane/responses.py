@@ -103,7 +103,8 @@ def completion_body(completion_id: str, created: int, model: str, message: dict,
     )
 
 
-def _pieces(text: str, size: int) -> list[str]:
+def pieces(text: str, size: int) -> list[str]:
+    """`text` cut into stream deltas of at most `size` characters (none for an empty text)."""
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
@@ -117,16 +118,16 @@ def stream_body(completion_id: str, created: int, model: str, message: dict, fin
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     events = [event({"role": "assistant", "content": ""})]
-    for piece in _pieces(message.get("reasoning_content") or "", chunk_chars):
+    for piece in pieces(message.get("reasoning_content") or "", chunk_chars):
         events.append(event({"reasoning_content": piece}))
-    for piece in _pieces(message.get("content") or "", chunk_chars):
+    for piece in pieces(message.get("content") or "", chunk_chars):
         events.append(event({"content": piece}))
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call["function"]
         opening = {"index": index, "id": call["id"], "type": "function",
                    "function": {"name": function["name"], "arguments": ""}}
         events.append(event({"tool_calls": [opening]}))
-        for piece in _pieces(function["arguments"], chunk_chars):
+        for piece in pieces(function["arguments"], chunk_chars):
             events.append(event({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     events.append(event({}, finish_reason))
     if include_usage:

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from ..errors import GateError
+from ..responses import pieces
 from .anthropic_request import parse_messages_body
-from .base import Answer, Dialect, DialectName, Frame, ParsedCall, pieces, sse_event
+from .base import Answer, Dialect, DialectName, Frame, ParsedCall, sse_event
 
 
 class StopReason(str, enum.Enum):

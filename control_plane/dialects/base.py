@@ -70,11 +70,6 @@ def sse_event(name: str, payload: dict) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-def pieces(text: str, size: int) -> list[str]:
-    """`text` cut into deltas of at most `size` characters (none for an empty text)."""
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 class Dialect:
     """Base class: the OpenAI error shape and keep-alive comments, shared by the two OpenAI dialects."""
 
@@ -83,7 +78,7 @@ class Dialect:
     keepalive: bytes = KEEPALIVE  # written while a streamed reply is pending (an SSE comment: every client skips it)
 
     def new_id(self, hex_id: str) -> str:
-        """The id the reply carries, built from the request's random hex so logs can join them."""
+        """The id the reply carries: the dialect's prefix (`chatcmpl-`, `msg_`, `resp_`) + fresh random hex."""
         return self.id_prefix + hex_id
 
     def parse(self, body: Any, rollout: Any) -> ParsedCall:

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from ..errors import GateError
-from .base import Answer, Dialect, DialectName, Frame, ParsedCall, pieces, sse_event
+from ..responses import pieces
+from .base import Answer, Dialect, DialectName, Frame, ParsedCall, sse_event
 from .responses_request import ResponseHistory, parse_responses_body
 
 
