@@ -54,6 +54,15 @@ class GateConfig:
         default=5.0,
         metadata={"help": "How long `stop()` waits for in-flight HTTP handlers to finish after failing them."},
     )
+    report_truncation: bool = field(
+        default=True,
+        metadata={
+            "help": "Tell the agent when a reply was cut by the token limit (chat `length`, Anthropic `max_tokens`, "
+            "Responses `incomplete`). False reports such a reply as a normal end of turn, for agents that abort or "
+            "retry a truncated turn (Codex retries a stream that ends without `response.completed`, which would "
+            "re-send the turn); the trajectory is unaffected either way."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:

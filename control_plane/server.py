@@ -295,8 +295,10 @@ class InterceptionServer:
         req._settle(None, CLIENT_DISCONNECTED)
 
     def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: _Reply) -> Answer:
-        return Answer(req.id, int(time.time()), self.served_model_name, call, reply.message, reply.finish_reason,
-                      reply.usage)
+        finish = reply.finish_reason
+        if finish == "length" and not self.config.report_truncation:
+            finish = "stop"  # see GateConfig.report_truncation: the worker already holds the cut turn as sampled
+        return Answer(req.id, int(time.time()), self.served_model_name, call, reply.message, finish, reply.usage)
 
     async def _answer_stream(self, request: web.Request, req: InterceptedRequest, dialect: Dialect,
                              call: ParsedCall, rollout: RolloutHandle) -> web.StreamResponse:

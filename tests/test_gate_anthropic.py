@@ -181,6 +181,17 @@ async def test_stop_reasons(make_gate, stream, finish, stop_reason):
     await client.close()
 
 
+async def test_truncation_can_be_reported_as_end_turn(make_gate):
+    gate = await make_gate(report_truncation=False)
+    rollout = await gate.open_rollout("r1")
+    client = client_for(rollout)
+    worker = asyncio.create_task(answer_one(rollout, {"role": "assistant", "content": "cut"}, "length"))
+    message = await client.messages.create(model="policy", max_tokens=16, messages=MESSAGES)
+    await worker
+    assert message.stop_reason == "end_turn"
+    await client.close()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_multi_turn_echo_maps_onto_the_held_turn(make_gate, stream):
     gate = await make_gate()

@@ -250,6 +250,23 @@ async def test_length_is_an_incomplete_response(make_gate, stream):
     await client.close()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_truncation_can_be_reported_as_completed_for_agents_that_retry_it(make_gate, stream):
+    gate = await make_gate(report_truncation=False)
+    rollout = await gate.open_rollout("r1")
+    client = client_for(rollout)
+    worker = asyncio.create_task(answer_one(rollout, {"role": "assistant", "content": "trunc"}, "length"))
+    if stream:
+        events = [e async for e in await client.responses.create(model="policy", input="q", stream=True)]
+        assert events[-1].type == "response.completed"
+        response = events[-1].response
+    else:
+        response = await client.responses.create(model="policy", input="q")
+    await worker
+    assert response.status == "completed" and response.incomplete_details is None
+    await client.close()
+
+
 async def test_worker_failure_reaches_the_sdk_in_openai_shape(make_gate):
     gate = await make_gate(keepalive_interval_s=0.05)
     rollout = await gate.open_rollout("r1")
