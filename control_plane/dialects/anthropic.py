@@ -21,7 +21,7 @@ from .anthropic_request import parse_messages_body
 from .base import Answer, Dialect, DialectName, Frame, ParsedCall, sse_event
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     END_TURN = "end_turn"
     TOOL_USE = "tool_use"
     MAX_TOKENS = "max_tokens"

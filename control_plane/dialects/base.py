@@ -26,7 +26,7 @@ from ..responses import KEEPALIVE, sse_error
 from ..validation import ValidatedChat
 
 
-class DialectName(str, enum.Enum):
+class DialectName(enum.StrEnum):
     """The wire formats the gate serves (also `InterceptedRequest.dialect`, for logs and trajectories)."""
 
     CHAT_COMPLETIONS = "chat_completions"

@@ -23,7 +23,7 @@ from .base import Answer, Dialect, DialectName, Frame, ParsedCall, sse_event
 from .responses_request import ResponseHistory, parse_responses_body
 
 
-class ResponseStatus(str, enum.Enum):
+class ResponseStatus(enum.StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     INCOMPLETE = "incomplete"
