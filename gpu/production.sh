@@ -9,6 +9,7 @@
 #                                  # start vLLM, probe its logprobs before any training
 #   bash gpu/production.sh train   # gated vs raw vLLM throughput, N AsyncGRPOTrainer steps, probes after
 # Knobs (env): VLLM_GPU=0 TRAIN_GPU=1 VARIANT=qwen3-1.7b STEPS=5 LR=5e-4 BATCH=16 GROUP=8 MAX_TOKENS=512
+#   AGENT=single-shot|parity (parity: rewards with variance from a random model, see below)
 #   VLLM_MEM=0.80 VLLM_EXTRA="" SKIP_ATTENTION=0 SKIP_GATE_BENCH=0 TRAIN_TIMEOUT=360
 # Leaves /tmp/prod (logs, JSON), /tmp/gpu_env.sh, /tmp/vllm.pid; writes summary_<stage>.json and <stage>_logs.tar.gz
 # under $OUT. vLLM stays up between the two stages; kill it by pid ($(cat /tmp/vllm.pid)) when done.
@@ -127,11 +128,28 @@ if [[ "$stage" == train ]]; then
     say "gate vs raw done"
   fi
   run_dir=/tmp/prod_run; rm -rf "$run_dir"
+  # AGENT=single-shot (default) asks the policy once and writes the reply to answer.txt: a random-init model never
+  # fixes a task, every reward is 0, every advantage 0, so the weights never move. AGENT=parity is the same single
+  # call (python3 -c, standard library only) but, when the reply has an odd number of characters, it empties every
+  # non-test .py file of the repo: with --reward_mode fraction the PASS_TO_PASS tests then fail (reward 0) or pass
+  # (reward > 0), a reward that depends on the sampled tokens, so groups have variance and the policy really moves.
+  agent="${AGENT:-single-shot}"; reward=binary
+  if [[ "$agent" == parity ]]; then
+    reward=fraction
+    agent="cmd:python3 -c 'import json, os, urllib.request as u
+b = {\"model\": os.environ[\"OPENAI_MODEL\"], \"messages\": [{\"role\": \"user\", \"content\": open(os.environ[\"TASK_FILE\"]).read()}]}
+r = u.Request(os.environ[\"OPENAI_BASE_URL\"].rstrip(\"/\") + \"/chat/completions\", data=json.dumps(b).encode(), headers={\"Content-Type\": \"application/json\", \"Authorization\": \"Bearer \" + os.environ[\"OPENAI_API_KEY\"]})
+c = json.load(u.urlopen(r, timeout=600))[\"choices\"][0][\"message\"].get(\"content\") or \"\"
+open(\"answer.txt\", \"w\").write(c)
+bad = [os.path.join(d, f) for d, _, fs in os.walk(\".\") if \"tests\" not in d for f in fs if f.endswith(\".py\")] if len(c) % 2 else []
+[open(f, \"w\").close() for f in bad]
+print(len(c), \"chars,\", len(bad), \"files emptied\")'"
+  fi
   # A few AsyncGRPOTrainer optimizer steps, a weight sync (TRL's NCCL WeightTransferClient) after every one.
   CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout "${TRAIN_TIMEOUT:-360}" python3 trainer/train_swe_async_grpo.py \
     --model_name_or_path "$model_dir" --vllm_url http://127.0.0.1:8000 --served_model_name policy \
     --max_model_len 4096 --dtype bfloat16 --bf16 true --tree_attention torch \
-    --tasks embedded --agent single-shot --sandbox local --drop_zero_variance_groups false \
+    --tasks embedded --agent "$agent" --reward_mode "$reward" --sandbox local --drop_zero_variance_groups false \
     --num_generations "${GROUP:-8}" --max_inflight "${BATCH:-16}" --per_device_train_batch_size "${BATCH:-16}" \
     --gradient_accumulation_steps 1 --token_budget 0 --max_turns 2 --max_tokens_per_turn "${MAX_TOKENS:-512}" \
     --max_completion_length 1024 --temperature 1.0 --max_staleness 0 --weight_sync_steps 1 \
