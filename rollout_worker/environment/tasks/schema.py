@@ -58,9 +58,11 @@ class TaskValidationError(ValueError):
 
 
 def docker_image_for(instance_id: str, repo: str, template: str) -> str:
-    """Fill an image template. Fields: `{instance_id}`, `{repo}`, `{docker_id}` (lower-case, `__` → `_s_`)."""
+    """Fill an image template. Fields: `{instance_id}`, `{repo}`, `{docker_id}` (lower-case, `__` → `_s_`, SWE-Gym's
+    naming) and `{swebench_id}` (lower-case, `__` → `_1776_`, SWE-bench's official `swebench/sweb.eval.x86_64.*`)."""
     docker_id = instance_id.lower().replace("__", "_s_")
-    return template.format(instance_id=instance_id, repo=repo, docker_id=docker_id)
+    swebench_id = instance_id.lower().replace("__", "_1776_")
+    return template.format(instance_id=instance_id, repo=repo, docker_id=docker_id, swebench_id=swebench_id)
 
 
 def _test_ids(value: Any, name: str, fail: Any) -> list[str]:

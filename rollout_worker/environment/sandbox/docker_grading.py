@@ -1,0 +1,273 @@
+"""Grading SWE-bench / SWE-Gym tasks in a fresh container of the task's image (DESIGN §7, docs/containers.md).
+
+`SweBenchContainerGrader` implements `Grader`. After the agent is dead:
+1. the pristine base is read from the task's image itself (`/testbed` of a created, never started container, without
+   `.git`), so no host checkout is needed;
+2. the agent's diff is computed on the host exactly as `FailPassGrader` does it (private temp dirs, scrubbed git, test
+   files and test config dropped, junk ignored);
+3. a fresh container of the image (`--network none`, limits, labelled for the reaper) gets the diff, the task's test
+   patch and an eval script shaped like the harness's (`tasks.swebench.eval_script`: the harness's patch fallbacks,
+   test files reset, test patch, the repository's test command between the markers, the exit status recorded);
+4. the log is read with the harness's rules (`tasks.swebench.read_log` / `eval_report`): reward 1.0 exactly when the
+   official verdict is "resolved" (`fraction`: the share of FAIL_TO_PASS + PASS_TO_PASS tests that succeed).
+Infrastructure failures (no image, container errors, markers missing, the test patch not applying, a timeout) are
+unscorable, never reward 0. The container and the temp dirs are removed on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from rollout_worker.environment.sandbox.docker_backend import (
+    LABEL,
+    OWNER_PID_LABEL,
+    OWNER_START_LABEL,
+    docker_client,
+)
+from rollout_worker.environment.sandbox.registry import process_start_time
+from rollout_worker.environment.tasks import swebench as swb
+from rollout_worker.environment.tasks.trees import (
+    GitError,
+    TreeFilter,
+    copy_filtered_tree,
+    git_diff_no_index,
+    restore_unchanged_test_config,
+)
+from rollout_worker.types import GradeResult, Task
+
+logger = logging.getLogger(__name__)
+
+EVAL_DIR = "/tmp/intercept-eval"
+# SWE-bench images keep the task's environment in a conda env; the harness activates it before the tests.
+CONDA_ACTIVATE = ["if [ -f /opt/miniconda3/bin/activate ]; then source /opt/miniconda3/bin/activate; "
+                  "conda activate testbed; fi"]
+
+
+class _Infra(RuntimeError):
+    """A grading step failed for reasons outside the agent's control."""
+
+
+@dataclass
+class ContainerGradingConfig:
+    """How `SweBenchContainerGrader` grades."""
+
+    reward_mode: Literal["binary", "fraction"] = field(default="binary", metadata={
+        "help": "`binary`: 1.0 exactly when the official verdict is resolved. `fraction`: share of tests succeeding."})
+    timeout_s: float = field(default=1800.0, metadata={"help": "Limit of the test command; past it: unscorable."})
+    tree_filter: TreeFilter = field(default_factory=TreeFilter, metadata={
+        "help": "Which paths count as tests/test config (never taken from the agent) or junk."})
+    max_patch_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "Larger agent diffs score 0."})
+    git_timeout_s: float = field(default=300.0, metadata={"help": "Limit of each host git step."})
+    keep_patch_chars: int = field(default=65536, metadata={"help": "Agent patch kept in details['agent_patch']."})
+    keep_log_chars: int = field(default=8000, metadata={"help": "Eval log tail kept in details['eval_log_tail']."})
+    mem_limit: str | None = field(default="8g", metadata={"help": "Grading container memory limit."})
+    pids_limit: int | None = field(default=4096, metadata={"help": "Grading container process limit."})
+    cpus: float | None = field(default=None, metadata={"help": "Grading container CPUs (None: unlimited)."})
+    work_root: str | None = field(default=None, metadata={"help": "Where grading temp dirs go (default: tmp)."})
+    engine_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one Docker API call."})
+
+
+class SweBenchContainerGrader:
+    """Grades a task that names an image, in a fresh container of it (see the module docstring)."""
+
+    def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
+        self.config = config or ContainerGradingConfig()
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client(self.config.engine_timeout_s)
+        return self._client
+
+    async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
+        started = time.monotonic()
+        details: dict[str, Any] = {"instance_id": task.instance_id, "reward_mode": self.config.reward_mode,
+                                   "grader": "swebench-container"}
+        work = Path(tempfile.mkdtemp(prefix="irl-cgrade-", dir=self.config.work_root))
+        try:
+            result = await self._grade(task, Path(agent_repo_dir), work, details)
+        except (_Infra, GitError) as exc:
+            result = _unscorable(details, str(exc))
+        except Exception as exc:  # anything else here is ours, not the agent's
+            result = _unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        result.details["grading_s"] = round(time.monotonic() - started, 3)
+        return result
+
+    def _names(self, task: Task) -> tuple[str, str, str, str]:
+        image = task.image
+        if not image:
+            raise _Infra("task names no image: container grading needs the task's image")
+        workdir = str(task.extra.get("workdir") or swb_workdir())
+        try:
+            parser = swb.parser_for(task.repo, task.extra.get("log_parser") or None)
+        except ValueError as exc:
+            raise _Infra(str(exc)) from exc
+        if task.test_command:
+            test_cmd = shlex.join(task.test_command)
+        else:
+            test_cmd = str(task.extra.get("test_cmd") or swb.REPO_TEST_CMD.get(task.repo, swb.TEST_PYTEST))
+        return image, workdir, parser, test_cmd
+
+    async def _grade(self, task: Task, agent_dir: Path, work: Path, details: dict[str, Any]) -> GradeResult:
+        cfg = self.config
+        image, workdir, parser, test_cmd = self._names(task)
+        if not task.FAIL_TO_PASS:
+            raise _Infra("task has no FAIL_TO_PASS tests")
+        if not agent_dir.is_dir():
+            raise _Infra(f"agent repository {agent_dir} does not exist")
+        client = await asyncio.to_thread(lambda: self.client)
+
+        base, before, after = work / "base", work / "a", work / "b"
+        await asyncio.to_thread(self._export_base, client, image, workdir, base)
+        keep = cfg.tree_filter.keeps_source
+        await asyncio.to_thread(copy_filtered_tree, base, before, keep)
+        skipped = await asyncio.to_thread(copy_filtered_tree, agent_dir, after, keep)
+        restored = await asyncio.to_thread(restore_unchanged_test_config, before, after)
+        patch = await asyncio.to_thread(git_diff_no_index, work, "a", "b", cfg.git_timeout_s)
+        details.update(agent_patch=patch[: cfg.keep_patch_chars].decode("utf-8", "replace"),
+                       agent_patch_bytes=len(patch), agent_files_skipped=skipped,
+                       test_config_changes_dropped=restored, image=image, log_parser=parser, test_cmd=test_cmd)
+        if len(patch) > cfg.max_patch_bytes:
+            details["reason"] = f"agent patch is {len(patch)} bytes, over max_patch_bytes"
+            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
+
+        test_files = swb.test_patch_files(task.test_patch)
+        script = swb.eval_script(
+            workdir=workdir, base_commit=task.base_commit, test_cmd=test_cmd,
+            directives=list(task.extra.get("test_directives") or swb.test_directives(task.repo, task.test_patch)),
+            test_files=test_files, patch_path=f"{EVAL_DIR}/agent.patch" if patch.strip() else None,
+            test_patch_path=f"{EVAL_DIR}/test.patch", pre=CONDA_ACTIVATE, timeout_s=cfg.timeout_s)
+        files = {"agent.patch": patch, "test.patch": task.test_patch.encode(), "eval.sh": script.encode()}
+        run_started = time.monotonic()
+        log, exit_code = await self._run_eval(client, image, files)
+        details.update(eval_exit_code=exit_code, test_run_s=round(time.monotonic() - run_started, 3),
+                       eval_log_tail=log[-cfg.keep_log_chars:])
+
+        resolved, verdict, report = swb.resolved_from_log(log, task.FAIL_TO_PASS, task.PASS_TO_PASS, parser)
+        details.update(official_resolved=resolved, log_found=verdict.found, test_exit_code=verdict.exit_code)
+        if not verdict.found:
+            if verdict.infra:
+                raise _Infra(f"eval log unusable: {verdict.failure}")
+            details["reason"] = verdict.failure
+            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
+        assert report is not None
+        details.update(tests={t: verdict.status_map.get(t, "MISSING") for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS]},
+                       fail_to_pass={"success": report.f2p_success, "failure": report.f2p_failure},
+                       pass_to_pass={"success": report.p2p_success, "failure": report.p2p_failure},
+                       resolution=report.resolution)
+        reward = float(resolved) if cfg.reward_mode == "binary" else report.fraction()
+        return GradeResult(reward=reward, resolved=resolved, scorable=True, details=details)
+
+    def _labels(self, kind: str) -> dict[str, str]:
+        return {LABEL: f"{kind}-{secrets.token_hex(6)}", OWNER_PID_LABEL: str(os.getpid()),
+                OWNER_START_LABEL: str(process_start_time(os.getpid()) or "")}
+
+    def _export_base(self, client: Any, image: str, workdir: str, dest: Path) -> None:
+        from docker.errors import ImageNotFound
+
+        try:
+            container = client.containers.create(image, ["true"], network_mode="none", labels=self._labels("base"))
+        except ImageNotFound as exc:
+            raise _Infra(f"image {image!r} is not present") from exc
+        try:
+            stream, _ = container.get_archive(workdir)
+            top = PurePosixPath(workdir).name
+            dest.mkdir(parents=True)
+
+            def members(tar: tarfile.TarFile):
+                for member in tar:
+                    parts = PurePosixPath(member.name).parts
+                    if not parts or parts[0] != top or (len(parts) > 1 and parts[1] == ".git"):
+                        continue
+                    if len(parts) == 1:
+                        continue
+                    member.name = str(PurePosixPath(*parts[1:]))
+                    yield member
+
+            from rollout_worker.environment.sandbox.docker_backend import _safe_member, _StreamReader
+
+            with tarfile.open(fileobj=_StreamReader(stream), mode="r|") as tar:
+                tar.extractall(dest, members=members(tar), filter=_safe_member)
+        finally:
+            container.remove(force=True)
+
+    async def _run_eval(self, client: Any, image: str, files: dict[str, bytes]) -> tuple[str, int | None]:
+        cfg = self.config
+        spec: dict[str, Any] = dict(image=image, command=["sleep", "infinity"], detach=True, init=True,
+                                    network_mode="none", labels=self._labels("grade"),
+                                    security_opt=["no-new-privileges"], user="0:0")
+        if cfg.mem_limit:
+            spec.update(mem_limit=cfg.mem_limit, memswap_limit=cfg.mem_limit)
+        if cfg.pids_limit:
+            spec["pids_limit"] = cfg.pids_limit
+        if cfg.cpus:
+            spec["nano_cpus"] = int(cfg.cpus * 1e9)
+        try:
+            container = await asyncio.to_thread(client.containers.run, **spec)
+        except Exception as exc:
+            raise _Infra(f"grading container did not start: {exc}") from exc
+        try:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                for name, data in files.items():
+                    info = tarfile.TarInfo(f"intercept-eval/{name}")
+                    info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
+                    tar.addfile(info, io.BytesIO(data))
+            if not await asyncio.to_thread(container.put_archive, "/tmp", buffer.getvalue()):
+                raise _Infra("copying the eval files into the container failed")
+            exec_id = (await asyncio.to_thread(client.api.exec_create, container.id, ["bash", f"{EVAL_DIR}/eval.sh"],
+                                               stdout=True, stderr=True))["Id"]
+
+            def run() -> tuple[str, int | None]:
+                chunks = [c for c in client.api.exec_start(exec_id, stream=True)]
+                return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
+
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(run), cfg.timeout_s + 120)
+            except TimeoutError as exc:
+                raise _Infra(f"eval script did not finish within {cfg.timeout_s + 120:g}s") from exc
+        finally:
+            try:
+                await asyncio.to_thread(container.remove, force=True)
+            except Exception as exc:  # left to reap_docker_orphans
+                logger.warning("removing grading container failed: %r", exc)
+
+
+def swb_workdir() -> str:
+    from rollout_worker.environment.tasks.schema import SWE_BENCH_WORKDIR
+
+    return SWE_BENCH_WORKDIR
+
+
+class ImageAwareGrader:
+    """Routes each task to the grader that can grade it: tasks that name an image (SWE-bench, SWE-Gym, Harbor)
+    to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning) to the host grader."""
+
+    def __init__(self, host_grader: Any, container_grader: Any):
+        self.host_grader = host_grader
+        self.container_grader = container_grader
+
+    async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
+        if task.image and not task.repo_dir:
+            return await self.container_grader.grade(task, agent_repo_dir)
+        return await self.host_grader.grade(task, agent_repo_dir)
+
+
+def _unscorable(details: dict[str, Any], reason: str) -> GradeResult:
+    details["reason"] = reason
+    return GradeResult(reward=None, resolved=False, scorable=False, details=details)
