@@ -18,10 +18,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCKS = PROJECT_ROOT / "locks"
 
-# Installed next to a locked set without being in it, on purpose: torch is installed per machine (CPU wheel or the
-# GPU box's CUDA build, see scripts/lock.sh), and these come with a CUDA torch; pip is pinned by bootstrap.sh; the
-# project itself is installed editable from the checkout.
-UNLOCKED_ON_PURPOSE = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*|pip|intercept-rl)$")
+# Installed next to a locked set without being in it, on purpose: torch is installed per machine (the CPU wheel, or
+# the GPU box's CUDA build with its nvidia-*/triton companions: see scripts/lock.sh), pip is pinned by bootstrap.sh,
+# and the project itself is installed editable from the checkout. What the installed torch requires (recursively)
+# and the lock lacks is allowed too; on a CPU machine that is nothing, so stray CUDA libraries count as drift.
+UNLOCKED_ON_PURPOSE = frozenset({"torch", "pip", "intercept-rl"})
+TORCH_COMPANIONS_KEY = "__torch_requires__"
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
@@ -44,13 +46,31 @@ def read_pip_lock(path: Path) -> dict[str, str]:
 
 
 def installed_in(python: Path) -> dict[str, str]:
-    """Every distribution installed in the environment of interpreter `python` (normalized name -> version)."""
-    code = ("import json, importlib.metadata as m; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}))")
+    """Every distribution installed in the environment of interpreter `python` (normalized name -> version).
+
+    Under `TORCH_COMPANIONS_KEY` (space-separated) it also lists what the installed torch requires, recursively.
+    """
+    code = r"""
+import json, re, importlib.metadata as m
+have = {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}
+def deps(name):
+    try:
+        reqs = m.requires(name) or []
+    except m.PackageNotFoundError:
+        return []
+    return [re.split(r'[ ;<>=!~\[(]', r, maxsplit=1)[0] for r in reqs if 'extra ==' not in r]
+seen, todo = set(), deps('torch') if 'torch' in have else []
+while todo:
+    name = todo.pop()
+    if name.lower() not in seen:
+        seen.add(name.lower()); todo.extend(deps(name))
+have['__torch_requires__'] = ' '.join(sorted(seen))
+print(json.dumps(have))
+"""
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"{python} could not list its packages: {proc.stderr.strip()[-300:]}")
-    return {normalize(name): version for name, version in json.loads(proc.stdout).items()}
+    return {(k if k == TORCH_COMPANIONS_KEY else normalize(k)): v for k, v in json.loads(proc.stdout).items()}
 
 
 @dataclass
@@ -76,6 +96,8 @@ class Drift:
 
 def compare(environment: str, locked: dict[str, str], installed: dict[str, str]) -> Drift:
     drift = Drift(environment)
+    installed = dict(installed)
+    companions = {normalize(n) for n in installed.pop(TORCH_COMPANIONS_KEY, "").split()}
     for name, want in locked.items():
         have = installed.get(name)
         if have is None:
@@ -83,7 +105,7 @@ def compare(environment: str, locked: dict[str, str], installed: dict[str, str])
         elif have != want:
             drift.changed[name] = (want, have)
     for name, have in installed.items():
-        if name not in locked and not UNLOCKED_ON_PURPOSE.match(name):
+        if name not in locked and name not in UNLOCKED_ON_PURPOSE and name not in companions:
             drift.unlocked[name] = have
     return drift
 

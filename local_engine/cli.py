@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
+from intercept_common.config_tree import parse_config_tree
 from intercept_common.http_site import start_site
 from local_engine.generation import BatchedGenerator
 from local_engine.server import EngineConfig, EngineServer
@@ -89,10 +90,11 @@ async def serve(server: EngineServer, host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(EngineConfig)
     parser.prog = "intercept-rl engine"
-    parser.description = "Serve a model with the local engine (the vLLM API subset intercept-rl uses)."
-    (config,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    parser.description = ("Serve a model with the local engine (the vLLM API subset intercept-rl uses). Options also "
+                          "come from --config FILE.yaml; flags win.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        (config,), _ = parse_config_tree(parser, list(sys.argv[1:] if argv is None else argv))
         server = create_engine_server(config)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"intercept-rl engine: {error}", file=sys.stderr)

@@ -1,104 +1,110 @@
-"""`intercept-rl rollouts`: run agents on tasks through the gate, grade them, write trajectories (no training)."""
+"""`intercept-rl rollouts`: run agents on tasks through the gate, grade them, write trajectories (no training).
+
+Options come from the same config dataclasses `train` composes (`WorkerConfig`, `EpisodeOptions`, `EpisodeConfig`,
+`GradingConfig`), as flags or from `--config file.yaml` (intercept_common.config_tree).
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import queue
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from intercept_common.config_tree import ConfigFileError, build, cli_view, parse_config_tree
 
 from .config import WorkerConfig
-from .factory import EpisodeOptions, build_episode_runner, build_worker, load_tokenizer
+from .environment.episode import EpisodeConfig
+from .environment.grading import GradingConfig
+from .factory import EpisodeOptions, build_episode_runner, build_worker, load_tokenizer, served_model_name_for
+
+# Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
+_WORKER_FIELDS_SET_HERE = ("max_groups", "keep_trajectories", "drop_zero_variance_groups", "max_queued_samples")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="intercept-rl rollouts",
-        description="Run agents on tasks through the interception gate against an engine, grade them host-side and "
-        "write one JSON line per rollout (token ids, masks, logprobs, reward, advantage, drift, timings) plus a "
-        "summary line on stderr.",
-    )
-    eng = p.add_mutually_exclusive_group()
-    eng.add_argument("--engine-url", help="Base URL of a running vLLM server or local engine.")
-    eng.add_argument("--engine", choices=["local"], help="Start the embedded local engine for this run.")
-    p.add_argument("--model", default="embedded",
-                   help="Model path or hub name (its tokenizer renders prompts; `--engine local` serves it). "
-                   "`embedded` is the tiny demo model. Default: embedded.")
-    p.add_argument("--served-model-name", default=None,
-                   help="Name the engine serves the model under (default: asked from the engine's /v1/models).")
-    p.add_argument("--chat-template", default=None,
-                   help="Path to a prefix-preserving training chat template (default: the tokenizer's, else TRL's).")
-    p.add_argument("--tasks", default="embedded", help="embedded | PATH (.json/.jsonl/.parquet) | HUB_DATASET_NAME.")
-    p.add_argument("--split", default="train", help="Dataset split for hub/parquet tasks.")
-    p.add_argument("--max-tasks", type=int, default=None, help="Run at most this many tasks (one group each).")
-    p.add_argument("--agent", default="oracle", help="oracle | noop | mini-swe-agent | pi | cmd:<shell command>.")
-    p.add_argument("--sandbox", default="local", choices=["local", "docker"], help="Sandbox backend.")
-    p.add_argument("--reward", default="binary", choices=["binary", "fraction"], help="Reward mode of the grader.")
-    p.add_argument("--num-generations", type=int, default=1, help="Rollouts per task (one group).")
-    p.add_argument("--max-inflight", type=int, default=2, help="Rollouts running at once.")
-    p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (the agent's is ignored).")
-    p.add_argument("--max-tokens-per-turn", type=int, default=512, help="Cap on tokens sampled per agent call.")
-    p.add_argument("--max-turns", type=int, default=30, help="Agent calls per rollout before the budget ends it.")
-    p.add_argument("--max-completion-tokens", type=int, default=None,
-                   help="Sampled tokens per rollout before the budget ends it (default: no cap).")
-    p.add_argument("--budget-grace", type=float, default=30.0,
-                   help="Seconds the agent may still act on the reply that spent its token budget (s).")
-    p.add_argument("--agent-timeout", type=float, default=600.0, help="Agent wall-time budget per rollout (s).")
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="Context length of `--engine local` (default: the model's max positions).")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the task order.")
-    p.add_argument("--out", default="rollouts.jsonl", help="Where to write the trajectory lines.")
-    p.add_argument("--quiet", action="store_true", help="No per-rollout progress lines.")
-    return p
+@dataclass
+class RolloutsArguments:
+    """What only `rollouts` has: where the engine is, which model and tasks, where the records go."""
+
+    _argument_group_name = "Run: engine, model, tasks, output"
+
+    engine_url: str | None = field(
+        default=None, metadata={"help": "Base URL of a running vLLM server or local engine (unset: --engine)."})
+    engine: Literal["local"] = field(
+        default="local", metadata={"help": "Without --engine-url: start the embedded local engine for this run."})
+    model: str = field(
+        default="embedded",
+        metadata={"help": "Model path or hub name (its tokenizer renders prompts; the local engine serves it). "
+                  "`embedded` is the tiny demo model."})
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "Context length of the local engine (default: the model's max positions)."})
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Path to a prefix-preserving training chat template (default: the tokenizer's, else TRL's)."})
+    tasks: str = field(default="embedded",
+                       metadata={"help": "embedded | PATH (.json/.jsonl/.parquet) | HUB_DATASET_NAME."})
+    task_split: str = field(default="train", metadata={"help": "Dataset split for hub/parquet tasks."})
+    max_tasks: int | None = field(default=None, metadata={"help": "Run at most this many tasks (one group each)."})
+    out: str = field(default="rollouts.jsonl", metadata={"help": "Where to write the trajectory lines."})
+    quiet: bool = field(default=False, metadata={"help": "No per-rollout progress lines."})
 
 
-def _served_name(engine_url: str) -> str:
-    import requests
+WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)
+EpisodeSelection = cli_view(EpisodeOptions)
+EpisodeBudget = cli_view(EpisodeConfig)
+GradingOptions = cli_view(GradingConfig)
 
-    resp = requests.get(f"{engine_url.rstrip('/')}/v1/models", timeout=30)
-    resp.raise_for_status()
-    return resp.json()["data"][0]["id"]
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((RolloutsArguments, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions))
+    parser.prog = "intercept-rl rollouts"
+    parser.description = ("Run agents on tasks through the interception gate against an engine, grade them host-side "
+                          "and write one JSON line per rollout (token ids, masks, logprobs, reward, advantage, drift, "
+                          "timings) plus a summary line on stderr. Options also come from --config FILE.yaml (flat or "
+                          "nested by section: worker, episode, grading, sandbox: {backend, ...}, agent: {name}).")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.engine_url and not args.engine:
-        args.engine = "local"
     from .environment.tasks import load_tasks
 
     try:
-        tasks = load_tasks(args.tasks, split=args.split, max_tasks=args.max_tasks, seed=args.seed)
-        runner = build_episode_runner(EpisodeOptions(agent=args.agent, sandbox=args.sandbox, reward=args.reward,
-                                                     agent_timeout_s=args.agent_timeout))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        (run, selection, worker_view, budget, grading_view), extras = parse_config_tree(
+            build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
+        if extras.get("agent_options"):
+            raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
+        options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
+        tasks = load_tasks(run.tasks, split=run.task_split, max_tasks=run.max_tasks, seed=worker_view.seed)
+        runner = build_episode_runner(options, build(EpisodeConfig, budget), build(GradingConfig, grading_view))
+    except (ValueError, FileNotFoundError, RuntimeError, ConfigFileError) as exc:
         print(f"intercept-rl rollouts: {exc}", file=sys.stderr)
         return 2
     engine_proc = None
     try:
-        if args.engine == "local":
+        if run.engine_url is None:
             from intercept_common.engine_process import LocalEngineProcess
 
-            print(f"starting the local engine on {args.model} …", file=sys.stderr)
-            engine_proc = LocalEngineProcess(args.model, served_model_name=args.served_model_name or "policy",
-                                             max_model_len=args.max_model_len, seed=args.seed).start()
-            engine_url, served = engine_proc.url, args.served_model_name or "policy"
+            served = served_model_name_for(worker_view.served_model_name, None)
+            print(f"starting the local engine on {run.model} …", file=sys.stderr)
+            engine_proc = LocalEngineProcess(run.model, served_model_name=served, max_model_len=run.max_model_len,
+                                             seed=worker_view.seed).start()
+            engine_url = engine_proc.url
         else:
-            engine_url = args.engine_url
-            served = args.served_model_name or _served_name(engine_url)
-        config = WorkerConfig(served_model_name=served, num_generations=args.num_generations,
-                              max_inflight=args.max_inflight, temperature=args.temperature,
-                              max_tokens_per_turn=args.max_tokens_per_turn, max_turns=args.max_turns,
-                              max_completion_tokens=args.max_completion_tokens, budget_grace_s=args.budget_grace,
-                              seed=args.seed, max_groups=len(tasks), keep_trajectories=True,
-                              drop_zero_variance_groups=False,
-                              episode_timeout_s=args.agent_timeout + 600)
-        worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(args.model),
-                              chat_template=args.chat_template, engine_url=engine_url)
-        return _run(worker, len(tasks) * args.num_generations, Path(args.out), quiet=args.quiet)
+            engine_url = run.engine_url
+            served = served_model_name_for(worker_view.served_model_name, engine_url)
+        config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
+                       keep_trajectories=True, drop_zero_variance_groups=False)
+        worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
+                              chat_template=run.chat_template, engine_url=engine_url)
+        return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet)
     finally:
         if engine_proc is not None:
             engine_proc.stop()

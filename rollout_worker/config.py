@@ -17,10 +17,16 @@ class WorkerConfig:
     only below `max_tokens_per_turn`.
     """
 
+    _argument_group_name = "Worker: groups, sampling, budgets (rollout_worker.config.WorkerConfig)"
+
     served_model_name: str = field(
-        default="policy", metadata={"help": "Model name the engine serves and the agents are told to use."}
+        default="policy",
+        metadata={"help": "Model name the engine serves and the agents are told to use. With a running engine that "
+                  "does not serve `policy` but exactly one other model, that one is used."},
     )
-    num_generations: int = field(default=4, metadata={"help": "Rollouts per task; one GRPO group."})
+    num_generations: int = field(
+        default=1, metadata={"help": "Rollouts per task; one GRPO group (`train` takes TRL's num_generations)."}
+    )
     max_inflight: int = field(default=4, metadata={"help": "Rollouts (agents + sandboxes) running at once."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (the trainer's)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling; keep 1.0 for an unbiased PPO ratio."})

@@ -2,42 +2,67 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .config import WorkerConfig
+from .environment.episode import EpisodeConfig
+from .environment.grading import GradingConfig
 from .types import Task
 
 
 @dataclass
 class EpisodeOptions:
-    """How each episode runs: which agent, in which sandbox, graded how."""
+    """Which agent runs in which sandbox backend. Budgets and grading have their own configs (`EpisodeConfig`,
+    `GradingConfig`); this only selects the parts."""
+
+    _argument_group_name = "Agent and sandbox (rollout_worker.factory.EpisodeOptions)"
 
     agent: str = field(
         default="mini-swe-agent",
-        metadata={"help": "Agent: oracle | noop | mini-swe-agent | pi | cmd:<shell command>."},
+        metadata={"help": "Agent CLI run in each sandbox: mini-swe-agent | pi | cmd:<shell command> | single-shot | "
+                  "oracle | noop."},
     )
     sandbox: str = field(default="local", metadata={"help": "Sandbox backend: local (bubblewrap) | docker."})
-    reward: str = field(
-        default="binary", metadata={"help": "binary (1 only if every test passes) | fraction (passing fraction)."}
+    sandbox_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Fields of the backend's config (YAML `sandbox: {backend: docker, mem_limit: 4g}`)."},
     )
-    agent_timeout_s: float = field(default=600.0, metadata={"help": "Agent wall-time budget per rollout."})
-    grading_timeout_s: float = field(default=300.0, metadata={"help": "Limit of the grading test run."})
 
 
-def build_episode_runner(options: EpisodeOptions):
-    """A `SandboxEpisodeRunner` for the named agent, sandbox and reward mode."""
+def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None = None,
+                         grading: GradingConfig | None = None):
+    """A `SandboxEpisodeRunner` for the selected agent and sandbox, with the episode budgets and grading given."""
     from .environment.agents import get_agent
-    from .environment.episode import EpisodeConfig, SandboxEpisodeRunner
-    from .environment.grading import FailPassGrader, GradingConfig
+    from .environment.episode import SandboxEpisodeRunner
+    from .environment.grading import FailPassGrader
     from .environment.sandbox import get_backend
 
-    if options.reward not in ("binary", "fraction"):
-        raise ValueError(f"--reward must be 'binary' or 'fraction', got {options.reward!r}")
-    backend = get_backend(options.sandbox)
-    grader = FailPassGrader(_test_executor(options.sandbox),
-                    GradingConfig(reward_mode=options.reward, timeout_s=options.grading_timeout_s))
-    return SandboxEpisodeRunner(backend, get_agent(options.agent), grader,
-                                EpisodeConfig(wall_time_s=options.agent_timeout_s))
+    backend = get_backend(options.sandbox, **options.sandbox_options)
+    grader = FailPassGrader(_test_executor(options.sandbox), grading or GradingConfig())
+    return SandboxEpisodeRunner(backend, get_agent(options.agent), grader, episode or EpisodeConfig())
+
+
+def served_model_name_for(configured: str, engine_url: str | None) -> str:
+    """The model name to ask the engine for: `configured` (WorkerConfig.served_model_name) when this command starts
+    the engine (`engine_url` None) or the engine serves it; the engine's only model when `configured` is the default
+    and the engine serves exactly one other; else a clear error listing what the engine serves."""
+    if engine_url is None:
+        return configured
+    import requests
+
+    try:
+        resp = requests.get(f"{engine_url.rstrip('/')}/v1/models", timeout=30)
+        resp.raise_for_status()
+        names = [card["id"] for card in resp.json()["data"]]
+    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"cannot reach the engine at {engine_url} ({type(exc).__name__}): is it running?") from None
+    if configured in names:
+        return configured
+    default = next(f.default for f in fields(WorkerConfig) if f.name == "served_model_name")
+    if configured == default and len(names) == 1:
+        return names[0]
+    raise RuntimeError(f"the engine at {engine_url} serves {names}, not {configured!r}: pass --served-model-name")
 
 
 def _test_executor(sandbox: str):

@@ -41,13 +41,16 @@ install_locked() {
   if ((${#extra[@]})); then "$venv/bin/python" -m pip uninstall -q -y "${extra[@]}"; fi
 }
 
-# 1. The project venv: torch first (see above), then the lock, then the project itself (editable, no resolution).
+# 1. The project venv: the lock, then torch without its dependencies (they are in the lock; see above), then the
+#    project itself (editable, no resolution). TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) picks
+#    where torch comes from on a machine whose default index would serve a CUDA build.
 project_hash=$(lock_hash locks/project.txt pyproject.toml)
 if ! fresh .venv/.installed "$project_hash"; then
   log "installing .venv from locks/project.txt"
-  [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
   install_locked .venv locks/project.txt
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/python -m pip install -q --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
+  fi
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
   echo "$project_hash" > .venv/.installed

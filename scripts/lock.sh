@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PIP_TOOLS_VERSION=7.6.2
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}  # the version bootstrap.sh installs; the lock is resolved against it
 TOOLS=.cache/lock-tools
 upgrade=()
 [[ "${1:-}" == --upgrade ]] && upgrade=(--upgrade)
@@ -35,7 +36,10 @@ compile() {  # compile OUTPUT INPUT [extra pip-compile args...]
     --resolver backtracking --no-emit-index-url --no-emit-find-links "${upgrade[@]}" --output-file "$out" "$@" "$in"
 }
 
-compile locks/project.txt pyproject.toml --extra test
+constraints=$(mktemp); trap 'rm -f "$constraints"' EXIT
+echo "torch==${TORCH_VERSION}" > "$constraints"
+compile locks/project.txt pyproject.toml --extra test --constraint "$constraints"
+"$PYTHON" scripts/strip_torch_cuda.py locks/project.txt
 compile locks/agents.txt locks/agents.in
 
 for dir in locks/npm/*/; do

@@ -77,7 +77,7 @@ async def test_oracle_noop_and_test_tampering_graded_on_the_host(make_gate, back
 async def test_wall_time_budget_kills_and_still_grades(make_gate, backend, task, state_dir):
     grader = MarkerGrader()
     agent = CommandAgent("touch done; sleep 4545.5")
-    runner = SandboxEpisodeRunner(backend, agent, grader, EpisodeConfig(wall_time_s=1.0))
+    runner = SandboxEpisodeRunner(backend, agent, grader, EpisodeConfig(agent_wall_time_s=1.0))
     result = await _episode(make_gate, runner, task, "r-wall")
     assert (result.status, result.reward, result.details["agent_end"]) == (Status.BUDGET, 1.0, "wall_time")
     assert result.timings["agent"] < 8
@@ -157,7 +157,7 @@ async def test_fifty_rollouts_with_kills_and_timeouts_leave_nothing(make_gate, b
     async def one(i: int, kind: str) -> None:
         # Agents that end on their own get a generous budget (the machine is loaded); the rest a short random one.
         wall = 30.0 if kind in ("exit", "crash", "self_kill") else rng.uniform(0.3, 1.5)
-        runner = SandboxEpisodeRunner(backend, CommandAgent(behaviours[kind]), grader, EpisodeConfig(wall_time_s=wall))
+        runner = SandboxEpisodeRunner(backend, CommandAgent(behaviours[kind]), grader, EpisodeConfig(agent_wall_time_s=wall))
         stop = asyncio.Event()
         if kind == "stop":
             asyncio.get_running_loop().call_later(rng.uniform(0.05, 0.8), stop.set)

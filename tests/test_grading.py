@@ -175,7 +175,7 @@ async def test_unscorable_when_the_executor_crashes(task, tmp_path):
 
 
 async def test_unscorable_when_the_test_run_times_out(task, tmp_path):
-    config = GradingConfig(test_command=[sys.executable, "-c", "import time; time.sleep(120)"], timeout_s=1.5)
+    config = GradingConfig(test_command=[sys.executable, "-c", "import time; time.sleep(120)"], test_timeout_s=1.5)
     started = time.monotonic()
     result = await FailPassGrader(SubprocessTestExecutor(), config).grade(task, agent_copy(task, tmp_path))
     assert (result.reward, result.scorable) == (None, False)

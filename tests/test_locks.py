@@ -70,3 +70,12 @@ def test_npm_drift_names_the_package(tmp_path: Path):
         (tmp_path / "node_modules" / name).mkdir(parents=True)
         (tmp_path / "node_modules" / name / "package.json").write_text(json.dumps({"version": version}))
     assert locks.npm_environment_drift("pi", tmp_path, lock).lines() == ["pi: a is 1.0.1, the lock says 1.0.0"]
+
+
+def test_cuda_libraries_count_as_drift_unless_the_installed_torch_needs_them():
+    """A CPU torch needs no nvidia-* libraries: stray ones are drift; a CUDA torch's own companions are not."""
+    locked = {"aiohttp": "3.12.0"}
+    cpu = {"aiohttp": "3.12.0", "torch": "2.13.0+cpu", "nvidia-cublas": "13.4", locks.TORCH_COMPANIONS_KEY: ""}
+    assert locks.compare(".venv", locked, cpu).lines() == [".venv: nvidia-cublas 13.4 is installed but not in the lock"]
+    cuda = {**cpu, "torch": "2.13.0", locks.TORCH_COMPANIONS_KEY: "nvidia-cublas triton"}
+    assert not locks.compare(".venv", locked, cuda)

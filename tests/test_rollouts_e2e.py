@@ -37,6 +37,21 @@ def test_oracle_resolves_every_embedded_task_and_noop_none(tmp_path):
     assert summary["reward_mean"] == 0.0
 
 
+def test_rollouts_reads_a_nested_config_file(tmp_path):
+    """`rollouts --config x.yaml`: the same sections as `train`, flags win over the file."""
+    config = tmp_path / "x.yaml"
+    config.write_text("tasks: embedded\nmax_tasks: 2\nagent: {name: oracle}\nsandbox: {backend: local}\n"
+                      "worker: {num_generations: 2, max_inflight: 1}\ngrading: {reward_mode: fraction}\n")
+    records, summary = _rollouts(tmp_path, "--config", str(config), "--max-inflight", "2")
+    assert summary["rollouts"] == 4 and len(records) == 4
+    assert all(r["reward"] == 1.0 and r["scorable"] for r in records)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("worker: {max_turnz: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "rollouts", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown option 'max_turnz'" in proc.stderr
+
+
 def test_agent_that_rewrites_the_tests_gets_zero(tmp_path):
     # Overwrite every test file with passing stubs: in the agent's own tree the suite now passes.
     cheat = ("cmd:for f in $(find . -path ./.git -prune -o -name 'test_*.py' -print); do "
@@ -60,7 +75,7 @@ def test_real_agents_run_to_the_end_with_token_exact_rows(tmp_path, agent):
 
     records, summary = _rollouts(tmp_path, "--agent", agent, "--tasks", "embedded", "--max-tasks", "1",
                                  "--num-generations", "2", "--max-turns", "3", "--max-tokens-per-turn", "24",
-                                 "--temperature", "1.0", "--agent-timeout", "240")
+                                 "--temperature", "1.0", "--agent-wall-time-s", "240")
     assert summary["rollouts"] == 2
     model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32).eval()
     for rec in records:
@@ -94,7 +109,7 @@ def _fraction_reward(text: str) -> float:
 def test_reply_that_spends_the_token_budget_is_still_acted_on(tmp_path):
     # Every reply spends the whole 4-token budget. The agent must still write it and exit on its own before grading:
     # killing it at the budget raced its write and graded empty answers (reward noise the policy cannot explain).
-    records, _ = _rollouts(tmp_path, "--agent", "single-shot", "--tasks", "learning", "--reward", "fraction",
+    records, _ = _rollouts(tmp_path, "--agent", "single-shot", "--tasks", "learning", "--reward-mode", "fraction",
                            "--num-generations", "6", "--max-inflight", "3", "--max-completion-tokens", "4",
                            "--max-tokens-per-turn", "4")
     assert len(records) == 6
@@ -116,9 +131,9 @@ def test_agent_idling_after_its_budget_is_stopped_after_the_grace(tmp_path):
             "os.environ['OPENAI_MODEL'], 'messages': [{'role': 'user', 'content': 'hi'}]}).encode(), "
             "headers={'Authorization': 'Bearer '+os.environ['OPENAI_API_KEY'], 'Content-Type': 'application/json'}); "
             "u.urlopen(r, timeout=60).read(); print('answered', flush=True)\"; sleep 300")
-    records, _ = _rollouts(tmp_path, "--agent", hang, "--tasks", "learning", "--reward", "fraction",
-                           "--max-completion-tokens", "3", "--max-tokens-per-turn", "8", "--budget-grace", "1",
-                           "--agent-timeout", "240", timeout=200)
+    records, _ = _rollouts(tmp_path, "--agent", hang, "--tasks", "learning", "--reward-mode", "fraction",
+                           "--max-completion-tokens", "3", "--max-tokens-per-turn", "8", "--budget-grace-s", "1",
+                           "--agent-wall-time-s", "240", timeout=200)
     (rec,) = records
     assert rec["status"] == "budget" and rec["scorable"]
     assert "answered" in rec["agent_output"]

@@ -3,6 +3,7 @@ CPU training run (TRL 1.16 AsyncGRPOTrainer, tiny Qwen3, real local engine) for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -53,8 +54,9 @@ def test_help_documents_every_option_the_issue_names():
 def test_preset_sets_defaults_and_flags_override_them():
     script, training = parse_train_args(["--preset", "cpu-demo", "--learning-rate", "0.5", "--agent", "pi"])
     demo = PRESETS["cpu-demo"]
-    assert script.model_name_or_path == "embedded" and script.tasks == "embedded" and script.sandbox == "local"
-    assert script.agent == "pi"  # flag beats preset
+    assert script.model_name_or_path == "embedded" and script.tasks == "embedded"
+    assert script.episode_options.sandbox == "local"
+    assert script.episode_options.agent == "pi"  # flag beats preset
     assert training.learning_rate == 0.5
     assert training.max_steps == demo["max_steps"] and training.num_generations == demo["num_generations"]
     assert training.token_budget == 0 and training.per_device_train_batch_size == 2
@@ -69,12 +71,66 @@ def test_config_file_beats_preset_and_flags_beat_config(tmp_path):
                       "output_dir: " + str(tmp_path / "from-yaml") + "\n")
     script, training = parse_train_args(["--config", str(config), "--max-turns", "9"])
     assert script.preset == "cpu-demo" and script.model_name_or_path == "embedded"  # preset named in the file
-    assert training.learning_rate == 0.25 and script.max_turns == 9
+    assert training.learning_rate == 0.25 and script.worker.max_turns == 9
     lora = peft_config_from(script)
     assert lora.r == 4 and set(lora.target_modules) == set(DEFAULT_LORA_TARGETS) and lora.lora_dropout == 0.0
     # The early (pre-import) trackio directory agrees with the parsed one.
     assert early_trackio_dir(["--config", str(config), "--max-turns", "9"]) == trackio_dir_for(script, training)
     assert trackio_dir_for(script, training) == str(tmp_path / "from-yaml" / "trackio")
+
+
+def test_nested_config_sections_reach_the_config_that_owns_each_knob(tmp_path):
+    """mini-swe-agent-style YAML: sections by owner, `sandbox: {backend, ...}` and `agent: {name}` select parts."""
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: cpu-demo\nworker: {max_turns: 5, max_inflight: 3}\nepisode: {agent_wall_time_s: 77}\n"
+                      "grading: {reward_mode: fraction}\nsandbox: {backend: docker, mem_limit: 4g}\nagent: {name: pi}\n"
+                      "learning_rate: 0.125\n")
+    script, training = parse_train_args(["--config", str(config), "--max-inflight", "1"])
+    assert (script.worker.max_turns, script.worker.max_inflight) == (5, 1)  # the flag beats the file
+    assert script.episode.agent_wall_time_s == 77 and script.grading.reward_mode == "fraction"
+    assert script.episode_options.sandbox == "docker" and script.episode_options.sandbox_options == {"mem_limit": "4g"}
+    assert script.episode_options.agent == "pi" and training.learning_rate == 0.125
+
+
+def test_config_file_errors_name_the_problem(tmp_path):
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("preset: cpu-demo\nworker: {max_turnz: 5}\n")
+    with pytest.raises(ValueError, match="unknown option 'max_turnz'"):
+        parse_train_args(["--config", str(bad_key)])
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        parse_train_args(["--config", str(not_mapping), "--preset", "cpu-demo"])
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_train_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_every_preset_key_is_an_option_of_some_config():
+    """A preset key no dataclass owns would be silently ignored by argparse: keep them all real."""
+    known = {f.name for dtype in make_parser().dataclass_types for f in dataclasses.fields(dtype)}
+    for name, preset in PRESETS.items():
+        assert set(preset) <= known, (name, set(preset) - known)
+
+
+def test_each_knob_has_one_definition():
+    """No option name is defined by two of the dataclasses `train` parses (argparse would refuse it anyway), and
+    the knobs merged into one definition are where the issue says."""
+    names = [f.name for dtype in make_parser().dataclass_types for f in dataclasses.fields(dtype)]
+    assert len(names) == len(set(names))
+    for knob in ("agent_wall_time_s", "max_inflight", "max_turns", "reward_mode", "served_model_name", "agent"):
+        assert names.count(knob) == 1, knob
+
+
+def test_help_shows_our_options_grouped_and_no_warnings():
+    proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "train", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "Warning" not in proc.stdout + proc.stderr
+    for group in ("Model, engine, tasks, LoRA", "Agent and sandbox", "Worker: groups", "Episode:", "Grading:"):
+        assert group in proc.stdout, group
+    assert "--help-all" in proc.stdout and len(proc.stdout.splitlines()) < 300
+    full = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "train", "--help-all"], capture_output=True,
+                          text=True, timeout=120)
+    assert full.returncode == 0 and "--learning-rate" in full.stdout and "--max-turns" in full.stdout
 
 
 def test_early_trackio_dir_follows_flags_then_preset(tmp_path):

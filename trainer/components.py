@@ -28,7 +28,7 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
         from trainer.weight_transfer import vllm_serve_command
 
         logger.info("using vLLM at %s; it must have been started as:\n  %s", script.vllm_url,
-                    vllm_serve_command(model_path, script.served_model_name, script.max_model_len, training.dtype))
+                    vllm_serve_command(model_path, served_model_name(script), script.max_model_len, training.dtype))
         yield EngineHandle(url=script.vllm_url.rstrip("/"), weight_transfer=None)
         return
 
@@ -37,7 +37,7 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
 
     with LocalEngineProcess(
         model_path,
-        served_model_name=script.served_model_name,
+        served_model_name=served_model_name(script),
         max_model_len=script.max_model_len,
         dtype=training.dtype if training.dtype in ("float32", "bfloat16") else "float32",
         seed=training.seed,
@@ -56,36 +56,47 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     """
     from transformers import AutoTokenizer
 
+    from intercept_common.config_tree import build
     from rollout_worker.config import WorkerConfig
     from rollout_worker.environment.tasks import load_tasks
-    from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
+    from rollout_worker.factory import build_episode_runner, build_worker
 
     tasks = load_tasks(script.tasks, split=script.task_split, max_tasks=script.max_tasks, seed=training.seed)
     if not tasks:
         raise ValueError(f"--tasks {script.tasks!r} yielded no tasks")
-    runner = build_episode_runner(EpisodeOptions(agent=script.agent, sandbox=script.sandbox, reward=script.reward_mode,
-                                                 agent_timeout_s=script.agent_wall_time_s))
-    config = WorkerConfig(
-        served_model_name=script.served_model_name,
+    runner = build_episode_runner(script.episode_options, script.episode, script.grading)
+    # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
+    # the engine samples exactly as the trainer scores.
+    config = build(
+        WorkerConfig, script.worker,
+        served_model_name=served_model_name(script),
         num_generations=training.num_generations,
-        max_inflight=script.max_inflight,
         temperature=training.temperature,
         top_p=training.top_p,
         top_k=training.top_k if training.top_k and training.top_k > 0 else -1,
-        max_tokens_per_turn=script.max_tokens_per_turn,
-        max_turns=script.max_turns,
         max_completion_tokens=training.max_completion_length,
-        budget_grace_s=script.budget_grace_s,
         max_staleness=training.max_staleness,
         seed=training.seed,
-        episode_timeout_s=script.episode_timeout_s,
-        drop_zero_variance_groups=script.drop_zero_variance_groups,
+        queue_maxsize=training.queue_maxsize,
         keep_trajectories=keep_trajectories,
         max_queued_samples=_max_queued_samples(training),
     )
-    logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.agent, script.sandbox)
+    logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.episode_options.agent,
+                script.episode_options.sandbox)
     return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
                         chat_template=script.chat_template, engine_url=engine_url)
+
+
+def engine_url_if_remote(script: SweTrainArguments) -> str | None:
+    """The vLLM URL the user gave, else None: the engine is the local one this run starts."""
+    return script.vllm_url.rstrip("/") if script.vllm_url else None
+
+
+def served_model_name(script: SweTrainArguments) -> str:
+    """The name the engine serves the model under (WorkerConfig.served_model_name; `policy` for our engine)."""
+    from rollout_worker.factory import served_model_name_for
+
+    return served_model_name_for(script.worker.served_model_name, engine_url_if_remote(script))
 
 
 def _max_queued_samples(training) -> int | None:

@@ -1,13 +1,15 @@
-"""Arguments of `intercept-rl train`: our own dataclass next to TRL's `AsyncGRPOConfig`, parsed the TRL way.
+"""Arguments of `intercept-rl train`: ours, composed from the rollout side's configs, next to TRL's `AsyncGRPOConfig`.
 
-`TrlParser` reads both dataclasses from flags (`--learning-rate` or `--learning_rate`) and from `--config file.yaml`
-(a mapping of the same names; CLI flags win). A `--preset` only changes defaults, so every preset value can still be
-overridden by the config file or a flag: precedence is flag > config file > preset > built-in default.
+The command parses, with one `TrlParser`, `SweTrainArguments` (model, engine, tasks, LoRA: what only training has),
+the rollout side's own configs (`EpisodeOptions`: agent and sandbox; `WorkerConfig`: groups and budgets;
+`EpisodeConfig`; `GradingConfig`) and TRL's `AsyncGRPOConfig`; every knob is defined once, in the dataclass that
+owns it (intercept_common.config_tree). The worker's sampling and group knobs that TRL also defines (`temperature`,
+`top_p`, `top_k`, `num_generations`, `max_staleness`, `seed`, `queue_maxsize`, and `max_completion_length` for the
+worker's `max_completion_tokens`) are TRL's: the trainer and the engine must agree on them.
 
-Options that TRL already defines (learning rate, clip epsilons, temperature, `max_completion_length`,
-`max_staleness`, `weight_sync_steps`, `token_budget`, `num_generations`, `dtype`, `bf16`, `gradient_checkpointing`,
-`output_dir`, `save_steps`, `resume_from_checkpoint`, `report_to`, `project`, `trackio_space_id`, `seed`, `max_steps`,
-...) keep TRL's names; this module only adds what is ours: the engine, tasks, agent, sandbox and LoRA.
+Flags (`--learning-rate` or `--learning_rate`) and `--config file.yaml` (flat, or nested by section: `worker`,
+`episode`, `grading`, `sandbox: {backend, ...}`, `agent: {name}`). A `--preset` only changes defaults:
+precedence is flag > config file > preset > built-in default.
 """
 
 from __future__ import annotations
@@ -16,7 +18,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from intercept_common.config_tree import build, cli_view, load_config_file, parse_config_tree, split_config_flag
+from rollout_worker.config import WorkerConfig
+from rollout_worker.environment.episode import EpisodeConfig
+from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.factory import EpisodeOptions
+
+# WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
+WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
+                          "max_staleness", "seed", "queue_maxsize", "keep_trajectories", "max_queued_samples",
+                          "max_groups")
+WorkerOptions = cli_view(WorkerConfig, exclude=WORKER_FIELDS_FROM_TRL)
+EpisodeSelection = cli_view(EpisodeOptions)
+EpisodeBudget = cli_view(EpisodeConfig)
+GradingOptions = cli_view(GradingConfig)
 
 # Each preset is a mapping of defaults over both dataclasses. Keep them small: a preset is a starting point.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -61,7 +76,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class SweTrainArguments:
-    """What `intercept-rl train` adds to TRL's `AsyncGRPOConfig`: model, engine, tasks, agent, sandbox, LoRA."""
+    """What only training has (model, engine, tasks, LoRA), plus the rollout side's configs it composes."""
+
+    _argument_group_name = "Model, engine, tasks, LoRA (trainer.config.SweTrainArguments)"
 
     preset: str | None = field(
         default=None,
@@ -78,9 +95,6 @@ class SweTrainArguments:
             "start the local engine on this machine (stopped when training ends) and sync weights over HTTP."
         },
     )
-    served_model_name: str = field(
-        default="policy", metadata={"help": "Model name the engine serves and the agents are told to use."}
-    )
     max_model_len: int = field(
         default=4096, metadata={"help": "Context length of the local engine (prompt + completion)."}
     )
@@ -93,42 +107,6 @@ class SweTrainArguments:
     )
     task_split: str = field(default="train", metadata={"help": "Dataset split of the tasks."})
     max_tasks: int | None = field(default=None, metadata={"help": "Use at most this many tasks."})
-    agent: str = field(
-        default="mini-swe-agent",
-        metadata={"help": "Agent CLI run in each sandbox: 'mini-swe-agent', 'pi', 'cmd:<shell command>', 'oracle'."},
-    )
-    sandbox: str = field(
-        default="local", metadata={"help": "Sandbox backend: 'local' (bubblewrap) or 'docker'."}
-    )
-    max_inflight: int = field(
-        default=4, metadata={"help": "Rollouts (agent + sandbox) running at once."}
-    )
-    max_turns: int = field(default=30, metadata={"help": "Agent calls per rollout before its budget ends it."})
-    max_tokens_per_turn: int = field(
-        default=1024, metadata={"help": "Cap on tokens sampled per agent call (the agent may ask for fewer)."}
-    )
-    agent_wall_time_s: float = field(
-        default=900.0,
-        metadata={"help": "Agent wall-time budget per rollout; past it the agent is killed and its work graded."},
-    )
-    budget_grace_s: float = field(
-        default=30.0,
-        metadata={"help": "Seconds the agent may still act on the reply that spent its token budget "
-                  "(max_completion_length): run its last command, write its answer. A further call ends it."},
-    )
-    episode_timeout_s: float = field(
-        default=1800.0, metadata={"help": "Hard wall-time cap on one rollout (agent + grading); past it: unscorable."}
-    )
-    reward_mode: str = field(
-        default="binary",
-        metadata={"help": "'binary': 1 only if every FAIL_TO_PASS and PASS_TO_PASS test passes; 'fraction': the "
-                  "passing share."},
-    )
-    drop_zero_variance_groups: bool = field(
-        default=True,
-        metadata={"help": "Drop groups whose rewards are all equal (no learning signal). The CPU demo keeps them so "
-                  "a model that never solves a task still exercises every step of the loop."},
-    )
     chat_template: str | None = field(
         default=None,
         metadata={"help": "Prefix-preserving training chat template (path or jinja text); default: TRL's for the "
@@ -151,6 +129,11 @@ class SweTrainArguments:
             "'torch' (always the fallback), 'kernel' (never patch)."
         },
     )
+    # The rollout side's own configs, composed (filled by `parse_train_args` from their flags and file sections).
+    episode_options: EpisodeOptions = field(default_factory=EpisodeOptions)
+    worker: Any = field(default_factory=lambda: WorkerOptions())  # WorkerConfig minus what TRL owns
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    grading: GradingConfig = field(default_factory=GradingConfig)
     trackio_dir: str | None = field(
         default=None,
         metadata={"help": "Local Trackio directory (SQLite per project); default: <output_dir>/trackio."},
@@ -161,10 +144,6 @@ class SweTrainArguments:
             raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if self.tree_attention not in ("auto", "torch", "kernel"):
             raise ValueError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
-        if self.max_inflight < 1 or self.max_turns < 1 or self.max_tokens_per_turn < 1:
-            raise ValueError("max_inflight, max_turns and max_tokens_per_turn must be >= 1")
-        if self.reward_mode not in ("binary", "fraction"):
-            raise ValueError(f"reward_mode must be binary or fraction, got {self.reward_mode!r}")
         if self.lora_r < 1:
             raise ValueError("lora_r must be >= 1")
 
@@ -175,13 +154,19 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 BASE_DEFAULTS: dict[str, Any] = {"report_to": ["trackio"], "project": "intercept-rl", "logging_steps": 1}
 
 
+TrainOptions = cli_view(SweTrainArguments)
+# The dataclasses `train` parses, in help order; TRL's AsyncGRPOConfig is appended by `make_parser`.
+OUR_DATACLASSES = (TrainOptions, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions)
+
+
 def make_parser():
-    """The `TrlParser` over (SweTrainArguments, AsyncGRPOConfig); imported lazily because TRL is heavy."""
+    """The `TrlParser` over our dataclasses and AsyncGRPOConfig; imported lazily because TRL is heavy."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # AsyncGRPO is experimental in TRL 1.16: we know
     import torch
     from trl import TrlParser
     from trl.experimental.async_grpo import AsyncGRPOConfig
 
-    parser = TrlParser((SweTrainArguments, AsyncGRPOConfig), prog="intercept-rl train")
+    parser = TrlParser((*OUR_DATACLASSES, AsyncGRPOConfig), prog="intercept-rl train")
     # TRL defaults to bf16 autocast, which transformers refuses without a GPU; keep it only where it can run.
     parser.set_defaults(**BASE_DEFAULTS, bf16=torch.cuda.is_available())
     return parser
@@ -194,26 +179,52 @@ def _preset_name(argv: list[str]) -> str | None:
             return argv[i + 1]
         if arg.startswith("--preset="):
             return arg.split("=", 1)[1]
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
-        with open(argv[argv.index("--config") + 1]) as handle:
-            config = yaml.safe_load(handle)
-        if isinstance(config, dict) and config.get("preset"):
-            return str(config["preset"])
+    path, _ = split_config_flag(argv)
+    if path is not None:
+        preset = load_config_file(path).get("preset")
+        return str(preset) if preset else None
     return None
 
 
 def parse_train_args(argv: list[str] | None = None):
-    """Parse flags / `--config` (over a `--preset`) into `(SweTrainArguments, AsyncGRPOConfig)` and validate them."""
+    """Parse flags / `--config` (over a `--preset`) into `(SweTrainArguments, AsyncGRPOConfig)` and validate them.
+
+    The returned `SweTrainArguments` carries the composed rollout-side configs (`episode_options`, `worker`,
+    `episode`, `grading`).
+    """
     parser = make_parser()
     argv = list(argv or [])
     preset = _preset_name(argv)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        parser.set_defaults(**PRESETS[preset])
-    script_args, training_args = parser.parse_args_and_config(argv)
-    validate(script_args, training_args)
-    return script_args, training_args
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    (options, selection, worker, budget, grading, training), extras = parse_config_tree(
+        parser, argv, defaults=PRESETS.get(preset or "", {}), extra_keys=("sandbox_options", "agent_options"))
+    if extras.get("agent_options"):
+        raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
+    script_args = build(SweTrainArguments, options,
+                        episode_options=build(EpisodeOptions, selection,
+                                              sandbox_options=extras.get("sandbox_options", {})),
+                        worker=worker, episode=build(EpisodeConfig, budget), grading=build(GradingConfig, grading))
+    validate(script_args, training)
+    return script_args, training
+
+
+def print_help(full: bool) -> None:
+    """`--help`: our options, grouped by the config that owns them; `--help-all`: TRL's and transformers' too."""
+    if full:
+        make_parser().print_help()
+        return
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(OUR_DATACLASSES, prog="intercept-rl train")
+    parser.description = ("Train with TRL's AsyncGRPOTrainer on agent rollouts. Options also come from --config "
+                          "FILE.yaml (flat, or nested by section: worker, episode, grading, sandbox: {backend, ...}, "
+                          "agent: {name}); precedence: flag > config file > --preset > default.")
+    parser.epilog = ("TRL's training options (learning_rate, max_steps, num_generations, temperature, "
+                     "max_completion_length, max_staleness, weight_sync_steps, token_budget, output_dir, save_steps, "
+                     "resume_from_checkpoint, report_to, project, seed, ...) and every transformers TrainingArguments "
+                     "field: intercept-rl train --help-all")
+    parser.print_help()
 
 
 def validate(script_args: SweTrainArguments, training_args) -> None:
@@ -261,11 +272,7 @@ def early_trackio_dir(argv: list[str]) -> str:
     early.add_argument("--trackio_dir", "--trackio-dir", default=None)
     early.add_argument("--config", default=None)
     known, _ = early.parse_known_args(argv)
-    file_values: dict[str, Any] = {}
-    if known.config:
-        with open(known.config) as handle:
-            loaded = yaml.safe_load(handle)
-        file_values = loaded if isinstance(loaded, dict) else {}
+    file_values: dict[str, Any] = load_config_file(known.config) if known.config else {}
     preset = PRESETS.get(_preset_name(argv) or "", {})
 
     def pick(key: str, flag_value):

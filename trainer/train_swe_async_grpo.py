@@ -226,12 +226,17 @@ def _exit_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv or "-h" in argv or "--help" in argv:
+        from trainer.config import print_help
+
+        print_help(full="--help-all" in argv)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         trackio_dir = configure_trackio(argv)
         script, training = parse_train_args(argv)
         checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"intercept-rl train: {error}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)

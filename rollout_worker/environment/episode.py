@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 class EpisodeConfig:
     """Budgets and bookkeeping of one sandboxed episode."""
 
-    wall_time_s: float = field(default=1800.0, metadata={"help": "Agent wall-time budget; past it the agent is "
+    _argument_group_name = "Episode: the agent's budget in its sandbox (environment.episode.EpisodeConfig)"
+
+    agent_wall_time_s: float = field(default=900.0, metadata={"help": "Agent wall-time budget; past it the agent is "
                                                            "killed and its work graded (status `budget`)."})
     output_tail_bytes: int = field(default=65536, metadata={"help": "How much of the agent's output to keep."})
     crash_is_agent_error: bool = field(
@@ -123,7 +125,7 @@ class SandboxEpisodeRunner:
         """EXIT (the agent ended on its own), STOP (the worker's event) or WALL_TIME."""
         if stop.is_set():
             return AgentEnd.STOP
-        exited = asyncio.ensure_future(process.wait(self.config.wall_time_s))
+        exited = asyncio.ensure_future(process.wait(self.config.agent_wall_time_s))
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)

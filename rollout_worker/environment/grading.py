@@ -62,12 +62,14 @@ class GradingError(RuntimeError):
 class GradingConfig:
     """How the grader turns an agent's repository into a reward."""
 
+    _argument_group_name = "Grading: how the agent's work becomes a reward (environment.grading.GradingConfig)"
+
     reward_mode: Literal["binary", "fraction"] = field(
         default="binary",
         metadata={"help": "`binary`: 1.0 only if every FAIL_TO_PASS and PASS_TO_PASS test passes, else 0.0. "
                   "`fraction`: the fraction of those tests that pass."},
     )
-    timeout_s: float = field(
+    test_timeout_s: float = field(
         default=300.0, metadata={"help": "Wall-clock limit of the single test run; past it the episode is unscorable."}
     )
     test_command: list[str] | None = field(
@@ -217,13 +219,13 @@ class FailPassGrader:
                 "--continue-on-collection-errors", f"--junitxml={report_name}", *files_of_tests(tests)]
         run_started = time.monotonic()
         try:
-            res = await self.executor.run(fresh, argv, cfg.timeout_s)
+            res = await self.executor.run(fresh, argv, cfg.test_timeout_s)
         except Exception as e:
             raise GradingError(f"test executor failed: {type(e).__name__}: {e}") from e
         details.update(test_exit_code=res.exit_code, test_run_s=round(time.monotonic() - run_started, 3),
                        test_output_tail=(res.stdout + res.stderr)[-4000:])
         if res.timed_out:
-            raise GradingError(f"test run timed out after {cfg.timeout_s:g}s")
+            raise GradingError(f"test run timed out after {cfg.test_timeout_s:g}s")
 
         outcomes = self._read_outcomes(fresh / report_name, res, tests)
         return self._score(task, outcomes, details)
