@@ -308,3 +308,18 @@ def test_status_page_serves_state_step_reward_and_stops_on_sigterm(space):
     assert proc.returncode == 143, output
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/healthz", timeout=2)
+
+
+def test_the_trainer_accepts_every_flag_start_sh_passes(space):
+    """start.sh's trainer command line parses with `intercept-rl train`'s own parser (no unknown flag)."""
+    proc = space.run(INTERCEPT_RL_TRACKIO_SPACE_ID="someone/dash")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    argv = space.record("accelerate")["argv"]
+    script_args = argv[argv.index("trainer/train_swe_async_grpo.py") + 1:]
+    from trainer.config import parse_train_args
+
+    script, training = parse_train_args(script_args)
+    assert script.model_name_or_path == "some-org/some-model"
+    assert script.vllm_url == f"http://127.0.0.1:{space.ports['INTERCEPT_RL_VLLM_PORT']}"
+    assert training.dtype == "bfloat16" and training.output_dir == str(space.tmp / "out")
+    assert training.trackio_space_id == "someone/dash" and training.max_steps == 2
