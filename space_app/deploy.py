@@ -2,7 +2,7 @@
 
 The deployment is a *plan*: an ordered list of `HfApi` calls built from the options before anything is called.
 `--dry-run` prints the plan (secrets by name only, never their values) and calls nothing; a real deploy runs the
-same list. Order: create the Space (private unless `--public`) → its secrets (`HF_TOKEN`, a freshly generated gate
+same list. Order: create the Space (private unless `--public`; the visibility is also enforced on an existing Space) → its secrets (`HF_TOKEN`, a freshly generated gate
 secret) → its variables (model, training options, Trackio) → the hardware → one commit with `space_app/` (Dockerfile
 and Space card at the root) and the package. `--follow` then follows the build and run and pauses the Space when
 training ends (or fails), so a GPU Space does not bill idle hours.
@@ -224,6 +224,8 @@ def build_plan(options: DeployOptions, *, hf_token: SecretValue | None = None, g
     calls = [
         ApiCall("create_repo", {"repo_id": repo, "repo_type": "space", "space_sdk": "docker",
                                 "private": options.private, "exist_ok": True}),
+        ApiCall("update_repo_settings", {"repo_id": repo, "repo_type": "space", "private": options.private},
+                "an existing Space keeps its visibility on create_repo: enforce the one asked for"),
         ApiCall("add_space_secret", {"repo_id": repo, "key": HF_TOKEN_SECRET, "value": hf_token},
                 "the trainer pushes checkpoints / Trackio; the Space pauses itself with it"),
         ApiCall("add_space_secret", {"repo_id": repo, "key": GATE_SECRET, "value": gate_secret},

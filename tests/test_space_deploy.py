@@ -33,6 +33,7 @@ def test_dry_run_prints_private_plan_with_secret_names_hardware_and_uploads_neve
     assert "DRY RUN" in out
     assert "HfApi.create_repo(repo_id='someone/test', repo_type='space', space_sdk='docker', private=True" in out
     assert "Space someone/test: private" in out
+    assert "HfApi.update_repo_settings(repo_id='someone/test', repo_type='space', private=True)" in out
     assert "secrets (values never printed): HF_TOKEN, INTERCEPT_RL_GATE_SECRET" in out
     assert "HfApi.add_space_secret(repo_id='someone/test', key='HF_TOKEN', value=<secret HF_TOKEN" in out
     assert "HfApi.request_space_hardware(repo_id='someone/test', hardware='l40sx4')" in out
@@ -109,6 +110,7 @@ def test_real_deploy_runs_the_plan_in_order_with_secret_values_passed_only_to_th
     assert names[0] == "create_repo" and names[-1] == "create_commit"
     assert names.index("request_space_hardware") < names.index("create_commit")
     assert api.calls[0][1]["private"] is True
+    assert api.calls[1] == ("update_repo_settings", {"repo_id": "someone/test", "repo_type": "space", "private": True})
     secrets_passed = {kw["key"]: kw["value"] for name, kw in api.calls if name == "add_space_secret"}
     assert secrets_passed["HF_TOKEN"] == FAKE_TOKEN
     gate = secrets_passed["INTERCEPT_RL_GATE_SECRET"]
