@@ -36,11 +36,11 @@ TRAIN_ARGS="${INTERCEPT_RL_TRAIN_ARGS:-}"
 ACCELERATE_CONFIG="${INTERCEPT_RL_ACCELERATE_CONFIG:-$APP_DIR/trainer/accelerate_fsdp2.yaml}"
 PAUSE_WHEN_DONE="${INTERCEPT_RL_PAUSE_WHEN_DONE:-0}"
 KEEP_SERVING="${INTERCEPT_RL_KEEP_SERVING:-1}"
-# The gate's loopback port, proxied by the status page at /rollout/..., and the public base URL sandboxes outside
-# the Space would use (SPACE_HOST is set by the Spaces runtime).
+# The gate's loopback port, proxied by the status page at /rollout/..., and the public origin sandboxes outside the
+# Space would reach it at (space_app/remote_sandbox.py; SPACE_HOST is set by the Spaces runtime).
 export INTERCEPT_RL_GATE_PORT="${INTERCEPT_RL_GATE_PORT:-8001}"
 if [[ -n "${SPACE_HOST:-}" ]]; then
-  export INTERCEPT_RL_GATE_PUBLIC_BASE_URL="https://${SPACE_HOST}/rollout"
+  export INTERCEPT_RL_PUBLIC_URL="https://${SPACE_HOST}"
 fi
 export INTERCEPT_RL_TRACKIO_PROJECT="$TRACKIO_PROJECT" INTERCEPT_RL_STATE_DIR="$STATE_DIR"
 
