@@ -103,9 +103,10 @@ def render_html(status: dict) -> str:
 
 
 def build_app(state_dir: Path, gate_port: int | None = None):
-    from aiohttp import ClientSession, ClientTimeout, web
+    from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
     semaphore = asyncio.Semaphore(MAX_PROXY_CONCURRENCY)
+    session_key = web.AppKey("session", ClientSession)
 
     async def index(_request):
         return web.Response(text=render_html(read_status(state_dir)), content_type="text/html")
@@ -127,7 +128,13 @@ def build_app(state_dir: Path, gate_port: int | None = None):
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
             url = f"http://127.0.0.1:{gate_port}{request.rel_url}"
-            async with request.app["session"].request(request.method, url, headers=headers, data=body) as upstream:
+            try:
+                upstream_cm = request.app[session_key].request(request.method, url, headers=headers, data=body)
+                upstream = await upstream_cm.__aenter__()
+            except ClientError:
+                return web.json_response({"error": {"message": "the gate is not reachable", "type": "server_error"}},
+                                         status=502)
+            try:
                 response = web.StreamResponse(status=upstream.status, headers={
                     k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
                 await response.prepare(request)
@@ -135,12 +142,14 @@ def build_app(state_dir: Path, gate_port: int | None = None):
                     await response.write(chunk)
                 await response.write_eof()
                 return response
+            finally:
+                await upstream_cm.__aexit__(None, None, None)
 
     async def on_startup(app):
-        app["session"] = ClientSession(timeout=ClientTimeout(total=None, sock_connect=10))
+        app[session_key] = ClientSession(timeout=ClientTimeout(total=None, sock_connect=10))
 
     async def on_cleanup(app):
-        await app["session"].close()
+        await app[session_key].close()
 
     app = web.Application(client_max_size=MAX_PROXY_BODY)
     app.router.add_get("/", index)
