@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from intercept_common.loop_thread import LoopThread
 
 from .config import GateConfig
 from .rollout import RolloutHandle
@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 class BackgroundGate:
-    """An `InterceptionServer` on a daemon thread with its own event loop.
+    """An `InterceptionServer` on a daemon thread with its own event loop (`intercept_common.loop_thread`).
 
     Every method is thread-safe and bounded: work is handed to the loop with `asyncio.run_coroutine_threadsafe` and
     waited for at most `timeout` seconds (default `call_timeout_s`). Objects the server hands out (`RolloutHandle`,
@@ -31,8 +31,7 @@ class BackgroundGate:
                                  secret=secret)
         self.call_timeout_s = call_timeout_s
         self._server: InterceptionServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("intercept-rl-gate", call_timeout_s)
 
     @property
     def server(self) -> InterceptionServer:
@@ -45,23 +44,25 @@ class BackgroundGate:
         return self.server.url
 
     @property
+    def running(self) -> bool:
+        """True from `start()` until `stop()` (the loop thread is alive)."""
+        return self._loop_thread.running
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
+        if not self._loop_thread.running:
             raise RuntimeError("the gate is not started")
-        return self._loop
+        return self._loop_thread.loop
 
     def start(self, timeout: float | None = None) -> str:
         """Start the loop thread and the server; return the server URL."""
-        if self._thread is not None:
+        if self._loop_thread.running:
             raise RuntimeError("the gate is already started")
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=self._run_loop, args=(loop,), name="intercept-rl-gate", daemon=True)
-        self._loop, self._thread = loop, thread
-        thread.start()
+        self._loop_thread.start()
         try:
             self._server = self.run(self._make_and_start(), timeout)
         except BaseException:
-            self._shutdown_loop(timeout)
+            self._loop_thread.stop(timeout)
             raise
         return self._server.url
 
@@ -70,24 +71,12 @@ class BackgroundGate:
         await server.start()
         return server
 
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_forever()
-
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the gate's loop and return its result; on timeout cancel it and raise `TimeoutError`."""
-        loop = self.loop
-        if self._thread is threading.current_thread():
+        if not self._loop_thread.running:
             coro.close()
-            raise RuntimeError("BackgroundGate.run() called from the gate's own loop thread; await instead")
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        limit = self.call_timeout_s if timeout is None else timeout
-        try:
-            return future.result(limit)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"gate call did not finish within {limit} s") from None
+            raise RuntimeError("the gate is not started")
+        return self._loop_thread.run(coro, timeout)
 
     def open_rollout(self, rollout_id: str, timeout: float | None = None) -> RolloutHandle:
         return self.run(self.server.open_rollout(rollout_id), timeout)
@@ -100,24 +89,13 @@ class BackgroundGate:
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the server (closing every rollout), then the loop and its thread. Safe to call twice."""
-        if self._thread is None:
+        if not self._loop_thread.running:
             return
         try:
             if self._server is not None:
                 self.run(self._server.stop(), timeout)
         finally:
-            self._shutdown_loop(timeout)
-
-    def _shutdown_loop(self, timeout: float | None) -> None:
-        loop, thread = self._loop, self._thread
-        self._thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(self.call_timeout_s if timeout is None else timeout)
-        if not thread.is_alive():
-            loop.close()
-            self._loop = None
+            self._loop_thread.stop(timeout)
 
     def __enter__(self) -> BackgroundGate:
         self.start()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class RolloutEndpoint:
     """Where an agent reaches the policy: the rollout's own gate URL (ends in /v1), its own key and model name.
 
-    `base_url` is a host-side URL on loopback; sandboxes that isolate the network relay it (DESIGN §7) and hand the
+    `base_url` is a host-side URL on loopback; sandboxes that isolate the network relay it (design §7) and hand the
     agent their inner URL instead. The key never appears in `repr`.
     """
 

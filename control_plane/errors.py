@@ -6,6 +6,8 @@ import json
 
 from aiohttp import web
 
+from intercept_common.openai_errors import openai_error_body
+
 # The `type` OpenAI uses for each status family; clients (openai SDKs, litellm) map on the status, humans read `type`.
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -41,7 +43,7 @@ class GateError(Exception):
         self.type = type or error_type_for(status)
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+        return openai_error_body(self.message, self.type, code=self.code)
 
     def response(self, headers: dict[str, str] | None = None) -> web.Response:
         return web.Response(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .endpoint import RolloutEndpoint
 from .errors import GateError, RolloutClosed
 from .responses import new_completion_id, normalize_reply
 
-# Why a request ended without a reply (`InterceptedRequest.end_reason`).
+# How a request ended (`InterceptedRequest.end_reason`).
 REPLIED = "replied"
 FAILED = "failed"
 CLIENT_DISCONNECTED = "client_disconnected"
@@ -33,7 +34,9 @@ def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
                            "BackgroundGate.run(coro)")
 
 
-class _Reply:
+class Reply:
+    """The worker's answer, normalized for the wire (what `InterceptedRequest.outcome` resolves to)."""
+
     __slots__ = ("message", "finish_reason", "usage")
 
     def __init__(self, message: dict, finish_reason: str, usage: dict) -> None:
@@ -85,7 +88,7 @@ class InterceptedRequest:
         self.disconnected = asyncio.Event()
         self.end_reason: str | None = None
         self.taken = False  # handed to a worker by `next_request`
-        self._outcome: asyncio.Future[_Reply | GateError] = asyncio.get_running_loop().create_future()
+        self._outcome: asyncio.Future[Reply | GateError] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
         return f"InterceptedRequest(rollout_id={self.rollout_id!r}, id={self.id!r}, stream={self.stream})"
@@ -105,7 +108,7 @@ class InterceptedRequest:
         if self._outcome.done():
             return False
         wire_message, wire_usage = normalize_reply(message, finish_reason, usage)
-        self._settle(_Reply(wire_message, finish_reason, wire_usage), REPLIED)
+        self.settle(Reply(wire_message, finish_reason, wire_usage), REPLIED)
         return True
 
     async def fail(self, status: int, message: str, code: str | None = None, type: str | None = None) -> bool:
@@ -116,11 +119,17 @@ class InterceptedRequest:
         _require_loop(self._outcome.get_loop())
         if self._outcome.done():
             return False
-        self._settle(GateError(status, message, code=code, type=type), FAILED)
+        self.settle(GateError(status, message, code=code, type=type), FAILED)
         return True
 
-    def _settle(self, outcome: _Reply | GateError | None, reason: str) -> None:
-        """Settle once; every end other than a worker's reply/fail also sets `disconnected`."""
+    @property
+    def outcome(self) -> asyncio.Future[Reply | GateError]:
+        """The future the gate's HTTP handler waits on: the worker's `Reply`, or the `GateError` to answer with."""
+        return self._outcome
+
+    def settle(self, outcome: Reply | GateError | None, reason: str) -> None:
+        """End the request once (the gate's handler: client gone, timed out; the rollout: closed). Every end other
+        than a worker's reply/fail also sets `disconnected`. Later calls do nothing."""
         if self._outcome.done():
             return
         self.end_reason = reason
@@ -140,8 +149,9 @@ class RolloutHandle:
     `base_url` ends in `/v1` (give it to the agent as its OpenAI base URL) and `api_key` opens this rollout only.
     """
 
-    def __init__(self, server: Any, rollout_id: str, base_url: str, api_key: str, model: str) -> None:
-        self._server = server
+    def __init__(self, rollout_id: str, base_url: str, api_key: str, model: str,
+                 on_close: Callable[[RolloutHandle], None]) -> None:
+        self._on_close = on_close  # the server forgets the rollout: its URL answers 404 from then on
         self.rollout_id = rollout_id
         self.base_url = base_url
         self.api_key = api_key
@@ -218,16 +228,17 @@ class RolloutHandle:
         if self._closed:
             return
         self._closed = True
-        self._server._forget_rollout(self)
+        self._on_close(self)
         self.dialect_state.clear()
         error_message = f"{reason}; this rollout accepts no more requests"
         for req in list(self._pending):
-            req._settle(GateError(404, error_message, code="rollout_closed"), ROLLOUT_CLOSED)
+            req.settle(GateError(404, error_message, code="rollout_closed"), ROLLOUT_CLOSED)
         self._pending.clear()
         self._queue.put_nowait(_CLOSED)
 
-    # -- used by the HTTP handler ------------------------------------------------------------------------------
-    def _admit(self, req: InterceptedRequest, max_pending: int) -> None:
+    # -- used by the gate's HTTP handler ---------------------------------------------------------------------------
+    def admit(self, req: InterceptedRequest, max_pending: int) -> None:
+        """Queue a call for the worker; 404 when closed, 429 past `max_pending` calls in flight."""
         if self._closed:
             raise GateError(404, f"rollout {self.rollout_id!r} is closed", code="rollout_closed")
         if len(self._pending) >= max_pending:
@@ -236,5 +247,6 @@ class RolloutHandle:
         self._pending.add(req)
         self._queue.put_nowait(req)
 
-    def _release(self, req: InterceptedRequest) -> None:
+    def release(self, req: InterceptedRequest) -> None:
+        """The call's HTTP exchange is over (answered or abandoned)."""
         self._pending.discard(req)

@@ -25,13 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
+from intercept_common.http_site import start_site
+
 from .config import GateConfig
 from .dialects import (ANTHROPIC_MESSAGES, CHAT_COMPLETIONS, OPENAI_RESPONSES, Answer, Dialect, Frame, ParsedCall,
                        dialect_for_path)
 from .dialects.anthropic_request import estimate_input_tokens, parse_messages_body
 from .errors import GateError
 from .metrics import CLIENT_CLOSED, GateMetrics
-from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, RolloutHandle, _Reply
+from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, Reply, RolloutHandle
 from .validation import parse_json_body
 
 logger = logging.getLogger(__name__)
@@ -91,23 +93,13 @@ class InterceptionServer:
         app.router.add_get("/rollout/{rollout_id}/v1/models", self._models, name="models", allow_head=False)
         app.router.add_get("/healthz", self._healthz, name="healthz", allow_head=False)
         app.router.add_get("/metrics", self._metrics_text, name="metrics", allow_head=False)
-        # handler_cancellation: a client that disconnects cancels its handler, which is how the worker learns of it.
-        # No access log: it is per-request work on the hot path and would record rollout ids.
-        # lingering_time: after an early answer (408/413) aiohttp drains the unread body before closing; 10 s by
-        # default would let a trickling client hold the connection, 0 risks a reset that eats the answer.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=_LINGER_S,
-                               shutdown_timeout=self.config.shutdown_timeout_s)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.port = port
-        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        # A client that disconnects cancels its handler (start_site's handler_cancellation): that is how the worker
+        # learns of it. lingering_time: after an early answer (408/413) aiohttp drains the unread body before
+        # closing; 10 s by default would let a trickling client hold the connection, 0 risks a reset that eats the
+        # answer.
+        self._runner, self._url = await start_site(app, host=self.host, port=self.port, lingering_time=_LINGER_S,
+                                                   shutdown_timeout=self.config.shutdown_timeout_s)
+        self.port = self._runner.addresses[0][1]
         self._started_at = time.monotonic()
 
     async def stop(self) -> None:
@@ -128,8 +120,8 @@ class InterceptionServer:
         if rollout_id in self._used_ids:
             raise ValueError(f"rollout id {rollout_id!r} was already used; rollout ids are single-use")
         self._used_ids.add(rollout_id)
-        handle = RolloutHandle(self, rollout_id, f"{self._url}/rollout/{rollout_id}/v1", self._key_for(rollout_id),
-                               self.served_model_name)
+        handle = RolloutHandle(rollout_id, f"{self._url}/rollout/{rollout_id}/v1", self._key_for(rollout_id),
+                               self.served_model_name, on_close=self._forget_rollout)
         self._rollouts[rollout_id] = handle
         self._metrics.rollouts_opened_total += 1
         return handle
@@ -267,7 +259,7 @@ class InterceptionServer:
                                  stream=chat.stream, include_usage=chat.include_usage, params=chat.params,
                                  model=chat.model, request_id=dialect.new_id(secrets.token_hex(12)),
                                  dialect=dialect.name.value)
-        rollout._admit(req, self.config.max_pending_per_rollout)
+        rollout.admit(req, self.config.max_pending_per_rollout)
         try:
             if req.stream:
                 return await self._answer_stream(request, req, dialect, call, rollout)
@@ -281,7 +273,7 @@ class InterceptionServer:
             self._client_left(req)
             raise
         finally:
-            rollout._release(req)
+            rollout.release(req)
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
         """Anthropic's `count_tokens`: an estimate (see `estimate_input_tokens`), never sent to the worker."""
@@ -292,9 +284,9 @@ class InterceptionServer:
     def _client_left(self, req: InterceptedRequest) -> None:
         if not req.done:
             self._metrics.disconnects_total += 1
-        req._settle(None, CLIENT_DISCONNECTED)
+        req.settle(None, CLIENT_DISCONNECTED)
 
-    def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: _Reply) -> Answer:
+    def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: Reply) -> Answer:
         finish = reply.finish_reason
         if finish == "length" and not self.config.report_truncation:
             finish = "stop"  # see GateConfig.report_truncation: the worker already holds the cut turn as sampled
@@ -329,9 +321,9 @@ class InterceptionServer:
             self._client_left(req)
         return response
 
-    async def _await_outcome(self, req: InterceptedRequest, keepalive: Any) -> _Reply | GateError:
+    async def _await_outcome(self, req: InterceptedRequest, keepalive: Any) -> Reply | GateError:
         """Wait for the worker's answer, bounded by the queue and request timeouts, sending keep-alives if asked."""
-        future = req._outcome
+        future = req.outcome
         config = self.config
         interval = config.keepalive_interval_s
         next_keepalive = req.received_at + interval
@@ -348,7 +340,7 @@ class InterceptionServer:
                                       code="queue_timeout")
                 else:
                     error = GateError(504, f"no reply within {config.request_timeout_s} s", code="request_timeout")
-                req._settle(error, TIMED_OUT)
+                req.settle(error, TIMED_OUT)
                 break
             wake = deadline if keepalive is None else min(deadline, next_keepalive)
             await asyncio.wait((future,), timeout=max(wake - now, 0.0))

@@ -1,6 +1,6 @@
 """Validation of chat-completion request bodies.
 
-Accepts what real agents send (DESIGN §7): content as a string or a list of text parts, `content: null` on
+Accepts what real agents send (design §7): content as a string or a list of text parts, `content: null` on
 tool-call turns, unknown extra keys anywhere (`provider_specific_fields`, `store`, `metadata`, `cache_control`…).
 Rejects, with a 400 that names the offending field, anything the worker could not turn into a prompt.
 """
@@ -18,7 +18,7 @@ from .errors import GateError
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 # Sampling keys copied into `InterceptedRequest.params` when present and not null, with their accepted JSON types.
-# The worker decides which of them, if any, may influence the policy (DESIGN §4: the policy's own sampling params win).
+# The worker decides which of them, if any, may influence the policy (design §4: the policy's own sampling params win).
 _NUMBER = "number"
 _INT = "integer"
 _BOOL = "boolean"

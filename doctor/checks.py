@@ -19,9 +19,9 @@ from pathlib import Path
 from . import locks
 
 ROOT = locks.PROJECT_ROOT
-MIN_NODE = (20, 6)  # pi needs >= 20.6 (DESIGN §7)
+MIN_NODE = (20, 6)  # pi needs >= 20.6 (design §7)
 MIN_FREE_GB = 5.0
-# TRL 1.16's vLLM support window (DESIGN §5); outside it TRL's client and weight-transfer calls do not match.
+# TRL 1.16's vLLM support window (design §5); outside it TRL's client and weight-transfer calls do not match.
 VLLM_SUPPORTED = ((0, 22, 0), (0, 31, 99))
 VLLM_TRAINING_FLAGS = ("VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --served-model-name NAME "
                        "--weight-transfer-config '{\"backend\":\"nccl\"}' --logprobs-mode processed_logprobs "

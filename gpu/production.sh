@@ -81,7 +81,7 @@ ENV
   [[ -f "$model_dir/config.json" ]] || { say "model build failed: $model_dir"; exit 1; }
   echo "$model_dir" > /tmp/model_dir
   say "model: $model_dir ($(du -sh "$model_dir" | cut -f1))"
-  # DESIGN §5's production command, on its own GPU (--enforce-eager: no compile/CUDA-graph minutes at start).
+  # design §5's production command, on its own GPU (--enforce-eager: no compile/CUDA-graph minutes at start).
   CUDA_VISIBLE_DEVICES=$VLLM_GPU VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy \
     --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 4096 \
     --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 --enforce-eager ${VLLM_EXTRA:-} \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device call A (after the vLLM chunks were copied to /tmp/vc): install vLLM + our wheels, run the GPU checks that
-# need no server (tree attention), build the model with our code and start vLLM DETACHED with DESIGN §5's command.
+# need no server (tree attention), build the model with our code and start vLLM DETACHED with design §5's command.
 # Usage (repo root, on the GPU box): bash gpu/setup_and_start.sh [tiny|wide] [float32|bfloat16]
 #   SKIP_TREE=1 skips the tree-attention checks; VLLM_EXTRA adds vllm serve flags. fp32 + head_dim 16 selects
 #   FLEX_ATTENTION, whose metadata scales with the KV block count and OOMs at start on a big GPU (H200: "Tried to
@@ -43,7 +43,7 @@ echo "tree attention done after $(( $(date +%s) - t0 )) s"
 model_dir=$(python3 gpu/build_model.py --variant "$variant" --cache-dir /tmp/irl | tail -1) || exit 1
 echo "model: $model_dir"
 echo "$model_dir" > /tmp/model_dir
-# DESIGN §5's production command (plus the kit's memory cap and --enforce-eager to skip minutes of compilation).
+# design §5's production command (plus the kit's memory cap and --enforce-eager to skip minutes of compilation).
 VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy \
   --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 2048 \
   --dtype "$dtype" --gpu-memory-utilization 0.35 --port 8000 --enforce-eager ${VLLM_EXTRA:-} > /tmp/vllm.log 2>&1 < /dev/null &

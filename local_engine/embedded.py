@@ -1,4 +1,4 @@
-"""The embedded tiny model: a random-init Qwen3 with the real Qwen3 tokenizer, built once and cached (DESIGN §6).
+"""The embedded tiny model: a random-init Qwen3 with the real Qwen3 tokenizer, built once and cached (design §6).
 
 It cannot solve anything; it exists so that the whole machinery (engine, worker, trainer) runs on a CPU box with no
 download. The build is deterministic (fixed seed, fixed config), so every machine gets bit-identical weights and a

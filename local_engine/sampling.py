@@ -1,7 +1,7 @@
 """Sampling parameters of one completion request and the logits → logprobs → token step.
 
 Logprobs follow vLLM's `--logprobs-mode processed_logprobs`, because TRL's PPO ratio compares them with the
-trainer's own log-softmax at the training temperature (DESIGN §4):
+trainer's own log-softmax at the training temperature (design §4):
 
     logprobs = log_softmax(filter_top_k_top_p(logits / temperature))
 

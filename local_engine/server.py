@@ -64,6 +64,15 @@ class EngineConfig:
     )
 
 
+ENGINE_SERVER: web.AppKey[EngineServer] = web.AppKey("engine_server")
+
+
+async def _stop_generator(app: web.Application) -> None:
+    """On shutdown, before connections close: the generator thread stops, so waiting requests fail cleanly at once
+    instead of holding the shutdown for their generation."""
+    await asyncio.to_thread(app[ENGINE_SERVER].generator.close)
+
+
 def error_response(status: int, message: str, err_type: str, param: str | None = None) -> web.Response:
     """vLLM's error JSON (its `code` is the HTTP status)."""
     return web.json_response(openai_error_body(message, err_type, code=status, param=param), status=status)
@@ -125,11 +134,9 @@ class EngineServer:
             web.post("/update_weights", self.update_weights),
             web.get("/weights_version", self.weights_version),
         ])
-        app.on_shutdown.append(self._on_shutdown)
+        app[ENGINE_SERVER] = self
+        app.on_shutdown.append(_stop_generator)
         return app
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        await asyncio.to_thread(self.generator.close)
 
     # ---- introspection ------------------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:

@@ -49,7 +49,7 @@ class AgentEnd(enum.StrEnum):
 
 
 class ForkReason(enum.StrEnum):
-    """Why a request did not extend the held conversation, so a new training row starts (DESIGN §3)."""
+    """Why a request did not extend the held conversation, so a new training row starts (design §3)."""
 
     TOOLS_CHANGED = "tools_changed"
     HISTORY_EDITED = "history_edited"  # a held message differs: truncated middle, summary, edit

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Brings a Docker engine up for the Docker tests and CI (docs/containers.md, DESIGN §7), idempotently:
+# Brings a Docker engine up for the Docker tests and CI (docs/containers.md, design §7), idempotently:
 #   1. installs docker.io and mmdebstrap with apt when they are missing (as root, or through sudo);
 #   2. starts `dockerd --storage-driver=overlay2 --iptables=false --bridge=none` when no daemon answers, and records
 #      that it did (pid file + marker): scripts/docker_down.sh stops only a daemon this script started;

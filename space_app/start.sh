@@ -8,7 +8,7 @@
 #   2. preflight (space_app/preflight.py): refuses to run model-written code unsandboxed unless opted in;
 #   3. GPUs from nvidia-smi: vLLM gets the first, the trainer the rest (NCCL weight sync needs them apart);
 #      one GPU: refused with the reason (there is no one-GPU mode yet, see docs/space.md);
-#   4. vLLM with the training flags (DESIGN §5); waits for /health at most INTERCEPT_RL_VLLM_HEALTH_TIMEOUT_S and
+#   4. vLLM with the training flags (design §5); waits for /health at most INTERCEPT_RL_VLLM_HEALTH_TIMEOUT_S and
 #      exits non-zero if vLLM dies or does not become healthy;
 #   5. `accelerate launch` (FSDP2, trainer/accelerate_fsdp2.yaml) of trainer/train_swe_async_grpo.py; if vLLM dies
 #      meanwhile the trainer is stopped and this exits non-zero;

@@ -276,4 +276,4 @@ def test_sync_sdk_through_background_gate():
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="policy", messages=MESSAGES)
         client.close()
-    assert gate._thread is None
+    assert not gate.running

@@ -74,7 +74,7 @@ def test_compact_tool_call_round_trip(tokenizer, prompt_ids):
 
 
 def test_without_prefix_and_tools_trl_returns_tool_calls_as_text(tokenizer, prompt_ids):
-    """The DESIGN §3 trap our parse avoids: the bare call loses the tool call into `content`."""
+    """The design §3 trap our parse avoids: the bare call loses the tool call into `content`."""
     ids = encode(tokenizer, '<tool_call>\n{"name":"bash","arguments":{"command":"ls"}}\n</tool_call><|im_end|>')
     bare = parse_response(parsing_tokenizer(tokenizer), ids)
     assert "tool_calls" not in bare and "<tool_call>" in bare["content"]

@@ -1,4 +1,4 @@
-"""Weight sync from the trainer to the engine that generates rollouts (DESIGN §4, §5).
+"""Weight sync from the trainer to the engine that generates rollouts (design §4, §5).
 
 Two backends, one per engine:
 
@@ -146,7 +146,7 @@ class LocalEngineWeightTransfer:
 def vllm_serve_command(
     model: str, served_model_name: str, max_model_len: int, dtype: str, port: int = 8000, tensor_parallel_size: int = 1
 ) -> str:
-    """The `vllm serve` line a training run with these arguments needs (DESIGN §5)."""
+    """The `vllm serve` line a training run with these arguments needs (design §5)."""
     return (
         f"VLLM_SERVER_DEV_MODE=1 vllm serve {model} --served-model-name {served_model_name} "
         f"--tensor-parallel-size {tensor_parallel_size} --weight-transfer-config '{{\"backend\":\"nccl\"}}' "

@@ -1,7 +1,7 @@
 """What a gate dialect is: one agent wire format translated to and from the gate's internal conversation.
 
 Whatever the agent speaks, the worker receives the same thing: OpenAI chat `messages` (+ `tools`), checked by
-`validation.py`, in an unchanged `InterceptedRequest`. Token exactness (held ids + rendered suffix, DESIGN §3) is
+`validation.py`, in an unchanged `InterceptedRequest`. Token exactness (held ids + rendered suffix, design §3) is
 decided on that internal conversation only, so a dialect can never weaken it — as long as it maps the agent's echo of
 our previous reply back onto the same internal assistant message (content, reasoning, tool calls with their ids and
 arguments). A dialect therefore does four things, and nothing else:

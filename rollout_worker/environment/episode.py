@@ -1,7 +1,7 @@
 """The sandboxed episode: sandbox → agent → exit / budget / stop → kill → host-side grading → destroy.
 
 `SandboxEpisodeRunner` implements `EpisodeRunner` (rollout_worker/types.py). Grading always sees the agent's tree
-after every agent process is dead (DESIGN §2.5, §7), and the sandbox is destroyed on every path, cancellation
+after every agent process is dead (design §2.5, §7), and the sandbox is destroyed on every path, cancellation
 included. Failures map to unscorable statuses: sandbox creation → INFRA_ERROR, agent preparation/start or a
 crash → AGENT_ERROR, grader failure → INFRA_ERROR. The reward never reaches the agent: it is dead by then.
 """

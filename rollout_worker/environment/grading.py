@@ -1,4 +1,4 @@
-"""Host-side grading: the agent's source changes, applied to a fresh base, judged by the task's tests (DESIGN §7).
+"""Host-side grading: the agent's source changes, applied to a fresh base, judged by the task's tests (design §7).
 
 The grader runs after the agent is killed and never inside its sandbox. It never runs git in the agent's repository
 (its `.git` may carry hooks, an fsmonitor or a hostile config): it copies the agent's tree (without `.git`, without

@@ -1,4 +1,4 @@
-"""Token-exact serving of one rollout's agent calls (DESIGN §3).
+"""Token-exact serving of one rollout's agent calls (design §3).
 
 messages (normalize what agents send) -> assembly (held ids + rendered suffix with the training chat template)
 -> engine_client (/v1/completions on token ids: exact ids + logprobs) -> parsing (TRL's parse_response: content,

@@ -1,4 +1,4 @@
-"""Token-exact prompt assembly: what the engine generates under is exactly what TRL trains on (DESIGN §3).
+"""Token-exact prompt assembly: what the engine generates under is exactly what TRL trains on (design §3).
 
 Per rollout a `Conversation` holds the exact token ids it sent and sampled, and the messages it returned. When the
 agent's next request repeats that conversation (compared semantically, `messages.py`) and adds messages, the next

@@ -1,6 +1,6 @@
 """The choice of the training chat template the worker renders prompts with.
 
-`resolve_training_template(tokenizer, chat_template)`: token exactness (DESIGN §3) needs a template that renders
+`resolve_training_template(tokenizer, chat_template)`: token exactness (design §3) needs a template that renders
 earlier messages identically whatever follows them. (The embedded Qwen3 tokenizer itself is loaded by
 `intercept_common.qwen3_tokenizer`.)
 """

@@ -1,6 +1,6 @@
 """Agent chat messages → the plain shape the chat template renders, and semantic equality between them.
 
-Agents re-send the whole conversation on every call, each in its own dialect (DESIGN §7): pi sends user content as a
+Agents re-send the whole conversation on every call, each in its own dialect (design §7): pi sends user content as a
 list of text parts and `content: null` on tool-call-only turns, mini-swe-agent adds `provider_specific_fields`, and
 clients re-serialize the tool-call arguments we returned (`{"command": "ls"}` for our `{"command":"ls"}`). The chat
 template needs strings for content and dicts for arguments, and the prompt assembler needs to know whether a request

@@ -1,7 +1,7 @@
 """Sampled token ids → the OpenAI assistant message the agent receives.
 
 Parsing is TRL's `parse_response` with the tokenizer's response template (`add_response_schema`). Two traps from
-DESIGN §3 are handled here: without `prefix=` (the prompt) and `tools=` it silently returns tool calls as plain
+design §3 are handled here: without `prefix=` (the prompt) and `tools=` it silently returns tool calls as plain
 content, and on malformed output it silently falls back to text; we detect that fallback and report it (`ok=False`)
 so the worker can count it, while the agent still gets the text.
 """

@@ -1,4 +1,4 @@
-"""mini-swe-agent (PyPI, pinned by scripts/bootstrap.sh in its own venv), unmodified (DESIGN §7).
+"""mini-swe-agent (PyPI, pinned by scripts/bootstrap.sh in its own venv), unmodified (design §7).
 
 It runs non-interactively (`--yolo --exit-immediately`, stdin is /dev/null), reaches the rollout through litellm's
 OpenAI provider (model `openai/<name>`, api_base in its config, key in OPENAI_API_KEY), never fetches a price

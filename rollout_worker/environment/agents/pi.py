@@ -1,4 +1,4 @@
-"""pi (npm @mariozechner/pi-coding-agent, pinned by scripts/bootstrap.sh under .agents/pi), unmodified (DESIGN §7).
+"""pi (npm @mariozechner/pi-coding-agent, pinned by scripts/bootstrap.sh under .agents/pi), unmodified (design §7).
 
 Configured through `models.json` in PI_CODING_AGENT_DIR: one provider `intercept` with api "openai-completions"
 and the rollout's inner base URL; its `apiKey` names the env variable holding the key, so the key is never

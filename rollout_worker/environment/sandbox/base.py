@@ -2,7 +2,7 @@
 with the other seams in `rollout_worker.protocols`; `ExecResult` is in `rollout_worker.types`.
 
 Backends: `local` (bubblewrap, the default) and `docker` turn a task into an isolated copy of its repository plus the
-only network path the agent gets, its own rollout endpoint (DESIGN §7).
+only network path the agent gets, its own rollout endpoint (design §7).
 """
 
 from __future__ import annotations

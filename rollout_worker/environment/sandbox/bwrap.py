@@ -1,5 +1,5 @@
 """bubblewrap plumbing shared by the local sandbox and the grading executor: the config, the `bwrap` argv,
-and a sandboxed process with a bounded output tail that is killed as a whole (DESIGN §7).
+and a sandboxed process with a bounded output tail that is killed as a whole (design §7).
 
 Every command runs as `bwrap … -- <python> -I -S /run/intercept/init.py … -- argv`: a fresh pid and network
 namespace per command, so killing the `bwrap` process tears down everything the command started.

@@ -1,4 +1,4 @@
-"""Grading SWE-bench / SWE-Gym tasks in a fresh container of the task's image (DESIGN §7, docs/containers.md).
+"""Grading SWE-bench / SWE-Gym tasks in a fresh container of the task's image (design §7, docs/containers.md).
 
 `SweBenchContainerGrader` implements `Grader`. After the agent is dead:
 1. the pristine base is read from the task's image itself (`/testbed` of a created, never started container, without

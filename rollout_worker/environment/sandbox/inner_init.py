@@ -1,7 +1,7 @@
 """Runs first inside every sandboxed command (stdlib only: executed by the sandbox's own Python with `-I -S`).
 
 It applies the resource limits, optionally opens the agent's only way out — a TCP listener on 127.0.0.1:<port>
-that pipes each connection to the unix socket bind-mounted from the host (DESIGN §7) — then runs the command,
+that pipes each connection to the unix socket bind-mounted from the host (design §7) — then runs the command,
 forwards termination signals to it and exits with its status. Kept free of project imports on purpose: the
 sandbox sees this one file, not the package.
 

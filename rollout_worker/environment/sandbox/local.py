@@ -1,4 +1,4 @@
-"""The `local` sandbox backend: bubblewrap, no Docker engine needed (DESIGN §7).
+"""The `local` sandbox backend: bubblewrap, no Docker engine needed (design §7).
 
 Each sandbox is a directory `<state_dir>/sb-<hex>/` holding a private copy of the task repository (bound
 writable at `config.workdir`), a persistent home (bound at `config.home`), the host end of the gate relay

@@ -1,4 +1,4 @@
-"""Host side of the sandbox's only network path (DESIGN §7): an HTTP proxy on a unix socket.
+"""Host side of the sandbox's only network path (design §7): an HTTP proxy on a unix socket.
 
 The socket is bind-mounted into the sandbox, where `inner_init.py` pipes 127.0.0.1:<port> to it. Every request
 is checked against this rollout's path prefix (`/rollout/<id>/`) before it is forwarded to the gate, so a
@@ -56,9 +56,7 @@ class GateProxy:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s, sock_connect=10), auto_decompress=False
-        )
+        app.cleanup_ctx.append(self._upstream_session)
         try:
             self._runner, _ = await start_site(app, unix_path=str(self.socket_path))
             os.chmod(self.socket_path, 0o600)
@@ -66,14 +64,22 @@ class GateProxy:
             await self.close()
             raise
 
+    async def _upstream_session(self, app: web.Application):
+        """aiohttp's cleanup context: the upstream client session lives exactly as long as the relay's app."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s, sock_connect=10), auto_decompress=False
+        )
+        try:
+            yield
+        finally:
+            await self._session.close()
+            self._session = None
+
     async def close(self) -> None:
         """Stop serving, drop open connections and remove the socket file. Idempotent."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         self.socket_path.unlink(missing_ok=True)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
