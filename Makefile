@@ -35,7 +35,7 @@ test-fast: setup
 	$(PYTEST) -p no:cacheprovider
 
 demo: setup
-	.venv/bin/intercept-rl train --preset cpu-demo
+	.venv/bin/intercept-rl train --preset $(or $(PRESET),learning-demo)
 
 BENCHMARKS := gate_overhead concurrency tokenize_scaling cpu_train_step learning
 

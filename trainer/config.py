@@ -72,6 +72,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "heartbeat_stale_after_s": 900.0,
     },
 }
+# `make demo`: a run whose reward visibly rises within ~10 minutes on 2 cores, by the learning benchmark's mechanism
+# (bench/learning.py, docs/benchmarks.md): the `single-shot` agent in a bubblewrap sandbox writes the policy's reply
+# into `answer.txt`, graded host-side as the fraction of ten checks on its share of lowercase letters; a random tiny
+# Qwen3 with a peaked init (`embedded-peaked`, init scale 0.5) whose sampled tokens recur often enough for GRPO to
+# move the reward; 8 rollouts per group, every step on-policy (`max_staleness` 0), lr 1e-2. The same stack as
+# cpu-demo (engine, gate, sandbox, grader, TRL, weight sync); no special-casing.
+PRESETS["learning-demo"] = {
+    **PRESETS["cpu-demo"],
+    "model_name_or_path": "embedded-peaked",
+    "tasks": "learning",
+    "agent": "single-shot",
+    "reward_mode": "fraction",
+    "num_generations": 8,
+    "per_device_train_batch_size": 8,
+    "max_inflight": 8,
+    "max_turns": 1,
+    "max_tokens_per_turn": 4,
+    "max_completion_length": 4,
+    "learning_rate": 1e-2,
+    "max_staleness": 0,
+    "max_steps": 30,
+    "seed": 0,
+    "save_steps": 100000,
+    "output_dir": "runs/learning-demo",
+    "project": "intercept-rl-learning-demo",
+}
 
 
 @dataclass
@@ -232,7 +258,7 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
     if not script_args.model_name_or_path:
         raise ValueError("--model-name-or-path is required (or use --preset cpu-demo)")
     if script_args.vllm_url is None and training_args.token_budget is None:
-        # Without vLLM, TRL would otherwise block on a vLLM /health that never answers (DESIGN §4).
+        # Without vLLM, TRL would otherwise block on a vLLM /health that never answers (design §4).
         training_args.token_budget = script_args.max_model_len
     if training_args.trackio_space_id and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # a dashboard Space is private unless the user says otherwise

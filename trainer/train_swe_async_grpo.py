@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 from transformers import TrainerCallback  # noqa: E402
 
 from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
+from trainer.progress import RunLogging, make_progress_callback, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
 logger = logging.getLogger("intercept_rl.train")
@@ -36,12 +37,45 @@ class TrainArgs:
     training: Any  # trl.experimental.async_grpo.AsyncGRPOConfig (imported lazily: TRL is heavy)
 
 
+PEAKED_MODEL_NAME = "tiny-qwen3-peaked-v1"
+
+
+def ensure_peaked_model() -> Path:
+    """The learning benchmark's model (bench/learning.py): the embedded tiny Qwen3 with init scale 0.5, cached.
+
+    Built once into `<cache>/models/tiny-qwen3-peaked-v1` via a staging directory renamed into place.
+    """
+    import shutil
+    import tempfile
+
+    from local_engine.embedded import build_tiny_model, default_cache_root
+
+    target = default_cache_root() / "models" / PEAKED_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{PEAKED_MODEL_NAME}-", dir=target.parent))
+    try:
+        build_tiny_model(staging, initializer_range=0.5)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def resolve_model_path(model_name_or_path: str) -> str:
-    """`embedded` → the cached tiny Qwen3 (built on first use); anything else is passed to TRL unchanged."""
+    """`embedded` → the cached tiny Qwen3 (built on first use); `embedded-peaked` → the same recipe with init scale
+    0.5 (the learning demo's policy); anything else is passed to TRL unchanged."""
     if model_name_or_path == "embedded":
         from local_engine.embedded import ensure_tiny_model
 
         return str(ensure_tiny_model())
+    if model_name_or_path == "embedded-peaked":
+        return str(ensure_peaked_model())
     return model_name_or_path
 
 
@@ -69,21 +103,6 @@ class WorkerStateCallback(TrainerCallback):
             state = {**state, "model_version": int(self.model_version_fn())}
         tmp.write_text(json.dumps(state))
         tmp.replace(checkpoint_dir / WORKER_STATE_FILE)
-
-
-class ProgressLineCallback(TrainerCallback):
-    """One short line per logged step (step, reward, ratio, kl, rollouts), readable among the library logs."""
-
-    KEYS = (("reward", "reward"), ("rollout/reward_mean", "rollout_reward"), ("ratio", "ratio"), ("kl", "kl"),
-            ("loss", "loss"), ("rollout/rollouts_total", "rollouts"), ("rollout/groups_total", "groups"),
-            ("perf/step_s", "step_s"))
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        parts = [f"step {state.global_step}/{state.max_steps}"]
-        parts += [f"{label}={logs[key]:.4g}" for key, label in self.KEYS if isinstance(logs.get(key), (int, float))]
-        print("[intercept-rl] " + " ".join(parts), flush=True)
 
 
 def load_worker_state(worker, checkpoint_dir: str | None) -> bool:
@@ -135,13 +154,13 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
 
 
 def placeholder_dataset(rows: int = 8):
-    """TRL requires a `train_dataset`; our worker owns the tasks, so a few empty prompts stand in (DESIGN §4)."""
+    """TRL requires a `train_dataset`; our worker owns the tasks, so a few empty prompts stand in (design §4)."""
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}]] * rows})
 
 
-def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list | None = None):
+def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list | None = None, reporter=None):
     """Construct TRL's `AsyncGRPOTrainer` with an injected rollout worker and weight transfer.
 
     Args:
@@ -150,6 +169,8 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
             None on ranks other than 0, where TRL uses neither the worker nor the transfer.
         weight_transfer: a TRL `WeightTransferProtocol`, or None with `--vllm-url` (TRL's NCCL `WeightTransferClient`).
         callbacks: extra `TrainerCallback`s.
+        reporter: the terminal progress (`trainer.progress.make_progress_callback`); it replaces transformers'
+            metric-dict printers. Default: a bar and one line per step.
     """
     from accelerate import PartialState
     from transformers import AutoTokenizer
@@ -181,24 +202,34 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
         peft_config=peft_config_from(script),
         rollout_worker=worker,
         weight_transfer=weight_transfer,
-        callbacks=[*([state_callback] if state_callback is not None else []), ProgressLineCallback(),
-                   *(callbacks or [])],
+        callbacks=[*([state_callback] if state_callback is not None else []), *(callbacks or [])],
     )
     if state_callback is not None:
         state_callback.model_version_fn = lambda: trainer.model_version
+    quiet_trainer(trainer, reporter if reporter is not None else make_progress_callback())
     # accelerate's loader fetches one batch ahead, i.e. before the previous step's weight sync: without this every
     # batch after the first would be trained one policy version staler than `max_staleness` allows and TRL logs.
     fetch_batches_on_demand(trainer)
     return trainer
 
 
-def configure_trackio(argv: list[str]) -> str:
-    """Point Trackio at `<output_dir>/trackio` (local SQLite, no network; a Space only with `--trackio-space-id`).
+def _trackio_dir_flag_given(argv: list[str]) -> bool:
+    return any(a in ("--trackio-dir", "--trackio_dir") or a.startswith(("--trackio-dir=", "--trackio_dir="))
+               for a in argv)
 
-    Trackio reads `TRACKIO_DIR` once, at import, and TRL imports it, so this runs on the raw argv before parsing.
-    Returns the directory trackio actually uses.
+
+def configure_trackio(argv: list[str]) -> str:
+    """Point Trackio at its local directory (SQLite, no network; a Space only with `--trackio-space-id`).
+
+    `--trackio-dir` wins; else a `TRACKIO_DIR` the user set (Trackio's own convention); else the config file's or
+    preset's `trackio_dir`; else `<output_dir>/trackio`. Trackio reads `TRACKIO_DIR` once, at import, and TRL imports
+    it, so this runs on the raw argv before parsing. Returns the directory trackio actually uses.
     """
-    directory = early_trackio_dir(argv)
+    user_dir = os.environ.get("TRACKIO_DIR")
+    if user_dir and not _trackio_dir_flag_given(argv):
+        directory = os.path.abspath(os.path.expanduser(user_dir))
+    else:
+        directory = early_trackio_dir(argv)
     if "trackio" in sys.modules:  # imported by the embedding program: its directory is fixed already
         from trackio import utils as trackio_utils
 
@@ -224,6 +255,30 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+SWE_DEMO_HINT = ("The SWE demo (mini-swe-agent on the embedded SWE tasks; the tiny model proves the machinery, it "
+                 "cannot solve them):\n  make demo PRESET=cpu-demo   (or: intercept-rl train --preset cpu-demo)")
+
+
+def end_of_run_summary(reporter, trackio_dir: str | None, training, preset: str | None, log_path) -> str:
+    """The chart of reward per step, where things are, the dashboard command, and the other demo."""
+    from trainer.progress import reward_chart, reward_summary
+
+    lines = []
+    if reporter.rewards:
+        lines += ["", "Reward per step (mean of the rollouts trained at that step):", reward_chart(reporter.rewards),
+                  reward_summary(reporter.rewards)]
+    lines += ["", f"Rollouts: {Path(training.output_dir) / ROLLOUTS_FILE}   "
+              f"(token view: intercept-rl inspect {training.output_dir})"]
+    if log_path is not None:
+        lines.append(f"Full log: {log_path}")
+    if trackio_dir is not None and "trackio" in (training.report_to or []):
+        lines += ["Trackio dashboard (metrics and rollout traces):",
+                  f"  {dashboard_command(trackio_dir, training.project)}"]
+    if preset == "learning-demo":
+        lines += ["", SWE_DEMO_HINT]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv or "-h" in argv or "--help" in argv:
@@ -231,11 +286,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print_help(full="--help-all" in argv)
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbose = "--verbose" in argv or "-v" in argv
+    argv = [a for a in argv if a not in ("--verbose", "-v")]
+    run_logging = RunLogging(verbose=verbose).start()
     try:
         trackio_dir = configure_trackio(argv)
         script, training = parse_train_args(argv)
         checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
+        log_path = run_logging.attach_file(training.output_dir)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"intercept-rl train: {error}", file=sys.stderr)
         return 2
@@ -247,28 +305,34 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
+    from trainer import traces
     from trainer.components import build_rollout_worker, start_engine
 
     model_path = resolve_model_path(script.model_name_or_path)
+    reporter = make_progress_callback(run_logging.summary if not verbose else None, log_path)
     if not PartialState().is_main_process:
         # Under `accelerate launch`, only rank 0 owns the engine and the worker; TRL ignores both on other ranks.
-        trainer = build_trainer(args, None, None)
+        trainer = build_trainer(args, None, None, reporter=reporter)
         trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training.output_dir)
         return 0
+    print(f"[intercept-rl] {script.episode_options.agent} on {script.tasks} tasks, {training.max_steps} steps; "
+          f"log: {log_path}", flush=True)
     with start_engine(script, training, model_path) as engine:
         worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
                                       keep_trajectories=True)
         load_worker_state(worker, checkpoint)
-        trainer = build_trainer(args, worker, engine.weight_transfer)
+        collector = traces.install(worker, training.report_to or [], tokenizer=getattr(worker, "tokenizer", None))
+        trainer = build_trainer(args, worker, engine.weight_transfer, reporter=reporter,
+                                callbacks=[traces.make_trace_callback(collector)])
         restore_model_version(trainer, worker, engine.weight_transfer, checkpoint)
         # TRL stops the worker when train() ends (on every path), so closing afterwards writes every record.
         with RolloutRecordWriter(worker.trajectories, Path(training.output_dir) / ROLLOUTS_FILE,
                                  append=checkpoint is not None):
             trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training.output_dir)
-    if "trackio" in (training.report_to or []):
-        print(f"\nTrackio dashboard:\n  {dashboard_command(trackio_dir, training.project)}\n", flush=True)
+    logger.info("%d rollout traces logged to Trackio", collector.logged)
+    print(end_of_run_summary(reporter, trackio_dir, training, script.preset, log_path), flush=True)
     return 0
 
 
