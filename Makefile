@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 STAMP := .venv/.installed
 
-.PHONY: setup test test-fast demo bench clean lock lock-upgrade doctor
+.PHONY: setup test test-fast test-reliability demo bench clean lock lock-upgrade doctor
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -29,6 +29,10 @@ doctor: setup
 test: setup
 	bash scripts/docker_up.sh
 	$(PYTEST) -m "slow or not slow" -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
+
+# The full reliability suite (>= 10,000 hostile requests, ...): prints its counts. `make test` runs its quick slice.
+test-reliability: setup
+	RELIABILITY_FULL=1 $(PYTEST) tests/reliability -m "slow or not slow" -p no:cacheprovider -s
 
 # The fast default selection (what a bare `pytest` runs).
 test-fast: setup

@@ -87,7 +87,9 @@ class GateUnderTest:
         self.gc_pauses = GcPauses()
 
     async def run(self, conn) -> None:
-        config = GateConfig(max_pending_per_rollout=8)
+        # The per-rollout rate limit is a policy for hostile sandboxes, not serving cost: the stand-in agents here
+        # replay turns back to back, far faster than any real agent, so it is lifted for the measurement.
+        config = GateConfig(max_pending_per_rollout=8, rollout_requests_per_s=1e9, rollout_request_burst=10**9)
         self.server = InterceptionServer(host="127.0.0.1", port=0, config=config, served_model_name="policy")
         await self.server.start()
         try:

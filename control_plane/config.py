@@ -46,6 +46,20 @@ class GateConfig:
         default=8,
         metadata={"help": "Most chat requests one rollout may have queued or in progress; more get HTTP 429."},
     )
+    max_pending_total: int = field(
+        default=4096,
+        metadata={"help": "Most chat requests queued or in progress across all rollouts; more get HTTP 503 with "
+                  "Retry-After (a flood on one gate cannot grow its memory without bound)."},
+    )
+    rollout_requests_per_s: float = field(
+        default=20.0,
+        metadata={"help": "Sustained request rate one rollout may make (every authenticated route); past its burst, "
+                  "HTTP 429 with Retry-After. Agents call a few times a minute: this stops a runaway or hostile "
+                  "sandbox without touching other rollouts."},
+    )
+    rollout_request_burst: int = field(
+        default=40, metadata={"help": "Requests one rollout may make at once before its rate applies."}
+    )
     stream_chunk_chars: int = field(
         default=64,
         metadata={"help": "Characters of content (or tool-call arguments) per streamed delta chunk."},
@@ -72,7 +86,9 @@ class GateConfig:
         for name in timeouts:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if self.max_pending_per_rollout < 1:
-            raise ValueError("max_pending_per_rollout must be at least 1")
+        if self.max_pending_per_rollout < 1 or self.max_pending_total < 1:
+            raise ValueError("max_pending_per_rollout and max_pending_total must be at least 1")
+        if not self.rollout_requests_per_s > 0 or self.rollout_request_burst < 1:
+            raise ValueError("rollout_requests_per_s must be positive and rollout_request_burst at least 1")
         if self.stream_chunk_chars < 1:
             raise ValueError("stream_chunk_chars must be at least 1")

@@ -33,8 +33,10 @@ class RolloutClosed(Exception):
 class GateError(Exception):
     """An error the gate answers with an OpenAI-style JSON body (or an SSE error event inside a stream)."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, type: str | None = None) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        self.headers = headers  # e.g. Retry-After on 429/503
         if not 400 <= status <= 599:
             raise ValueError(f"error status must be 4xx or 5xx, got {status}")
         self.status = status

@@ -23,6 +23,7 @@ class GateMetrics:
         self.disconnects_total = 0
         self.timeouts_total = 0
         self.rollouts_opened_total = 0
+        self.rate_limited_total = 0
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests_total[(route, status)] += 1
@@ -40,6 +41,7 @@ class GateMetrics:
             "disconnects_total": self.disconnects_total,
             "timeouts_total": self.timeouts_total,
             "rollouts_opened_total": self.rollouts_opened_total,
+            "rate_limited_total": self.rate_limited_total,
         }
 
     def render(self, open_rollouts: int, pending_requests: int) -> str:
@@ -69,6 +71,8 @@ class GateMetrics:
              self.disconnects_total),
             ("gate_request_timeouts_total", "counter", "Chat requests that timed out waiting.", self.timeouts_total),
             ("gate_rollouts_opened_total", "counter", "Rollouts opened since start.", self.rollouts_opened_total),
+            ("gate_rate_limited_total", "counter", "Requests refused by a rollout's rate limit.",
+             self.rate_limited_total),
         ):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(lines) + "\n"

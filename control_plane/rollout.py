@@ -161,6 +161,8 @@ class RolloutHandle:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._pending: set[InterceptedRequest] = set()
         self._closed = False
+        self._tokens = 0.0  # the rate limit's bucket (see `take_request_token`), filled on first use
+        self._tokens_at: float | None = None
         # Per-rollout state a dialect keeps between calls (the Responses dialect: its response history, for
         # `previous_response_id`); dropped when the rollout closes.
         self.dialect_state: dict[str, Any] = {}
@@ -237,6 +239,19 @@ class RolloutHandle:
         self._queue.put_nowait(_CLOSED)
 
     # -- used by the gate's HTTP handler ---------------------------------------------------------------------------
+    def take_request_token(self, rate_per_s: float, burst: int) -> float:
+        """Token-bucket rate limit of this rollout's requests: 0.0 when one may proceed, else the seconds to wait."""
+        now = time.monotonic()
+        if self._tokens_at is None:
+            self._tokens = float(burst)
+        else:
+            self._tokens = min(float(burst), self._tokens + (now - self._tokens_at) * rate_per_s)
+        self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate_per_s
+
     def admit(self, req: InterceptedRequest, max_pending: int) -> None:
         """Queue a call for the worker; 404 when closed, 429 past `max_pending` calls in flight."""
         if self._closed:

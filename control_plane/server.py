@@ -18,12 +18,14 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from intercept_common.http_site import start_site
 
@@ -37,6 +39,23 @@ from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, Reply, 
 from .validation import parse_json_body
 
 logger = logging.getLogger(__name__)
+
+
+class _MalformedHttpIsNotAnError(logging.Filter):
+    """aiohttp answers a malformed HTTP message (a header flood, a broken request line) with 400 itself, then logs it
+    at ERROR with a traceback. On a public gate that lets any client write tracebacks into our logs at will: such
+    records go down to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError) and record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _MalformedHttpIsNotAnError) for f in _AIOHTTP_SERVER_LOG.filters):
+    _AIOHTTP_SERVER_LOG.addFilter(_MalformedHttpIsNotAnError())
 
 ROLLOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LINGER_S = 1.0
@@ -66,6 +85,7 @@ class InterceptionServer:
         self._rollouts: dict[str, RolloutHandle] = {}
         self._used_ids: set[str] = set()  # a closed id is never reopened: its key would open the new rollout
         self._metrics = GateMetrics()
+        self._pending_total = 0  # chat requests admitted and not yet released, across rollouts
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._started_at = time.monotonic()
@@ -163,7 +183,7 @@ class InterceptionServer:
             return response
         except GateError as exc:
             status = exc.status
-            return self._error_response(exc, dialect)
+            return self._error_response(exc, dialect, exc.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -215,6 +235,11 @@ class InterceptionServer:
         rollout = self._rollouts.get(rollout_id)
         if rollout is None:
             raise GateError(404, "rollout not found or closed", code="rollout_not_found")
+        wait_s = rollout.take_request_token(self.config.rollout_requests_per_s, self.config.rollout_request_burst)
+        if wait_s > 0:
+            self._metrics.rate_limited_total += 1
+            raise GateError(429, f"this rollout exceeds {self.config.rollout_requests_per_s:g} requests per second",
+                            code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
         return rollout
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -259,7 +284,12 @@ class InterceptionServer:
                                  stream=chat.stream, include_usage=chat.include_usage, params=chat.params,
                                  model=chat.model, request_id=dialect.new_id(secrets.token_hex(12)),
                                  dialect=dialect.name.value)
+        if self._pending_total >= self.config.max_pending_total:
+            raise GateError(503, f"the gate holds {self._pending_total} pending requests (limit "
+                            f"{self.config.max_pending_total}); retry later", code="gate_overloaded",
+                            headers={"Retry-After": "1"})
         rollout.admit(req, self.config.max_pending_per_rollout)
+        self._pending_total += 1
         try:
             if req.stream:
                 return await self._answer_stream(request, req, dialect, call, rollout)
@@ -274,6 +304,7 @@ class InterceptionServer:
             raise
         finally:
             rollout.release(req)
+            self._pending_total -= 1
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
         """Anthropic's `count_tokens`: an estimate (see `estimate_input_tokens`), never sent to the worker."""

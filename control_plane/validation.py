@@ -172,7 +172,8 @@ def _plainly_valid(msg: Any) -> bool:
     if role == "tool":
         call_id = msg.get("tool_call_id")
         return type(content) is str and type(call_id) is str and call_id != "" and "tool_calls" not in msg
-    if role not in ROLES or (type(content) is not str and (content is not None or role != "assistant")):
+    if type(role) is not str or role not in ROLES or (  # an unhashable role must not reach the set lookup
+            type(content) is not str and (content is not None or role != "assistant")):
         return False
     tool_calls = msg.get("tool_calls")
     if tool_calls is None:
@@ -199,7 +200,7 @@ def _validate_message(i: int, msg: Any) -> None:
     if not isinstance(msg, dict):
         raise bad_request(f"{where} must be an object, got {type_name(msg)}")
     role = msg.get("role")
-    if role not in ROLES:
+    if type(role) is not str or role not in ROLES:
         raise bad_request(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
     if "name" in msg and msg["name"] is not None and not isinstance(msg["name"], str):
         raise bad_request(f"{where}.name must be a string")
