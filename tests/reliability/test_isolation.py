@@ -1,0 +1,48 @@
+"""Isolation, probed from inside a real bubblewrap sandbox of a rollout: nothing but its own endpoint is reachable,
+the grading material and the reward are invisible, and the task repository carries no future history.
+
+(tests/test_sandbox_local.py covers the endpoint, other rollouts' keys and paths, the gate and host ports and PyPI;
+this adds the gate's own routes through the relay, the Docker socket, and what the agent can read.)"""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_sandbox_support import PROBE, backend, state_dir, task  # noqa: F401 (fixtures)
+
+
+async def test_the_relay_forwards_nothing_but_this_rollouts_own_routes(make_gate, backend, task):  # noqa: F811
+    gate = await make_gate()
+    mine = await gate.open_rollout("iso-mine")
+    sandbox = await backend.create(task, mine.rollout_id, mine.endpoint)
+    async with sandbox:
+        relay = "http://127.0.0.1:8080"
+        probes = {
+            "own_models": f"get('{sandbox.endpoint.base_url}/models', os.environ['OPENAI_API_KEY'])",
+            "metrics": f"get('{relay}/metrics')",
+            "healthz": f"get('{relay}/healthz')",
+            "dot_dot": f"get('{relay}/rollout/iso-mine/../iso-other/v1/models', os.environ['OPENAI_API_KEY'])",
+            "encoded_dot_dot": f"get('{relay}/rollout/iso-mine/%2e%2e/iso-other/v1/models')",
+            "docker_socket": "os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.sock')",
+        }
+        res = await sandbox.exec(["python3", "-c", PROBE, json.dumps(probes)], timeout=60,
+                                 env={"OPENAI_API_KEY": sandbox.endpoint.api_key})
+        assert res.exit_code == 0, res.stderr
+        seen = json.loads(res.stdout)
+    assert seen["own_models"] == 200
+    assert seen["metrics"] == 403 and seen["healthz"] == 403
+    assert seen["dot_dot"] in (403, 404) and seen["encoded_dot_dot"] in (403, 404)
+    assert seen["docker_socket"] is False
+
+
+async def test_grading_material_and_future_history_are_invisible_to_the_agent(backend, task):  # noqa: F811
+    """The gold patch and the test patch live only on the host; the repo holds the base commit and nothing after."""
+    gold_line = next(line[1:] for line in task.patch.splitlines() if line.startswith("+") and "return" in line)
+    async with await backend.create(task, "iso-files") as sandbox:
+        log = await sandbox.exec(["git", "log", "--all", "--format=%H"], timeout=30)
+        grep = await sandbox.exec(["grep", "-rIl", "--", gold_line.strip(), sandbox.workdir, sandbox.home, "/tmp"],
+                                  timeout=30)
+        env = await sandbox.exec(["env"], timeout=30)
+    assert log.exit_code == 0 and log.stdout.split() == [task.base_commit]
+    assert grep.stdout.strip() == "", grep.stdout  # the fix is nowhere the agent can read
+    assert "FAIL_TO_PASS" not in env.stdout and "reward" not in env.stdout.lower()
