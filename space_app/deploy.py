@@ -28,6 +28,7 @@ DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
 APP_PORT = 7860
 
 HF_TOKEN_SECRET = "HF_TOKEN"
+VARIABLE_PREFIX = "INTERCEPT_RL_"  # every variable a deploy sets starts with it; stale ones are deleted
 GATE_SECRET = "INTERCEPT_RL_GATE_SECRET"
 
 # What the Space repository holds: the Space's own files at its root (Docker SDK: Dockerfile + README.md card), then
@@ -72,6 +73,8 @@ class ApiCall:
     method: str
     kwargs: dict[str, Any]
     note: str = ""
+    only_if_paused: bool = False  # run only when get_space_runtime says PAUSED (checked at run time)
+    stale_variables_of: tuple[str, ...] | None = None  # delete each INTERCEPT_RL_* variable not in this tuple
 
     def render(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.kwargs.items())
@@ -231,14 +234,21 @@ def build_plan(options: DeployOptions, *, hf_token: SecretValue | None = None, g
         ApiCall("add_space_secret", {"repo_id": repo, "key": GATE_SECRET, "value": gate_secret},
                 "server secret the gate derives per-rollout keys from"),
     ]
+    variables = space_variables(options)
     calls += [ApiCall("add_space_variable", {"repo_id": repo, "key": key, "value": value})
-              for key, value in space_variables(options).items()]
+              for key, value in variables.items()]
+    calls.append(ApiCall("delete_space_variable", {"repo_id": repo, "key": "<each stale INTERCEPT_RL_* variable>"},
+                         "variables an earlier deploy set and this one does not (e.g. INTERCEPT_RL_ALLOW_UNSANDBOXED), "
+                         "found with HfApi.get_space_variables", stale_variables_of=tuple(variables)))
     calls.append(ApiCall("request_space_hardware", {"repo_id": repo, "hardware": options.hardware}))
     uploads = upload_list(root)
     calls.append(ApiCall("create_commit", {"repo_id": repo, "repo_type": "space",
                                            "operations": _OperationsSummary(len(uploads)),
                                            "commit_message": options.commit_message},
                          "one commit with every file of the upload list (triggers the build)"))
+    calls.append(ApiCall("restart_space", {"repo_id": repo},
+                         "only if HfApi.get_space_runtime says PAUSED: a Space that paused itself after an earlier "
+                         "run does not restart on a new commit", only_if_paused=True))
     return Plan(options, calls, uploads)
 
 
@@ -259,6 +269,20 @@ def run_plan(plan: Plan, api, *, log: Callable[[str], None] = print) -> None:
     for i, call in enumerate(plan.calls, 1):
         log(f"[{i}/{len(plan.calls)}] {call.render()}")
         kwargs = call.resolved_kwargs()
+        if call.stale_variables_of is not None:
+            stale = sorted(key for key in api.get_space_variables(kwargs["repo_id"]) or {}
+                           if key.startswith(VARIABLE_PREFIX) and key not in call.stale_variables_of)
+            for key in stale:
+                log(f"    HfApi.delete_space_variable(repo_id={kwargs['repo_id']!r}, key={key!r})")
+                api.delete_space_variable(repo_id=kwargs["repo_id"], key=key)
+            if not stale:
+                log("    none")
+            continue
+        if call.only_if_paused:
+            stage = _stage(api.get_space_runtime(kwargs["repo_id"]))
+            if stage != "PAUSED":
+                log(f"    skipped: the Space is {stage}, not PAUSED")
+                continue
         if call.method == "create_commit":
             kwargs["operations"] = [CommitOperationAdd(path_in_repo=item.path_in_repo,
                                                        path_or_fileobj=str(item.local_path))
@@ -269,8 +293,12 @@ def run_plan(plan: Plan, api, *, log: Callable[[str], None] = print) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # --follow
 
-FAILED_STAGES = {"BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR", "NO_APP_FILE"}
-DONE_STAGES = {"PAUSED", "STOPPED"}
+FAILED_STAGES = {"BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
+DONE_STAGES = {"PAUSED", "STOPPED"}  # done only once the Space was seen building or running since the deploy
+
+
+def _stage(runtime) -> str:
+    return str(getattr(runtime, "stage", "UNKNOWN")).removeprefix("SpaceStage.")
 
 
 def fetch_run_status(api, space_id: str, token: str | None) -> dict | None:
@@ -294,16 +322,20 @@ def follow(api, space_id: str, *, token: str | None = None, poll_s: float = 30.0
     """Follow the Space's build and run; pause it when training ends or fails. 0: training finished."""
     status_fn = status_fn or (lambda: fetch_run_status(api, space_id, token))
     start = time.monotonic()
-    last_stage, last_line = None, None
+    last_stage, last_line, seen_active = None, None, False
+    paused_limit_s = 600.0  # still PAUSED this long after the deploy: it was not restarted
     while True:
-        stage = str(getattr(api.get_space_runtime(space_id), "stage", "UNKNOWN"))
-        stage = stage.removeprefix("SpaceStage.")
+        stage = _stage(api.get_space_runtime(space_id))
         if stage != last_stage:
             log(f"space {space_id}: {stage}")
             last_stage = stage
-        if stage in DONE_STAGES:
+        seen_active = seen_active or stage not in DONE_STAGES
+        if stage in DONE_STAGES and seen_active:
             log("the Space is paused/stopped: nothing more to follow")
             return 0
+        if stage in DONE_STAGES and time.monotonic() - start > paused_limit_s:
+            log(f"the Space stayed {stage} for {paused_limit_s:.0f} s after the deploy; restart it on the Hub")
+            return 1
         if stage in FAILED_STAGES:
             log(f"the Space failed ({stage}); pausing it. See its logs on the Hub.")
             _pause(api, space_id, log)

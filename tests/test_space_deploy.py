@@ -62,6 +62,7 @@ def test_dry_run_public_hardware_follow_and_options(tmp_path):
     assert "key='INTERCEPT_RL_TRAIN_ARGS', value='--max-steps 5'" in proc.stdout
     assert "key='INTERCEPT_RL_TRACKIO_SPACE_ID', value='someone/dash'" in proc.stdout
     assert "HfApi.pause_space" in proc.stdout  # what --follow would do
+    assert "HfApi.restart_space(repo_id='someone/test')    # only if HfApi.get_space_runtime says PAUSED" in proc.stdout
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
 
 
@@ -87,16 +88,19 @@ def test_space_is_registered_in_the_cli_help(tmp_path):
 class RecordingApi:
     """Stands in for HfApi: records every call (the real deploy path, minus the network)."""
 
-    def __init__(self, stages=(), statuses=()):
+    def __init__(self, stages=("BUILDING",), statuses=()):
         self.calls: list[tuple[str, dict]] = []
         self.stages = list(stages)
         self.statuses = list(statuses)
+        self.variables: dict[str, object] = {}
 
     def __getattr__(self, name):
         def call(*args, **kwargs):
             self.calls.append((name, kwargs if not args else {"args": args, **kwargs}))
             if name == "get_space_runtime":
                 return SimpleNamespace(stage=self.stages.pop(0) if len(self.stages) > 1 else self.stages[0])
+            if name == "get_space_variables":
+                return dict(self.variables)
             return None
         return call
 
@@ -107,7 +111,7 @@ def test_real_deploy_runs_the_plan_in_order_with_secret_values_passed_only_to_th
     rc = dep.deploy(dep.DeployOptions(space_id="someone/test"), dry_run=False, follow_run=False, api=api, out=out)
     assert rc == 0
     names = [name for name, _ in api.calls]
-    assert names[0] == "create_repo" and names[-1] == "create_commit"
+    assert names[0] == "create_repo" and names[-2:] == ["create_commit", "get_space_runtime"]  # not PAUSED: no restart
     assert names.index("request_space_hardware") < names.index("create_commit")
     assert api.calls[0][1]["private"] is True
     assert api.calls[1] == ("update_repo_settings", {"repo_id": "someone/test", "repo_type": "space", "private": True})
@@ -115,10 +119,26 @@ def test_real_deploy_runs_the_plan_in_order_with_secret_values_passed_only_to_th
     assert secrets_passed["HF_TOKEN"] == FAKE_TOKEN
     gate = secrets_passed["INTERCEPT_RL_GATE_SECRET"]
     assert isinstance(gate, str) and len(gate) >= 40
-    operations = api.calls[-1][1]["operations"]
+    operations = api.calls[-2][1]["operations"]
     assert {op.path_in_repo for op in operations} >= {"Dockerfile", "README.md", "space_app/start.sh"}
     printed = out.getvalue()
     assert FAKE_TOKEN not in printed and gate not in printed
+
+
+def test_a_space_that_paused_itself_is_restarted_after_the_upload(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    api = RecordingApi(stages=["PAUSED"])
+    dep.deploy(dep.DeployOptions(space_id="someone/test"), dry_run=False, follow_run=False, api=api, out=io.StringIO())
+    assert [name for name, _ in api.calls][-3:] == ["create_commit", "get_space_runtime", "restart_space"]
+
+
+def test_variables_an_earlier_deploy_set_and_this_one_does_not_are_deleted(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    api = RecordingApi()
+    api.variables = {"INTERCEPT_RL_ALLOW_UNSANDBOXED": "1", "INTERCEPT_RL_MODEL": "old", "OTHER_TOOL_VAR": "x"}
+    dep.deploy(dep.DeployOptions(space_id="someone/test"), dry_run=False, follow_run=False, api=api, out=io.StringIO())
+    deleted = [kw["key"] for name, kw in api.calls if name == "delete_space_variable"]
+    assert deleted == ["INTERCEPT_RL_ALLOW_UNSANDBOXED"]  # ours and stale; the model is re-set, others untouched
 
 
 def test_each_deploy_generates_a_fresh_gate_secret(monkeypatch):
@@ -131,7 +151,7 @@ def test_each_deploy_generates_a_fresh_gate_secret(monkeypatch):
 
 
 def test_follow_pauses_when_training_finishes():
-    api, lines = RecordingApi(stages=["BUILDING", "RUNNING"]), []
+    api, lines = RecordingApi(stages=["PAUSED", "BUILDING", "RUNNING"]), []  # paused from an earlier run at first
     statuses = iter([None, {"state": "training", "step": 1, "max_steps": 2, "reward": 0.5},
                      {"state": "finished", "step": 2, "max_steps": 2, "reward": 0.75}])
     rc = dep.follow(api, "someone/test", log=lines.append, sleep=lambda s: None, status_fn=lambda: next(statuses))
