@@ -3,7 +3,8 @@
 What `start.sh` writes in the state directory is all it reads:
 
 * `state`: one word (`starting`, `vllm_starting`, `training`, `finished`, `failed`, `refused`), `detail`: one line;
-* `train.log`: the trainer's output; the newest `[intercept-rl] step N/M reward=…` line gives step and reward.
+* `train.log`: the trainer's output; the newest `[intercept-rl] step N/M reward=… ratio=…` line (trainer/progress.py's
+  step line) gives step, reward and the other numbers on it.
 
 Routes: `GET /` (HTML: run state, step, reward, link to Trackio), `GET /api/status` (the same as JSON, what
 `intercept-rl space deploy --follow` polls), `GET /healthz`. `/rollout/…` is forwarded to the gate on loopback when
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 STEP_LINE = re.compile(r"\[intercept-rl\] step (\d+)/(\d+)(.*)")
-KEY_VALUE = re.compile(r"(\w+)=(-?[0-9.eE+-]+|nan|inf)")
+KEY_VALUE = re.compile(r"([\w/]+)=(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf)(?=\s|$)")  # `-` (no value yet) is skipped
 MAX_PROXY_BODY = 16 * 1024 * 1024  # the gate's own default max_body_bytes
 MAX_PROXY_CONCURRENCY = 256
 _HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",

@@ -31,6 +31,20 @@ def test_status_from_files_newest_step_line_wins(tmp_path):
     assert status["trackio"] == {"project": "proj", "url": None}
 
 
+def test_the_trainers_own_step_line_is_understood(tmp_path):
+    """Pinned against trainer/progress.py's formatter: a change of its step line shows up here."""
+    from trainer.progress import ProgressReporter
+
+    line = ProgressReporter(show_bar=False).format_line(3, 10, {
+        "loss": 0.1, "reward": 0.375, "ratio": 1.0, "kl": 2e-05, "rollout/rollouts_per_s": 0.5,
+        "rollout/forks_total": 2})
+    write_state(tmp_path, "training", "", ["noise", line])
+    status = st.read_status(tmp_path, environ={})
+    assert (status["step"], status["max_steps"], status["reward"]) == (3, 10, 0.375)
+    assert status["metrics"]["kl"] == 2e-05 and status["metrics"]["rollouts/s"] == 0.5
+    assert "tokens" not in status["metrics"]  # printed as `-` (no value): skipped
+
+
 def test_missing_files_mean_starting(tmp_path):
     status = st.read_status(tmp_path / "nothing-yet", environ={})
     assert status["state"] == "starting" and status["step"] is None and status["reward"] is None
