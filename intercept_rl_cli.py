@@ -13,7 +13,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
-    "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset cpu-demo` on a laptop)"),
+    "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset learning-demo` on a laptop)"),
+    "inspect": ("trainer.inspect_page", "a token-level HTML view of a run's rollouts (mask, logprobs, versions, forks)"),
     "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
     "space": ("space_app.cli", "deploy to a Hugging Face Space (`space deploy --dry-run` prints the plan)"),
 }

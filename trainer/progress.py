@@ -103,8 +103,6 @@ class RunLogging:
                 hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
         except Exception:  # noqa: BLE001
             pass
-        if not self.verbose:
-            quiet_trackio_banners()
         return self
 
     def attach_file(self, output_dir: str | Path) -> Path:
@@ -124,7 +122,9 @@ class RunLogging:
 
 
 def quiet_trackio_banners() -> None:
-    """Trackio prints a banner on `init` / `finish` (project, directory, `trackio show` hint): into the log instead.
+    """Call only after TRACKIO_DIR is set: importing trackio fixes its directory.
+
+    Trackio prints a banner on `init` / `finish` (project, directory, `trackio show` hint): into the log instead.
 
     The end-of-run summary prints the one dashboard command that works for this run (with its TRACKIO_DIR).
     """
@@ -196,6 +196,8 @@ class ProgressReporter:
         line = self.format_line(state.global_step, state.max_steps, logs)
         if isinstance(logs.get("reward"), (int, float)):
             self.rewards[state.global_step] = float(logs["reward"])
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"reward {logs['reward']:.3f}", refresh=False)
         _write(line)
 
     def format_line(self, step: int, max_steps: int, logs: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 from transformers import TrainerCallback  # noqa: E402
 
 from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
-from trainer.progress import RunLogging, make_progress_callback, quiet_trainer  # noqa: E402
+from trainer.progress import RunLogging, make_progress_callback, quiet_trackio_banners, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
 logger = logging.getLogger("intercept_rl.train")
@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         script, training = parse_train_args(argv)
         checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
         log_path = run_logging.attach_file(training.output_dir)
+        if not verbose:
+            quiet_trackio_banners()  # after configure_trackio: importing trackio fixes its directory
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"intercept-rl train: {error}", file=sys.stderr)
         return 2
