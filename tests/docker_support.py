@@ -49,3 +49,63 @@ def sandbox_containers(client) -> list:
 
 def socket_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_socket()] if root.exists() else []
+
+
+class PrivateDockerd:
+    """A second, private dockerd (own data root, exec root, socket; no bridge, no iptables) that a test may restart
+    without touching the shared one. Root only. `start()`, `restart()`, `stop()`; `stop()` also removes its dirs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.socket = root / "d.sock"
+        self.log = root / "dockerd.log"
+        self.proc = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 60.0):
+        import subprocess
+        import time
+
+        import docker
+
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["dockerd", "--storage-driver=overlay2", "--iptables=false", "--bridge=none", "--ip-masq=false",
+             f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'x'}", f"--pidfile={self.root / 'pid'}",
+             f"--host={self.host}"], stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client = docker.DockerClient(base_url=self.host, timeout=60)
+                client.ping()
+                return client
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"private dockerd did not start: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.3)
+
+    def kill(self, timeout: float = 30.0) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        import shutil
+
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -3,7 +3,7 @@
 One container per rollout from the task's image (`task.image`, else `DockerSandboxConfig.image`, the project's base
 image built by scripts/docker_up.sh), started with `--network none`, no Docker socket, all capabilities dropped but
 the three file ones its root setup needs, and the limits of the config (memory, CPUs, pids). The agent reaches its
-rollout as in the bubblewrap backend (DESIGN §7): the host's `GateProxy` listens on a unix socket in a directory
+rollout as in the bubblewrap backend (design §7): the host's `GateProxy` listens on a unix socket in a directory
 bind-mounted into the container, and `inner_init.py`, run as the container's main process (as root, so the agent
 user cannot kill it), relays 127.0.0.1:<relay_port> to that socket.
 
@@ -31,6 +31,7 @@ import secrets
 import shutil
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -124,6 +125,8 @@ class DockerSandboxConfig:
     upstream_timeout_s: float = field(default=1800.0, metadata={"help": "Bound on one proxied gate request."})
     engine_timeout_s: float = field(default=120.0, metadata={"help": "Timeout of one Docker API call."})
     ready_timeout_s: float = field(default=30.0, metadata={"help": "Bound on the relay coming up in a new container."})
+    remove_retry_s: float = field(default=60.0, metadata={"help": "How long destroy() retries removing the "
+                                  "container while the engine is unreachable (e.g. restarting)."})
     reap_on_start: bool = field(default=True, metadata={"help": "Remove orphaned containers before the first create."})
 
     def __post_init__(self) -> None:
@@ -158,6 +161,7 @@ def container_spec(config: DockerSandboxConfig, image: str, relay_dir: Path, san
     path = ":".join([image_path or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *extra_path])
     spec: dict[str, Any] = dict(
         image=image,
+        name=sandbox_id,  # so a container whose create was interrupted can still be found and removed
         command=[*command, "--", *idle],
         user="0:0",
         detach=True,
@@ -228,6 +232,30 @@ while True:
 """
 
 
+def in_own_thread(fn: Any) -> asyncio.Future:
+    """Run a long blocking call (an exec's output stream) on its own daemon thread, not the loop's default executor:
+    that pool has ~cpu+4 threads, and as many streaming agents would starve every other Docker call (kill, create)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc is not None else future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as error:  # handed to the awaiting side
+            result, exc = None, error
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="irl-docker-stream", daemon=True).start()
+    return future
+
+
 class DockerProcess:
     """A command started with `docker exec` (implements `SandboxProcess`); output merged into a bounded tail."""
 
@@ -236,7 +264,7 @@ class DockerProcess:
         self._exec_id = exec_id
         self._tail = OutputTail(output_limit)
         self._returncode: int | None = None
-        self._reader = asyncio.ensure_future(asyncio.to_thread(self._read))
+        self._reader = in_own_thread(self._read)
 
     def _read(self) -> None:
         api = self._sandbox.client.api
@@ -292,6 +320,7 @@ class DockerSandbox:
         self.container: Any = None
         self._destroyed = False
         self._processes: list[DockerProcess] = []
+        self._creating: asyncio.Future | None = None
         self.killed = False
 
     workdir = property(lambda self: self._workdir)
@@ -313,7 +342,10 @@ class DockerSandbox:
         image_path = await asyncio.to_thread(self._image_path, image)
         spec = container_spec(self.config, image, self.relay_dir, self.sandbox_id, self._proxy is not None,
                               image_path)
-        self.container = await asyncio.to_thread(self.client.containers.run, **spec)
+        # Shielded and remembered: a cancelled create still lets destroy() wait for the engine's answer, then
+        # remove the container by name even if the answer never came back.
+        self._creating = asyncio.ensure_future(asyncio.to_thread(self.client.containers.run, **spec))
+        self.container = await asyncio.shield(self._creating)
         self._record.extra["container_id"] = self.container.id
         self._record.save(self.root)
         copy = bool(task.repo_dir) and not task.image
@@ -444,17 +476,33 @@ class DockerSandbox:
             return
         self._destroyed = True
         try:
-            if self.container is not None:
-                await asyncio.to_thread(self.container.remove, force=True)
-        except Exception as exc:  # leave it to reap_docker_orphans rather than fail the episode
-            if "No such container" not in str(exc):
-                logger.warning("removing container %s failed: %r", self.container.id, exc)
+            if self._creating is not None:
+                await asyncio.wait([self._creating], timeout=self.config.engine_timeout_s)
+            if self._creating is not None or self.container is not None:
+                await self._remove_container()
         finally:
             for process in self._processes:  # their streams end with the container; never wait unboundedly
                 await asyncio.wait([process._reader], timeout=10)
             if self._proxy is not None:
                 await self._proxy.close()
             await asyncio.to_thread(remove_tree, self.root)
+
+    async def _remove_container(self) -> None:
+        """`docker rm -f`, retried while the engine is unreachable or busy (a dockerd restart takes seconds) up to
+        `remove_retry_s`; after that the container is left to `reap_docker_orphans`."""
+        deadline = time.monotonic() + self.config.remove_retry_s
+        ref = self.container.id if self.container is not None else self.sandbox_id
+        while True:
+            try:
+                await asyncio.to_thread(self.client.api.remove_container, ref, force=True)
+                return
+            except Exception as exc:
+                if "No such container" in str(exc) or getattr(getattr(exc, "response", None), "status_code", 0) == 404:
+                    return
+                if time.monotonic() > deadline:
+                    logger.warning("removing container %s failed: %r", ref, exc)
+                    return
+                await asyncio.sleep(0.5)
 
     async def __aenter__(self) -> DockerSandbox:
         return self

@@ -35,6 +35,7 @@ from rollout_worker.environment.sandbox.docker_backend import (
     OWNER_PID_LABEL,
     OWNER_START_LABEL,
     docker_client,
+    in_own_thread,
 )
 from rollout_worker.environment.sandbox.registry import process_start_time
 from rollout_worker.environment.tasks import swebench as swb
@@ -238,7 +239,7 @@ class SweBenchContainerGrader:
                 return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
 
             try:
-                return await asyncio.wait_for(asyncio.to_thread(run), cfg.timeout_s + 120)
+                return await asyncio.wait_for(asyncio.shield(in_own_thread(run)), cfg.timeout_s + 120)
             except TimeoutError as exc:
                 raise _Infra(f"eval script did not finish within {cfg.timeout_s + 120:g}s") from exc
         finally:
