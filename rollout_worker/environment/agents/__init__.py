@@ -1,25 +1,32 @@
 """Agent launchers: the shipped agents and `get_agent(spec)`.
 
-Specs: `mini-swe-agent` (alias `mini`), `pi`, `cmd:<shell command>`, `oracle`, `noop`, `single-shot`.
+Specs: `mini-swe-agent` (alias `mini`), `pi`, `qwen-code`, `opencode`, `claude-code`, `codex`, `cmd:<shell command>`,
+`oracle`, `noop`, `single-shot`. docs/agents.md: each agent's wire format, first-prompt size and how it is tested.
 """
 
 from __future__ import annotations
 
 from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
+from rollout_worker.environment.agents.claude_code import ClaudeCodeLauncher
+from rollout_worker.environment.agents.codex import CodexLauncher
 from rollout_worker.environment.agents.mini_swe_agent import MiniSweAgentLauncher
+from rollout_worker.environment.agents.opencode import OpencodeLauncher
 from rollout_worker.environment.agents.pi import PiLauncher
+from rollout_worker.environment.agents.qwen_code import QwenCodeLauncher
 from rollout_worker.environment.agents.simple import CommandAgent, NoopAgent, OracleAgent
 from rollout_worker.environment.agents.single_shot import SingleShotAgent
 from rollout_worker.protocols import AgentLauncher
 from rollout_worker.types import AgentCommand
 
 __all__ = [
-    "AgentCommand", "AgentLauncher", "AgentUnavailableError", "CommandAgent", "MiniSweAgentLauncher", "NoopAgent",
-    "OracleAgent", "PiLauncher", "SingleShotAgent", "get_agent", "openai_env",
+    "AgentCommand", "AgentLauncher", "AgentUnavailableError", "ClaudeCodeLauncher", "CodexLauncher", "CommandAgent",
+    "MiniSweAgentLauncher", "NoopAgent", "OpencodeLauncher", "OracleAgent", "PiLauncher", "QwenCodeLauncher",
+    "SingleShotAgent", "get_agent", "openai_env",
 ]
 
 _NAMED = {"mini-swe-agent": MiniSweAgentLauncher, "mini": MiniSweAgentLauncher, "pi": PiLauncher,
-          "oracle": OracleAgent, "noop": NoopAgent, "single-shot": SingleShotAgent}
+          "qwen-code": QwenCodeLauncher, "opencode": OpencodeLauncher, "claude-code": ClaudeCodeLauncher,
+          "codex": CodexLauncher, "oracle": OracleAgent, "noop": NoopAgent, "single-shot": SingleShotAgent}
 
 
 def get_agent(spec: str) -> AgentLauncher:

@@ -7,6 +7,7 @@ heuristic. Launchers only describe the command; the episode runner writes the fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,3 +24,12 @@ def openai_env(endpoint: RolloutEndpoint | None) -> dict[str, str]:
         return {}
     return {"OPENAI_BASE_URL": endpoint.base_url, "OPENAI_API_BASE": endpoint.base_url,
             "OPENAI_API_KEY": endpoint.api_key, "OPENAI_MODEL": endpoint.model}
+
+
+def npm_bin(prefix: Path, command: str, agent: str) -> Path:
+    """`<prefix>/node_modules/.bin/<command>` of an npm agent installed by scripts/bootstrap.sh, or a clear error."""
+    path = prefix / "node_modules" / ".bin" / command
+    if not path.exists():
+        raise AgentUnavailableError(f"{agent} not installed at {path}: run scripts/bootstrap.sh (locks/npm/{agent}, "
+                                    "needs Node >= 20.6 and npm)")
+    return path
