@@ -1,0 +1,174 @@
+"""Injected faults over many real rollouts: the engine answering 5xx, truncated bodies, null logprobs, hanging up,
+going away and coming back; agents killed mid-turn; sandboxes killed under them. Failed rollouts must be unscorable
+(never reward 0), groups complete and correct, and afterwards 0 leaked processes, sockets, sandboxes or temp dirs.
+
+Real parts: the local engine (tiny Qwen3) behind a fault-injecting HTTP proxy, the real worker and gate, the real
+single-shot agent in bubblewrap sandboxes, host-side grading in fresh sandboxes. The quick slice runs ~24 rollouts,
+the full one (RELIABILITY_FULL=1) 500.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from intercept_common.engine_process import LocalEngineProcess
+from intercept_common.http_site import start_site
+from intercept_common.loop_thread import LoopThread
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from local_engine.embedded import ensure_tiny_model
+from rollout_worker.config import WorkerConfig
+from rollout_worker.environment.episode import EpisodeConfig
+from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.environment.tasks import load_tasks
+from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
+from tests.test_sandbox_support import pids_with, sandbox_dirs
+
+from .conftest import scaled
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+FAULTS = ("pass", "pass", "pass", "http_500", "http_503_burst", "truncated_body", "null_logprobs", "hang_up",
+          "engine_away")
+
+
+class FaultyEngine:
+    """A proxy in front of the real engine that injects one fault per completion call, chosen by a seeded RNG."""
+
+    def __init__(self, upstream: str, seed: int) -> None:
+        self.upstream = upstream
+        self.rng = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self.away_until = 0.0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner, self.url = await start_site(app)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _forward(self, request: web.Request) -> tuple[int, bytes, str]:
+        async with self._session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
+                                         headers={"Content-Type": "application/json"}) as resp:
+            return resp.status, await resp.read(), resp.content_type
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if time.monotonic() < self.away_until:  # the engine is "restarting": refuse like a closed port would
+            request.transport.close()
+            return web.Response(status=503)
+        if request.path != "/v1/completions":
+            status, body, content_type = await self._forward(request)
+            return web.Response(status=status, body=body, content_type=content_type)
+        fault = self.rng.choice(FAULTS)
+        self.injected[fault] += 1
+        if fault == "http_500":
+            return web.json_response({"error": {"message": "injected", "type": "server_error"}}, status=500)
+        if fault == "http_503_burst":  # the client retries 503s: the next calls fail too, then it recovers
+            return web.json_response({"error": {"message": "injected overload"}}, status=503)
+        if fault == "engine_away":
+            self.away_until = time.monotonic() + self.rng.uniform(0.5, 3.0)
+            request.transport.close()
+            return web.Response(status=503)
+        if fault == "hang_up":
+            request.transport.close()
+            return web.Response(status=503)
+        status, body, content_type = await self._forward(request)
+        if fault == "truncated_body":
+            body = body[: len(body) // 2]
+        elif fault == "null_logprobs" and status == 200:
+            decoded = json.loads(body)
+            decoded["choices"][0]["logprobs"]["token_logprobs"] = None
+            body = json.dumps(decoded).encode()
+        return web.Response(status=status, body=body, content_type=content_type)
+
+
+def _kill_random_sandbox_processes(rng: random.Random, marker: str) -> int:
+    """SIGKILL one process of a running sandbox (an agent mid-turn, or its sandbox's init)."""
+    pids = pids_with(marker)
+    if not pids:
+        return 0
+    try:
+        os.kill(rng.choice(pids), signal.SIGKILL)
+    except ProcessLookupError:
+        return 0
+    return 1
+
+
+def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_path, monkeypatch):
+    groups = scaled(6, 125)
+    state_dir = Path(tempfile.mkdtemp(prefix="irl-flt-"))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # graders' and relays' temp dirs, counted below
+    rng = random.Random(20261130)
+    loop_thread = LoopThread("faulty-engine", call_timeout_s=60)
+    loop_thread.start()
+    worker = None
+    records: list[dict] = []
+    kills = 0
+    try:
+        with LocalEngineProcess(str(ensure_tiny_model()), served_model_name="policy", max_model_len=2048) as engine:
+            proxy = FaultyEngine(engine.url, seed=7)
+            loop_thread.run(proxy.start())
+            tasks = load_tasks("learning")
+            runner = build_episode_runner(
+                EpisodeOptions(agent="single-shot", sandbox="local", sandbox_options={"state_dir": str(state_dir)}),
+                EpisodeConfig(agent_wall_time_s=60), GradingConfig(reward_mode="fraction"))
+            config = WorkerConfig(num_generations=4, max_inflight=4, max_tokens_per_turn=16, max_turns=2,
+                                  max_groups=groups, keep_trajectories=True, drop_zero_variance_groups=False,
+                                  engine_timeout_s=30, episode_timeout_s=240, seed=1)
+            worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_qwen3_tokenizer(),
+                                  chat_template=None, engine_url=proxy.url)
+            worker.start()
+            deadline = time.monotonic() + scaled(600, 3000)
+            while len(records) < groups * 4 and time.monotonic() < deadline:
+                try:
+                    records.append(worker.trajectories.get(timeout=0.5))
+                except queue.Empty:
+                    worker.check_health(stale_after_s=3600)
+                if rng.random() < 0.08:
+                    kills += _kill_random_sandbox_processes(rng, str(state_dir))
+            worker.stop()
+            loop_thread.run(proxy.stop())
+    finally:
+        if worker is not None:
+            worker.stop()
+        loop_thread.stop()
+    assert len(records) == groups * 4, f"{len(records)} of {groups * 4} rollouts finished"
+    by_group = Counter(r["group_id"] for r in records)
+    assert set(by_group.values()) == {4}  # every group complete, none over-filled
+    statuses = Counter(r["status"] for r in records)
+    for rec in records:
+        if rec["details"].get("turn_end") == "engine_error" or rec["status"] in ("infra_error", "agent_error"):
+            assert not rec["scorable"] and rec["reward"] is None, rec  # never a silent reward 0
+        if rec["scorable"]:
+            assert 0.0 <= rec["reward"] <= 1.0
+    # Each fault the client must not retry (a 500, a cut body, null logprobs) ended its rollout as infra_error.
+    fatal = sum(proxy.injected[k] for k in ("http_500", "truncated_body", "null_logprobs"))
+    assert statuses["infra_error"] >= fatal
+    failed = sum(not r["scorable"] for r in records)
+    assert failed > 0 and failed < len(records)  # the faults bit, and training material still came through
+    leaked = {"processes": pids_with(str(state_dir)), "sandboxes": sandbox_dirs(state_dir),
+              "sockets": [p for p in state_dir.rglob("*.sock")], "temp dirs": list(private_tmp.iterdir())}
+    print(f"\nfaults: {len(records)} rollouts, injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
+          f"statuses {dict(statuses)}; unscorable {failed}; leaks {({k: len(v) for k, v in leaked.items()})}")
+    assert not any(leaked.values()), leaked
