@@ -81,7 +81,9 @@ def hostile_gate():
     yield gut, victim, other, secret, recorder, stats
     gut.gate.stop()
     logging.getLogger().removeHandler(recorder)
-    print(f"\nhostile requests: {stats['sent']} sent, by status {dict(sorted(stats['by_status'].items()))}")
+    print(f"\nhostile requests: {stats['sent']} sent, by status {dict(sorted(stats['by_status'].items()))}, "
+          f"5xx: {sum(n for s, n in stats['by_status'].items() if s >= 500)}, "
+          f"max RSS growth over a route: {stats.get('rss_growth_mb', 0)} MB")
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
@@ -106,9 +108,20 @@ def test_property_based_bodies_get_dialect_4xx_or_an_answer(hostile_gate, route)
         elif "text/event-stream" not in resp.headers.get("Content-Type", ""):
             resp.json()  # a complete JSON answer
 
+    rss_before = _rss_mb()
     one()
+    growth = _rss_mb() - rss_before
+    stats["rss_growth_mb"] = round(max(stats.get("rss_growth_mb", 0.0), growth), 1)
+    assert growth < 300, f"the gate's process grew {growth:.0f} MB over one route's hostile bodies"
     assert not recorder.errors, recorder.errors[:3]
     assert requests.get(f"{gut.url}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _raw_http(port: int, payload: bytes, read_timeout: float = 10.0) -> bytes:

@@ -89,3 +89,25 @@ async def test_regression_a_message_role_of_the_wrong_type_is_a_400_not_a_500(ma
             body = {"model": "policy", "messages": [{"role": role, "content": "hi"}]}
             status, answer, _ = await _post(http, f"{rollout.base_url}/chat/completions", rollout.api_key, body)
             assert status == 400 and "role" in answer["error"]["message"], (role, status, answer)
+
+
+async def test_many_connections_on_one_rollout_are_bounded_and_others_unaffected(make_gate):
+    """50 concurrent calls on one rollout: `max_pending_per_rollout` wait, the rest get 429 at once; another rollout
+    is answered meanwhile."""
+    gate = await make_gate(max_pending_per_rollout=4, queue_timeout_s=5, rollout_request_burst=1000,
+                           rollout_requests_per_s=1000)
+    crowded, calm = await gate.open_rollout("crowded"), await gate.open_rollout("calm")
+    calm_worker = asyncio.create_task(_answer_all(calm))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=connector) as http:
+        crowd = [asyncio.create_task(_post(http, f"{crowded.base_url}/chat/completions", crowded.api_key,
+                                           ROUTES["chat/completions"])) for _ in range(50)]
+        while crowded.pending < 4:
+            await asyncio.sleep(0.01)
+        status, body, _ = await _post(http, f"{calm.base_url}/chat/completions", calm.api_key,
+                                      ROUTES["chat/completions"])
+        assert status == 200 and body["choices"][0]["message"]["content"] == "ok"
+        await crowded.close()
+        statuses = [s for s, _, _ in await asyncio.gather(*crowd)]
+    calm_worker.cancel()
+    assert statuses.count(429) == 46 and statuses.count(404) == 4, statuses
