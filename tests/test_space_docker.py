@@ -141,3 +141,19 @@ def test_shellcheck_passes_on_space_scripts():
     assert scripts
     proc = subprocess.run([shellcheck, "--severity=style", *scripts], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_package_of_the_distribution_is_copied_into_the_image_and_uploaded():
+    """A new top-level package in pyproject.toml must reach the image (Dockerfile COPY) and the Space (upload list)."""
+    import tomllib
+
+    from space_app import deploy
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "space_app" in packages
+    for package in packages:
+        assert f"COPY {package}/ {package}/" in DOCKERFILE, package
+        assert package in deploy.PACKAGE_DIRS, package
+    for module in pyproject["tool"]["setuptools"].get("py-modules", []):
+        assert f"{module}.py" in DOCKERFILE and f"{module}.py" in deploy.PACKAGE_FILES, module
