@@ -131,7 +131,7 @@ CUDA_VISIBLE_DEVICES="$VLLM_GPU" VLLM_SERVER_DEV_MODE=1 vllm serve "$MODEL" \
   "${vllm_extra[@]}" &
 VLLM_PID=$!
 
-deadline=$((SECONDS + HEALTH_TIMEOUT_S))
+deadline=$((SECONDS + HEALTH_TIMEOUT_S + 1))  # SECONDS counts whole seconds: +1 waits at least the timeout
 until vllm_healthy; do
   if ! kill -0 "$VLLM_PID" 2>/dev/null; then
     rc=0; wait "$VLLM_PID" || rc=$?; VLLM_PID=""
