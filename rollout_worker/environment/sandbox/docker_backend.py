@@ -339,6 +339,10 @@ class DockerSandbox:
             self._proxy = GateProxy(self.relay_dir / "gate.sock", self._host_endpoint.base_url,
                                     self._host_endpoint.rollout_id, self.config.upstream_timeout_s)
             await self._proxy.start()
+        if "harbor_dir" in task.extra and image == task.image:  # a Harbor task's environment, built once locally
+            from rollout_worker.environment.tasks.harbor import build_harbor_image
+
+            await asyncio.to_thread(build_harbor_image, self.client, task)
         image_path = await asyncio.to_thread(self._image_path, image)
         spec = container_spec(self.config, image, self.relay_dir, self.sandbox_id, self._proxy is not None,
                               image_path)

@@ -174,7 +174,8 @@ class SweBenchContainerGrader:
         reward = float(resolved) if cfg.reward_mode == "binary" else report.fraction()
         return GradeResult(reward=reward, resolved=resolved, scorable=True, details=details)
 
-    def _labels(self, kind: str) -> dict[str, str]:
+    @staticmethod
+    def _labels(kind: str) -> dict[str, str]:
         return {LABEL: f"{kind}-{secrets.token_hex(6)}", OWNER_PID_LABEL: str(os.getpid()),
                 OWNER_START_LABEL: str(process_start_time(os.getpid()) or "")}
 
@@ -249,6 +250,112 @@ class SweBenchContainerGrader:
                 logger.warning("removing grading container failed: %r", exc)
 
 
+class HarborContainerGrader:
+    """Grades a Harbor task (`tasks.harbor`) the way Harbor does, in a fresh container: the image's working directory
+    is replaced by the agent's final one, `tests/` is copied to /tests, `bash /tests/test.sh` runs (as root, no
+    network, the task's verifier timeout), and the reward is what it wrote to /logs/verifier. Unlike Harbor's default
+    (the verifier runs in the agent's own container), only the working directory carries over from the agent: what it
+    changed elsewhere in its container is gone, and so is anything it left running."""
+
+    def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
+        self.config = config or ContainerGradingConfig()
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client(self.config.engine_timeout_s)
+        return self._client
+
+    async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
+        from rollout_worker.environment.tasks.harbor import read_reward
+
+        started = time.monotonic()
+        details: dict[str, Any] = {"instance_id": task.instance_id, "grader": "harbor-container"}
+        try:
+            if not task.image or "harbor_dir" not in task.extra:
+                raise _Infra("not a Harbor task (no image or harbor_dir)")
+            client = await asyncio.to_thread(lambda: self.client)
+            timeout = float(task.extra.get("verifier_timeout_s") or self.config.timeout_s)
+            log, code, files = await self._verify(client, task, Path(agent_repo_dir), timeout)
+            details.update(verifier_exit_code=code, verifier_log_tail=log[-self.config.keep_log_chars:],
+                           verifier_files=sorted(files))
+            if code == 137 or "[intercept-rl] verifier timed out" in log:
+                raise _Infra(f"verifier timed out after {timeout:g}s")
+            try:
+                reward = read_reward(files)
+            except ValueError as exc:
+                raise _Infra(f"verifier failed: {exc}") from exc
+            result = GradeResult(reward=reward, resolved=reward >= 1.0, scorable=True, details=details)
+        except _Infra as exc:
+            result = _unscorable(details, str(exc))
+        except Exception as exc:
+            result = _unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
+        result.details["grading_s"] = round(time.monotonic() - started, 3)
+        return result
+
+    async def _verify(self, client: Any, task: Task, agent_dir: Path, timeout: float):
+        cfg = self.config
+        workdir = str(task.extra.get("workdir") or "/app")
+        tests = Path(task.extra["harbor_dir"]) / "tests"
+        spec: dict[str, Any] = dict(image=task.image, command=["sleep", "infinity"], detach=True, init=True,
+                                    network_mode="none", labels=SweBenchContainerGrader._labels("verify"),
+                                    security_opt=["no-new-privileges"], user="0:0")
+        if cfg.mem_limit:
+            spec.update(mem_limit=cfg.mem_limit, memswap_limit=cfg.mem_limit)
+        if cfg.pids_limit:
+            spec["pids_limit"] = cfg.pids_limit
+        try:
+            container = await asyncio.to_thread(client.containers.run, **spec)
+        except Exception as exc:
+            raise _Infra(f"verifier container did not start: {exc}") from exc
+        try:
+            def prepare() -> None:
+                code, out = container.exec_run(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1" /logs/verifier /logs/agent',
+                                                "prepare", workdir], user="0")
+                if code != 0:
+                    raise _Infra(f"preparing the verifier container failed: {out[-500:]!r}")
+                for source, dest, arcname in ((agent_dir, workdir, "."), (tests, "/", "tests")):
+                    buffer = io.BytesIO()
+                    with tarfile.open(fileobj=buffer, mode="w") as tar:
+                        tar.add(source, arcname=arcname)
+                    if not container.put_archive(dest, buffer.getvalue()):
+                        raise _Infra(f"copying {source.name} into the verifier container failed")
+
+            await asyncio.to_thread(prepare)
+            script = (f'timeout -s KILL {int(timeout)} bash /tests/test.sh; code=$?; '
+                      'if [ $code -eq 137 ]; then echo "[intercept-rl] verifier timed out"; fi; exit $code')
+            exec_id = (await asyncio.to_thread(client.api.exec_create, container.id, ["bash", "-c", script],
+                                               stdout=True, stderr=True, workdir=workdir))["Id"]
+
+            def run() -> tuple[str, int | None]:
+                chunks = [c for c in client.api.exec_start(exec_id, stream=True)]
+                return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
+
+            try:
+                log, code = await asyncio.wait_for(asyncio.shield(in_own_thread(run)), timeout + 120)
+            except TimeoutError as exc:
+                raise _Infra(f"verifier did not finish within {timeout + 120:g}s") from exc
+
+            def collect() -> dict[str, bytes]:
+                stream, _ = container.get_archive("/logs/verifier/.")
+                out = {}
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    for member in tar.getmembers():
+                        if member.isfile() and member.size < (1 << 20):
+                            extracted = tar.extractfile(member)
+                            if extracted is not None:
+                                out[PurePosixPath(member.name).name] = extracted.read()
+                return out
+
+            return log, code, await asyncio.to_thread(collect)
+        finally:
+            try:
+                await asyncio.to_thread(container.remove, force=True)
+            except Exception as exc:
+                logger.warning("removing verifier container failed: %r", exc)
+
+
 def swb_workdir() -> str:
     from rollout_worker.environment.tasks.schema import SWE_BENCH_WORKDIR
 
@@ -256,14 +363,17 @@ def swb_workdir() -> str:
 
 
 class ImageAwareGrader:
-    """Routes each task to the grader that can grade it: tasks that name an image (SWE-bench, SWE-Gym, Harbor)
-    to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning) to the host grader."""
+    """Routes each task to the grader that can grade it: Harbor tasks to the Harbor verifier, tasks that name an
+    image (SWE-bench, SWE-Gym) to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning) to the host grader."""
 
-    def __init__(self, host_grader: Any, container_grader: Any):
+    def __init__(self, host_grader: Any, container_grader: Any, harbor_grader: Any = None):
         self.host_grader = host_grader
         self.container_grader = container_grader
+        self.harbor_grader = harbor_grader or HarborContainerGrader(client=getattr(container_grader, "_client", None))
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
+        if "harbor_dir" in task.extra:
+            return await self.harbor_grader.grade(task, agent_repo_dir)
         if task.image and not task.repo_dir:
             return await self.container_grader.grade(task, agent_repo_dir)
         return await self.host_grader.grade(task, agent_repo_dir)

@@ -99,11 +99,27 @@ def _read_rows(spec: str, config: TaskLoadConfig) -> tuple[Any, Path | None]:
                             f"{type(e).__name__}: {e}") from e
 
 
+def _harbor_tasks(spec: str) -> list[Task] | None:
+    """Harbor task dirs (`tasks.harbor`): a task dir, or a dir of them; None when `spec` is not one."""
+    from rollout_worker.environment.tasks.harbor import is_harbor_task, load_harbor_tasks
+
+    path = Path(spec).expanduser()
+    if not path.is_dir() or (path / "dataset_info.json").exists():
+        return None
+    if is_harbor_task(path) or any(is_harbor_task(p) for p in path.iterdir() if p.is_dir()):
+        return load_harbor_tasks(path)
+    return None
+
+
 def load_task_report(spec: str, config: TaskLoadConfig | None = None) -> TaskLoadReport:
-    """Load and validate tasks from `spec` ("embedded", "embedded:name1,name2", a path or a hub dataset name)."""
+    """Load and validate tasks from `spec` ("embedded", "embedded:name1,name2", a path, a Harbor task dir or a dir of
+    them, or a hub dataset name)."""
     config = config or TaskLoadConfig()
     if config.max_tasks is not None and config.max_tasks < 1:
         raise ValueError("max_tasks must be >= 1 (or None)")
+    harbor = _harbor_tasks(spec)
+    if harbor is not None:
+        return TaskLoadReport(source=spec, tasks=harbor[: config.max_tasks], rejected=[])
     rows, base_dir = _read_rows(spec, config)
     order = list(range(len(rows)))
     if config.seed is not None:
