@@ -182,6 +182,13 @@ def test_vllm_first_with_training_flags_then_trainer_on_the_other_gpus(space):
         "--weight-transfer-config", '{"backend":"nccl"}', "--logprobs-mode", "processed_logprobs",
         "--max-model-len", "4096", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", port]
     assert vllm["env"] == {"CUDA_VISIBLE_DEVICES": "0", "VLLM_SERVER_DEV_MODE": "1"}
+    # the same flags as the project's own vLLM launch line (trainer/weight_transfer.py)
+    from trainer.weight_transfer import vllm_serve_command
+
+    line = vllm_serve_command("some-org/some-model", "policy", 4096, "bfloat16", port=int(port))
+    assert line.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve ")
+    flags = {flag for flag in line.split() if flag.startswith("--")} - {"--tensor-parallel-size"}
+    assert flags <= set(vllm["argv"]), flags - set(vllm["argv"])
     # order: vLLM started, became healthy, and only then the trainer
     assert vllm["t"] < healthy["t"] < trainer["t"]
     assert trainer["argv"] == [
