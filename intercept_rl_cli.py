@@ -13,8 +13,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
-    "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`--preset learning-demo` on a laptop)"),
-    "inspect": ("trainer.inspect_page", "a token-level HTML view of a run's rollouts (mask, logprobs, versions, forks)"),
+    "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`make demo` on a laptop)"),
+    "inspect": ("trainer.inspect_page", "a token-level HTML page of a run's rollouts (mask, logprobs, versions)"),
     "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
     "space": ("space_app.cli", "deploy to a Hugging Face Space (`space deploy --dry-run` prints the plan)"),
 }
@@ -44,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intercept-rl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Exception as error:  # a failure the user can fix reads as one line with its remedy; a bug keeps its trace
+        from intercept_common.cli_errors import one_line
+
+        line = one_line(error)
+        if line is None or "--traceback" in rest:
+            raise
+        print(f"intercept-rl {name}: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

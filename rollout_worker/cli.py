@@ -6,6 +6,7 @@ Options come from the same config dataclasses `train` composes (`WorkerConfig`, 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import queue
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from intercept_common.cli_errors import squash
 from intercept_common.config_tree import ConfigFileError, build, cli_view, parse_config_tree
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
 from .environment.grading import GradingConfig
 from .factory import EpisodeOptions, build_episode_runner, build_worker, load_tokenizer, served_model_name_for
+from .preflight import check_agent, check_sandbox, check_writable
 
 # Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
 _WORKER_FIELDS_SET_HERE = ("max_groups", "keep_trajectories", "drop_zero_variance_groups", "max_queued_samples")
@@ -84,33 +87,55 @@ def main(argv: list[str] | None = None) -> int:
         options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
         tasks = load_tasks(run.tasks, split=run.task_split, max_tasks=run.max_tasks, seed=worker_view.seed)
         runner = build_episode_runner(options, build(EpisodeConfig, budget), build(GradingConfig, grading_view))
+        # What would otherwise end every rollout as infra_error, or fail after the engine started:
+        check_agent(options.agent)
+        check_sandbox(options.sandbox)
+        check_writable(Path(run.out).resolve().parent, what="--out")
     except (ValueError, FileNotFoundError, RuntimeError, ConfigFileError) as exc:
-        print(f"intercept-rl rollouts: {exc}", file=sys.stderr)
+        print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)
         return 2
     engine_proc = None
     try:
-        if run.engine_url is None:
-            from intercept_common.engine_process import LocalEngineProcess
+        try:
+            if run.engine_url is None:
+                from intercept_common.engine_process import LocalEngineProcess
 
-            served = served_model_name_for(worker_view.served_model_name, None)
-            print(f"starting the local engine on {run.model} …", file=sys.stderr)
-            engine_proc = LocalEngineProcess(run.model, served_model_name=served, max_model_len=run.max_model_len,
-                                             seed=worker_view.seed).start()
-            engine_url = engine_proc.url
-        else:
-            engine_url = run.engine_url
-            served = served_model_name_for(worker_view.served_model_name, engine_url)
+                served = served_model_name_for(worker_view.served_model_name, None)
+                print(f"starting the local engine on {run.model} …", file=sys.stderr)
+                engine_proc = LocalEngineProcess(run.model, served_model_name=served,
+                                                 max_model_len=run.max_model_len, seed=worker_view.seed).start()
+                engine_url = engine_proc.url
+            else:
+                engine_url = run.engine_url
+                served = served_model_name_for(worker_view.served_model_name, engine_url)
+        except (RuntimeError, TimeoutError) as exc:  # unreachable, or the local engine failed to start
+            print(f"intercept-rl rollouts: {squash(str(exc))[:600]}", file=sys.stderr)
+            return 1
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
                        keep_trajectories=True, drop_zero_variance_groups=False)
         worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
                               chat_template=run.chat_template, engine_url=engine_url)
-        return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet)
+        return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet,
+                    engine_proc=engine_proc)
     finally:
         if engine_proc is not None:
             engine_proc.stop()
 
 
-def _run(worker, expected: int, out: Path, quiet: bool) -> int:
+class EngineDiedError(RuntimeError):
+    """The local engine exited while rollouts were running."""
+
+
+def _check_engine(engine_proc) -> None:
+    proc = getattr(engine_proc, "proc", None)
+    if proc is not None and (code := proc.poll()) is not None:
+        tail = [line for line in engine_proc.log_tail(2000).splitlines() if line.strip()]
+        last = f"; its last log line: {tail[-1].strip()[:200]}" if tail else ""
+        raise EngineDiedError(f"the local engine exited with code {code} during the run{last}. Rerun; if it keeps "
+                              "dying, check memory (`dmesg | tail`) or run it alone: intercept-rl engine --model ...")
+
+
+def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     rewards, resolved, unscorable, written = [], 0, 0, 0
@@ -118,6 +143,7 @@ def _run(worker, expected: int, out: Path, quiet: bool) -> int:
     try:
         with out.open("w") as fh:
             while written < expected:
+                _check_engine(engine_proc)
                 try:
                     rec = worker.trajectories.get(timeout=1.0)
                 except queue.Empty:
@@ -137,6 +163,15 @@ def _run(worker, expected: int, out: Path, quiet: bool) -> int:
                     reward = "unscorable" if not rec["scorable"] else f"reward={rec['reward']:.2f}"
                     print(f"[{written}/{expected}] {rec['task_id']} #{rec['group_index']} {rec['status']} {reward} "
                           f"turns={rec['turns']} {rec['timings'].get('total', 0):.1f}s", file=sys.stderr, flush=True)
+    except EngineDiedError as exc:
+        print(f"intercept-rl rollouts: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"intercept-rl rollouts: no space left on the device writing {out}: free some space or choose another "
+              "--out", file=sys.stderr)
+        return 1
     finally:
         worker.stop()
         while not worker.rollout_buffer.empty():  # samples are a training concern; drain so nothing is held

@@ -210,7 +210,8 @@ class ProgressReporter:
             if counts:
                 top = "; ".join(f"{n}x {msg}" if n > 1 else msg for msg, n in counts.most_common(2))
                 more = " …" if len(counts) > 2 else ""
-                events.append(f"{sum(counts.values())} warnings ({top}{more}; see {self.log_path.name if self.log_path else 'the log'})")
+                where = self.log_path.name if self.log_path else "the log"
+                events.append(f"{sum(counts.values())} warnings ({top}{more}; see {where})")
         if events:
             parts.append("| " + ", ".join(events))
         return " ".join(parts)

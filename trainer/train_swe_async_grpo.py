@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 from transformers import TrainerCallback  # noqa: E402
 
 from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
+from intercept_common.cli_errors import squash  # noqa: E402
 from trainer.progress import RunLogging, make_progress_callback, quiet_trackio_banners, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
@@ -241,6 +242,37 @@ def configure_trackio(argv: list[str]) -> str:
     return directory
 
 
+class EngineUnavailableError(RuntimeError):
+    """The engine cannot be reached (before the run) or stopped answering (during it); the message has the remedy."""
+
+
+def engine_answers(url: str, timeout_s: float = 5.0) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def preflight(script: SweTrainArguments, training) -> None:
+    """Fail in one line, before anything starts, on what would otherwise fail late or turn every rollout into an
+    infra error: no space / no write access for the output dir, Docker down, the agent not installed, vLLM away."""
+    from rollout_worker.preflight import check_agent, check_sandbox, check_writable
+
+    check_writable(training.output_dir, what="--output-dir")
+    check_agent(script.episode_options.agent)
+    check_sandbox(script.episode_options.sandbox)
+    if script.vllm_url and not engine_answers(script.vllm_url):
+        from trainer.components import served_model_name
+        from trainer.weight_transfer import vllm_serve_command
+
+        command = vllm_serve_command(script.model_name_or_path, served_model_name(script), script.max_model_len,
+                                     training.dtype)
+        raise EngineUnavailableError(f"cannot reach vLLM at {script.vllm_url} (GET /health failed): start it first, "
+                                     f"e.g. {command}")
+
+
 def dashboard_command(trackio_dir: str, project: str) -> str:
     """The one command that opens the run's Trackio dashboard locally."""
     return f"GRADIO_SERVER_PORT=7861 TRACKIO_DIR={trackio_dir} trackio show --project {project}"
@@ -293,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         trackio_dir = configure_trackio(argv)
         script, training = parse_train_args(argv)
         checkpoint = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
+        preflight(script, training)
         log_path = run_logging.attach_file(training.output_dir)
         if not verbose:
             quiet_trackio_banners()  # after configure_trackio: importing trackio fixes its directory
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"intercept-rl train: {error}", file=sys.stderr)
+        print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)
     _exit_on_sigterm()
@@ -331,7 +364,15 @@ def main(argv: list[str] | None = None) -> int:
         # TRL stops the worker when train() ends (on every path), so closing afterwards writes every record.
         with RolloutRecordWriter(worker.trajectories, Path(training.output_dir) / ROLLOUTS_FILE,
                                  append=checkpoint is not None):
-            trainer.train(resume_from_checkpoint=checkpoint)
+            try:
+                trainer.train(resume_from_checkpoint=checkpoint)
+            except Exception as error:
+                if not engine_answers(engine.url):  # the engine died (or vLLM went away): say so, in one line
+                    raise EngineUnavailableError(
+                        f"the engine at {engine.url} stopped answering during training ({type(error).__name__}); "
+                        f"see {log_path}. Rerun (--resume-from-checkpoint latest continues from the last "
+                        "checkpoint); if it keeps dying, check memory (`dmesg | tail`)") from error
+                raise
         trainer.save_model(training.output_dir)
     logger.info("%d rollout traces logged to Trackio", collector.logged)
     print(end_of_run_summary(reporter, trackio_dir, training, script.preset, log_path), flush=True)

@@ -1,0 +1,64 @@
+"""Checks before a run starts anything: the failures that would otherwise surface as every rollout ending
+`infra_error` (Docker down, an agent not installed) or as a crash minutes in (no space for the output)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+MIN_FREE_MB = 50
+
+
+class PreflightError(RuntimeError):
+    """A one-line, user-fixable problem found before the run (its message names the remedy)."""
+
+
+def check_sandbox(backend: str, timeout_s: float = 10.0) -> None:
+    """`--sandbox docker` needs a reachable Docker engine (bubblewrap problems surface from its own backend)."""
+    if backend != "docker":
+        return
+    from .environment.sandbox import SandboxUnavailableError
+    from .environment.sandbox.docker_backend import docker_client
+
+    try:
+        docker_client(timeout_s).close()
+    except SandboxUnavailableError as error:
+        raise PreflightError(" ".join(str(error).split())) from None
+
+
+def check_agent(spec: str) -> None:
+    """The agent's own install (mini-swe-agent's venv, pi's npm prefix) exists."""
+    from .environment.agents import MiniSweAgentLauncher, PiLauncher, get_agent
+
+    launcher = get_agent(spec)
+    if isinstance(launcher, MiniSweAgentLauncher):
+        binary = launcher.venv / "bin" / "mini"
+    elif isinstance(launcher, PiLauncher):
+        binary = launcher.prefix / "node_modules" / ".bin" / "pi"
+    else:
+        return
+    if not binary.exists():
+        raise PreflightError(f"agent {spec!r} is not installed ({binary} is missing): run `make setup` "
+                             "(scripts/bootstrap.sh)")
+
+
+def check_writable(directory: str | os.PathLike, what: str = "--output-dir", min_free_mb: int = MIN_FREE_MB) -> None:
+    """`directory` can be created and written, with at least `min_free_mb` free."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".intercept-rl-write-probe-{os.getpid()}"
+        with probe.open("wb") as handle:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as error:
+        remedy = "free some space or" if error.errno == 28 else ""
+        raise PreflightError(f"cannot write to {path} ({error.strerror}): {remedy} choose another {what}".replace(
+            ":  choose", ": choose")) from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise PreflightError(f"only {free_mb:.0f} MB free on the filesystem of {path} (need {min_free_mb} MB): free "
+                             f"some space or choose another {what}")
