@@ -17,8 +17,10 @@ if [[ -n "$pid" ]] && [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == dockerd ]]; t
   [[ -n "$ids" ]] && timeout 60 docker rm -f $ids >/dev/null 2>&1
   log "stopping dockerd (pid $pid)"
   $SUDO kill -TERM "$pid"
-  for _ in $(seq 1 40); do [[ -d /proc/$pid ]] || break; sleep 0.5; done
-  if [[ -d /proc/$pid ]]; then log "dockerd ignored SIGTERM for 20 s: SIGKILL"; $SUDO kill -KILL "$pid"; fi
+  # Gone, or a zombie waiting for its parent to reap it (the state field after the command name is Z).
+  running() { [[ -r /proc/$pid/stat ]] && [[ "$(sed 's/.*) //' /proc/"$pid"/stat | cut -d' ' -f1)" != Z ]]; }
+  for _ in $(seq 1 40); do running || break; sleep 0.5; done
+  if running; then log "dockerd ignored SIGTERM for 20 s: SIGKILL"; $SUDO kill -KILL "$pid"; fi
 else
   log "the recorded dockerd (pid ${pid:-none}) is not running"
 fi

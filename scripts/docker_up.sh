@@ -47,7 +47,11 @@ fi
 # 2. The daemon.
 answers() { timeout 10 docker info >/dev/null 2>&1; }
 if answers; then
-  log "a Docker daemon already answers: using it (it will not be stopped by docker_down.sh)"
+  if [[ -f "$STATE/started-by-us" ]]; then
+    log "the Docker daemon docker_up.sh started earlier answers (docker_down.sh will stop it)"
+  else
+    log "a Docker daemon already answers: using it (docker_down.sh will leave it running)"
+  fi
 else
   if [[ $(id -u) -ne 0 && -z "$SUDO" ]]; then give_up "no daemon answers and starting dockerd needs root"; fi
   log "starting dockerd (overlay2, no iptables, no bridge)"
