@@ -21,6 +21,10 @@ from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny-qwen3-v1"  # bump the suffix whenever the recipe below changes: caches are keyed by it
+# The same weights with 65,536 positions: real agent CLIs send 8k-19k tokens before their first turn (docs/agents.md).
+# RoPE has no weights, so only config.json differs from tiny-qwen3-v1 (tests/test_agents_rollouts.py checks it).
+TINY_LONG_MODEL_NAME = "tiny-qwen3-64k-v1"
+LONG_CONTEXT_POSITIONS = 65536
 TINY_MODEL_SEED = 20260601
 CACHE_ENV = "INTERCEPT_RL_CACHE"
 
@@ -80,22 +84,25 @@ def build_tiny_model(target: Path, **config_overrides) -> None:
     tokenizer.save_pretrained(target)  # carries TRL's qwen3.jinja as chat_template
 
 
-def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
+def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, *, long_context: bool = False) -> Path:
     """Path of the embedded tiny model, building it on first use.
 
     `cache_dir` is the cache root (default `$INTERCEPT_RL_CACHE`, else `~/.cache/intercept-rl`); the model lives in
     `<root>/models/tiny-qwen3-v1`. The build happens in a temporary sibling directory that is renamed into place, so
     a crash never leaves a half-written model and concurrent builders simply keep whichever finished first.
+    `long_context=True`: the same model with LONG_CONTEXT_POSITIONS positions, in `<root>/models/tiny-qwen3-64k-v1`.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / "models" / TINY_MODEL_NAME
+    name = TINY_LONG_MODEL_NAME if long_context else TINY_MODEL_NAME
+    overrides = {"max_position_embeddings": LONG_CONTEXT_POSITIONS} if long_context else {}
+    target = root / "models" / name
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         logger.info("building the embedded tiny model into %s", target)
-        build_tiny_model(staging)
+        build_tiny_model(staging, **overrides)
         try:
             staging.rename(target)
         except OSError:

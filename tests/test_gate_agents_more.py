@@ -68,6 +68,7 @@ def test_qwen_code_command(task):
     assert settings["security"]["auth"]["selectedType"] == "openai"
     assert settings["privacy"]["usageStatisticsEnabled"] is False and settings["telemetry"]["enabled"] is False
     assert settings["general"]["enableAutoUpdate"] is False
+    assert settings["memory"]["enableManagedAutoMemory"] is False  # no side conversation after each answer
     assert command.env["OPENAI_BASE_URL"] == ENDPOINT.base_url and command.env["OPENAI_API_KEY"] == ENDPOINT.api_key
     _no_secret_outside_env(command, ENDPOINT.api_key)
 

@@ -10,6 +10,9 @@ Configured by env and `~/.qwen/settings.json` in the sandbox home; the key is on
 - `general.enableAutoUpdate = false` (and the older `disableAutoUpdate` / `disableUpdateNag`): no update check.
   Measured with strace on the host (no sandbox): without these settings qwen-code resolves DNS for outside hosts and
   its first call comes 16 s after start instead of 9 s; with them it connects to nothing but the rollout endpoint.
+- `memory.enableManagedAutoMemory / enableManagedAutoDream / enableAutoSkill = false`: after each answer 0.24.4 starts
+  a "managed memory extraction subagent", a second conversation (its own system prompt) on the same endpoint; in a
+  rollout that was one extra call and one fork per episode (measured on the local engine before this was set).
 - `QWEN_CODE_SUPPRESS_YOLO_WARNING=1`: `--yolo` (approve every tool call) without the warning; our sandbox is the
   sandbox (qwen's own is not configured).
 `qwen --yolo -p <task>` runs one prompt headless and exits when the model ends its turn without a tool call.
@@ -51,6 +54,7 @@ class QwenCodeLauncher:
             "privacy": {"usageStatisticsEnabled": False},
             "telemetry": {"enabled": False},
             "general": {"enableAutoUpdate": False, "disableAutoUpdate": True, "disableUpdateNag": True},
+            "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False, "enableAutoSkill": False},
         }
         env = openai_env(endpoint) | {"QWEN_CODE_SUPPRESS_YOLO_WARNING": "1", "NO_COLOR": "1"}
         argv = [str(qwen), "--yolo", "-p", task.problem_statement]
