@@ -14,6 +14,10 @@ from pathlib import Path
 import requests
 
 
+# Set for the engine it starts: the engine exits once this process (its parent) is gone (local_engine.cli).
+PARENT_PID_ENV = "INTERCEPT_RL_ENGINE_PARENT_PID"
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -41,9 +45,13 @@ class LocalEngineProcess:
                 "--seed", str(self.seed), *self.extra_args]
         if self.max_model_len:
             argv += ["--max-model-len", str(self.max_model_len)]
-        self._log = tempfile.NamedTemporaryFile(prefix="intercept-rl-engine-", suffix=".log", delete=False)
+        # The log has no name on disk once the engine holds it: whoever dies first (even by SIGKILL), the file
+        # goes when both sides have closed it, so a killed run leaves no log behind. The tail is read through our fd.
+        self._log = tempfile.TemporaryFile(prefix="intercept-rl-engine-", suffix=".log")
+        # The engine exits when this process dies (it watches its parent), so a SIGKILLed trainer leaves no engine.
+        env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
+                                     cwd=str(Path(__file__).resolve().parent.parent), env=env)
         self.url = f"http://{self.host}:{port}"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
@@ -65,10 +73,10 @@ class LocalEngineProcess:
         if self._log is None:
             return ""
         try:
-            data = Path(self._log.name).read_bytes()
+            size = os.fstat(self._log.fileno()).st_size
+            return os.pread(self._log.fileno(), n_bytes, max(0, size - n_bytes)).decode(errors="replace")
         except OSError:
             return ""
-        return data[-n_bytes:].decode(errors="replace")
 
     def stop(self, timeout_s: float = 15.0) -> None:
         proc, self.proc = self.proc, None
@@ -84,10 +92,6 @@ class LocalEngineProcess:
                 proc.wait(timeout=timeout_s)
         if self._log is not None:
             self._log.close()
-            try:
-                os.unlink(self._log.name)
-            except OSError:
-                pass
             self._log = None
 
     def __enter__(self) -> "LocalEngineProcess":

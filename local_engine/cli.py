@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 from intercept_common.config_tree import parse_config_tree
+from intercept_common.engine_process import PARENT_PID_ENV
 from intercept_common.http_site import start_site
 from local_engine.generation import BatchedGenerator
 from local_engine.server import EngineConfig, EngineServer
@@ -73,6 +75,18 @@ def create_engine_server(config: EngineConfig) -> EngineServer:
     return EngineServer(generator, tokenizer, config, max_model_len)
 
 
+async def _stop_when_parent_dies(stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    """Started by `LocalEngineProcess` (PARENT_PID_ENV set): stop once that parent is gone, even if it was SIGKILLed
+    and could not stop us (we run in our own session, so its process group's signals do not reach us)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not parent.isdigit():
+        return
+    while os.getppid() == int(parent):
+        await asyncio.sleep(interval_s)
+    logging.getLogger(__name__).warning("the process that started this engine (pid %s) is gone: stopping", parent)
+    stop.set()
+
+
 async def serve(server: EngineServer, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; print the bound URL once listening (port 0 picks a free port)."""
     runner, url = await start_site(server.app(), host=host, port=port)
@@ -82,7 +96,9 @@ async def serve(server: EngineServer, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        watch = asyncio.ensure_future(_stop_when_parent_dies(stop))
         await stop.wait()
+        watch.cancel()
     finally:
         await runner.cleanup()  # runs on_shutdown: the generator thread stops and waiting requests fail cleanly
 

@@ -138,14 +138,32 @@ def restore_model_version(trainer, worker, weight_transfer, checkpoint_dir: str 
     return int(version)
 
 
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` whose save finished (transformers writes `trainer_state.json` at its end).
+
+    A run killed while saving (pre-emption, OOM, SIGKILL) leaves a newer, partial directory behind; resuming from it
+    would fail, so it is skipped with a warning and the previous complete checkpoint is used.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = []
+    for name in os.listdir(output_dir):
+        prefix, _, number = name.partition("-")
+        if prefix == "checkpoint" and number.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            numbered.append((int(number), os.path.join(output_dir, name)))
+    for _, path in sorted(numbered, reverse=True):
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("skipping %s: its save did not finish (no trainer_state.json)", path)
+    return None
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """`--resume-from-checkpoint PATH`, or `true`/`latest` for the newest checkpoint in the output dir."""
     if not resume_from_checkpoint or resume_from_checkpoint.lower() in ("false", "no", "none"):
         return None
     if resume_from_checkpoint.lower() in ("true", "yes", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = latest_complete_checkpoint(output_dir)
         if last is None:
             raise FileNotFoundError(f"--resume-from-checkpoint {resume_from_checkpoint}: no checkpoint in {output_dir}")
         return last
