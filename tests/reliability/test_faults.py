@@ -156,7 +156,7 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
     assert len(records) == groups * 4, f"{len(records)} of {groups * 4} rollouts finished"
     by_group = Counter(r["group_id"] for r in records)
     assert set(by_group.values()) == {4}  # every group complete, none over-filled
-    statuses = Counter(r["status"] for r in records)
+    statuses = Counter(str(r["status"]) for r in records)
     for rec in records:
         if rec["details"].get("turn_end") == "engine_error" or rec["status"] in ("infra_error", "agent_error"):
             assert not rec["scorable"] and rec["reward"] is None, rec  # never a silent reward 0

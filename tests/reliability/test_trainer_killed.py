@@ -16,6 +16,7 @@ import pytest
 
 from tests.test_resume import FAST, REPO, _processes_with_marker
 
+from .conftest import FULL
 
 
 def _start(out: Path, tmp: Path, marker: str, extra: list[str]) -> subprocess.Popen:
@@ -43,8 +44,31 @@ def test_regression_latest_skips_a_checkpoint_whose_save_did_not_finish(tmp_path
         resolve_checkpoint("latest", str(tmp_path / "empty"))
 
 
+def test_regression_the_engine_exits_when_the_process_that_started_it_is_killed(tmp_path):
+    """Found by the SIGKILL test below: the local engine runs in its own session, so a SIGKILLed trainer left it
+    serving forever. A parent that starts it and is SIGKILLed must take it along within seconds."""
+    script = ("import sys, time; from intercept_common.engine_process import LocalEngineProcess; "
+              "from local_engine.embedded import ensure_tiny_model; "
+              "e = LocalEngineProcess(str(ensure_tiny_model()), max_model_len=256).start(); "
+              "print(e.proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{engine_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gone = not Path(f"/proc/{engine_pid}").exists() or "Z" in Path(f"/proc/{engine_pid}/stat").read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert gone, f"the engine (pid {engine_pid}) outlived the process that started it"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
+@pytest.mark.skipif(not FULL, reason="the full reliability run only (make test-reliability): two training runs")
 def test_a_sigkilled_trainer_resumes_and_leaves_nothing(tmp_path):
     out, tmp = tmp_path / "out", tmp_path / "tmp"
     tmp.mkdir()
