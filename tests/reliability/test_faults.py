@@ -172,3 +172,36 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
     print(f"\nfaults: {len(records)} rollouts, injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
           f"statuses {dict(statuses)}; unscorable {failed}; leaks {({k: len(v) for k, v in leaked.items()})}")
     assert not any(leaked.values()), leaked
+
+
+def test_stopping_the_worker_mid_rollouts_leaves_nothing(tmp_path, monkeypatch):
+    """The worker stopped while agents are mid-turn (trainer shutdown, pre-emption): every sandbox, agent and grading
+    dir goes, and no record claims a reward it did not earn."""
+    state_dir = Path(tempfile.mkdtemp(prefix="irl-stp-"))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    with LocalEngineProcess(str(ensure_tiny_model()), served_model_name="policy", max_model_len=2048) as engine:
+        runner = build_episode_runner(
+            EpisodeOptions(agent="cmd:python3 -c 'import time; time.sleep(3600)'", sandbox="local",
+                           sandbox_options={"state_dir": str(state_dir)}),
+            EpisodeConfig(agent_wall_time_s=600), GradingConfig(reward_mode="fraction"))
+        config = WorkerConfig(num_generations=2, max_inflight=4, keep_trajectories=True, seed=3)
+        worker = build_worker(config, tasks=load_tasks("learning"), episode_runner=runner,
+                              tokenizer=load_qwen3_tokenizer(), chat_template=None, engine_url=engine.url)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while len(pids_with("time.sleep(3600)")) < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(pids_with("time.sleep(3600)")) >= 4, "the agents never started"
+        finally:
+            worker.stop()
+    records = []
+    while not worker.trajectories.empty():
+        records.append(worker.trajectories.get_nowait())
+    assert all(not r["scorable"] or r["status"] != "completed" for r in records)
+    leaked = {"processes": pids_with(str(state_dir)) + pids_with("time.sleep(3600)"),
+              "sandboxes": sandbox_dirs(state_dir), "temp dirs": list(private_tmp.iterdir())}
+    print(f"\nworker stopped mid-rollouts: {len(records)} records, leaks {({k: len(v) for k, v in leaked.items()})}")
+    assert not any(leaked.values()), leaked
