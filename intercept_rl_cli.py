@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"intercept-rl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    show_traceback = "--traceback" in rest  # every command accepts it: known failures keep their traceback too
+    rest = [arg for arg in rest if arg != "--traceback"]
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from intercept_common.cli_errors import one_line
 
         line = one_line(error)
-        if line is None or "--traceback" in rest:
+        if line is None or show_traceback:
             raise
         print(f"intercept-rl {name}: {line}", file=sys.stderr)
         return 1
