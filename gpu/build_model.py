@@ -17,12 +17,17 @@ import argparse
 import sys
 from pathlib import Path
 
-VARIANTS = ("tiny", "wide", "qwen3-1.7b")
+VARIANTS = ("tiny", "wide", "qwen3-1.7b", "qwen3-8b")
 
 # Qwen3-1.7B's config.json (Hugging Face Qwen/Qwen3-1.7B), the fields that shape the weights.
 QWEN3_1_7B = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
                   rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+# The Qwen3-8B architecture (untied embeddings): the multi-GPU FSDP2 run's model (gpu/fsdp2_x4.sh).
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=False,
+                rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+ARCHITECTURES = {"qwen3-1.7b": QWEN3_1_7B, "qwen3-8b": QWEN3_8B}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +49,9 @@ def build_wide_model(target: Path) -> Path:
     return target
 
 
-def build_qwen3_1_7b(target: Path, seed: int = 0) -> Path:
-    """Random-init Qwen3-1.7B architecture in bf16 with the real Qwen3 tokenizer and TRL's template (like `tiny`)."""
+def build_qwen3_1_7b(target: Path, seed: int = 0, architecture: dict | None = None) -> Path:
+    """Random-init Qwen3 of a real architecture (default Qwen3-1.7B) in bf16 with the real Qwen3 tokenizer and TRL's
+    template (like `tiny`)."""
     import torch
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
@@ -56,7 +62,7 @@ def build_qwen3_1_7b(target: Path, seed: int = 0) -> Path:
         return target
     tokenizer = load_qwen3_tokenizer()
     config = tiny_model_config(tokenizer)
-    for name, value in QWEN3_1_7B.items():
+    for name, value in (architecture or QWEN3_1_7B).items():
         setattr(config, name, value)
     config.layer_types = ["full_attention"] * config.num_hidden_layers
     config.torch_dtype = "bfloat16"
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.variant == "wide":
         path = build_wide_model(Path(args.cache_dir) / "models" / "wide-qwen3-v1")
     else:
-        path = build_qwen3_1_7b(Path(args.cache_dir) / "models" / "qwen3-1.7b-random")
+        path = build_qwen3_1_7b(Path(args.cache_dir) / "models" / f"{args.variant}-random",
+                                architecture=ARCHITECTURES[args.variant])
     print(path)
     return 0
 

@@ -9,6 +9,7 @@
 #                                  # start vLLM, probe its logprobs before any training
 #   bash gpu/production.sh train   # gated vs raw vLLM throughput, N AsyncGRPOTrainer steps, probes after
 # Knobs (env): VLLM_GPU=0 TRAIN_GPU=1 VARIANT=qwen3-1.7b STEPS=5 LR=5e-4 BATCH=16 GROUP=8 MAX_TOKENS=512
+#   TRAIN_PROCS=1 (>1: accelerate launch with trainer/accelerate_fsdp2.yaml over TRAIN_GPU's GPUs, e.g. TRAIN_GPU=0,1,2)
 #   AGENT=single-shot|parity (parity: rewards with variance from a random model, see below)
 #   VLLM_MEM=0.80 VLLM_EXTRA="" SKIP_ATTENTION=0 SKIP_GATE_BENCH=0 TRAIN_TIMEOUT=360
 # Leaves /tmp/prod (logs, JSON), /tmp/gpu_env.sh, /tmp/vllm.pid; writes summary_<stage>.json and <stage>_logs.tar.gz
@@ -146,7 +147,12 @@ bad = [os.path.join(d, f) for d, _, fs in os.walk(\".\") if \"tests\" not in d f
 print(len(c), \"chars,\", len(bad), \"files emptied\")'"
   fi
   # A few AsyncGRPOTrainer optimizer steps, a weight sync (TRL's NCCL WeightTransferClient) after every one.
-  CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout "${TRAIN_TIMEOUT:-360}" python3 trainer/train_swe_async_grpo.py \
+  # TRAIN_PROCS > 1 (gpu/fsdp2_x4.sh): the trainer sharded with FSDP2 over TRAIN_GPU's GPUs by accelerate launch.
+  launcher=(python3)
+  if (( ${TRAIN_PROCS:-1} > 1 )); then
+    launcher=(accelerate launch --config_file trainer/accelerate_fsdp2.yaml --num_processes "$TRAIN_PROCS")
+  fi
+  CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout "${TRAIN_TIMEOUT:-360}" "${launcher[@]}" trainer/train_swe_async_grpo.py \
     --model_name_or_path "$model_dir" --vllm_url http://127.0.0.1:8000 --served_model_name policy \
     --max_model_len 4096 --dtype bfloat16 --bf16 true --tree_attention torch \
     --tasks embedded --agent "$agent" --reward_mode "$reward" --sandbox local --drop_zero_variance_groups false \

@@ -159,3 +159,24 @@ def test_summarize_production_reads_step_logs_rollouts_and_reports(tmp_path):
     assert summary["rollouts"]["rollouts"] == 4 and summary["rollouts"]["sampled_tokens"] == 2048
     assert summary["rollouts"]["share_agent"] == pytest.approx(0.6)
     assert summary["sync_proof"] == {"a vs b": {"max_abs_diff": 0.1}}
+
+
+def test_fsdp2_x4_run_is_prepared_on_cpu():
+    """What the 4-GPU FSDP2 run needs that a CPU can check: accelerate parses the FSDP2 config, the 8B variant has
+    the real size, and the driver launches the trainer with it on three GPUs next to vLLM on the fourth."""
+    import torch
+    from accelerate.commands.config.config_args import load_config_from_file
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = load_config_from_file(str(GPU_DIR.parent / "trainer" / "accelerate_fsdp2.yaml"))
+    assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
+    assert config.mixed_precision == "bf16" and config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    module = load("build_model")
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, **module.QWEN3_8B))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 8.2  # Qwen3-8B, untied embeddings
+    driver = (GPU_DIR / "fsdp2_x4.sh").read_text()
+    assert 'VLLM_GPU="${VLLM_GPU:-3}" TRAIN_GPU="${TRAIN_GPU:-0,1,2}" TRAIN_PROCS="${TRAIN_PROCS:-3}"' in driver
+    production = (GPU_DIR / "production.sh").read_text()
+    assert ('launcher=(accelerate launch --config_file trainer/accelerate_fsdp2.yaml --num_processes "$TRAIN_PROCS")'
+            in production)
