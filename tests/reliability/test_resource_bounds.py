@@ -4,6 +4,7 @@ rollouts untouched. Plus regression tests for what the hostile-request suite fou
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 
@@ -111,3 +112,30 @@ async def test_many_connections_on_one_rollout_are_bounded_and_others_unaffected
         statuses = [s for s, _, _ in await asyncio.gather(*crowd)]
     calm_worker.cancel()
     assert statuses.count(429) == 46 and statuses.count(404) == 4, statuses
+
+
+async def test_a_stalled_reader_does_not_hold_the_gate(make_gate):
+    """A client that asks for a stream and never reads a byte: the call is answered into the socket, the handler
+    finishes, nothing stays pending; a slowloris body is cut at `body_timeout_s` (408)."""
+    gate = await make_gate(body_timeout_s=0.5, keepalive_interval_s=0.05)
+    rollout = await gate.open_rollout("stalled")
+    worker = asyncio.create_task(_answer_all(rollout))
+    body = json.dumps({**ROUTES["chat/completions"], "stream": True}).encode()
+    head = (f"POST /rollout/stalled/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{rollout.api_key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(head + body)
+    await writer.drain()  # ... and never read
+    deadline = asyncio.get_running_loop().time() + 10
+    while gate.metrics["requests_total"].get("chat_completions 200", 0) < 1:
+        assert asyncio.get_running_loop().time() < deadline, gate.metrics
+        await asyncio.sleep(0.05)
+    assert gate.pending_requests == 0
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    slow_writer.write(head)  # headers, then the body never comes
+    await slow_writer.drain()
+    answer = await asyncio.wait_for(slow_reader.read(4096), timeout=10)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    for w in (writer, slow_writer):
+        w.close()
+    worker.cancel()
