@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +224,21 @@ async def test_oracle_and_noop_episodes_in_containers(make_gate, dbackend, task)
             await rollout.close()
     assert (results["oracle"].status, results["oracle"].reward) == (EpisodeStatus.COMPLETED, 1.0), results["oracle"]
     assert (results["noop"].status, results["noop"].reward) == (EpisodeStatus.COMPLETED, 0.0), results["noop"]
+
+
+async def test_host_grader_runs_its_tests_in_a_container_without_bubblewrap(client, task, state_dir):
+    """Hosts with Docker but no bubblewrap: FailPassGrader + DockerTestExecutor grades in a fresh container."""
+    from rollout_worker.environment.sandbox.docker_grading import DockerTestExecutor
+
+    grader = FailPassGrader(DockerTestExecutor(client=client))
+    pristine = await grader.grade(task, Path(task.repo_dir))
+    assert (pristine.reward, pristine.scorable) == (0.0, True), pristine.details
+    fixed = Path(state_dir) / "fixed"
+    shutil.copytree(task.repo_dir, fixed)
+    (fixed / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    graded = await grader.grade(task, fixed)
+    assert (graded.reward, graded.resolved) == (1.0, True), graded.details
+    res = await DockerTestExecutor(client=client).run(fixed, ["sleep", "30"], timeout=1)
+    assert res.timed_out and res.exit_code == -9
+    assert [c for c in sandbox_containers(client) if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())] == []
+    shutil.rmtree(fixed)
