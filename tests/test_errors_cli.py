@@ -122,33 +122,40 @@ def test_rollouts_disk_full_while_writing():
 
 @pytest.mark.slow
 def test_rollouts_engine_dies_mid_run(tmp_path):
+    """The engine is killed while a group of 64 rollouts runs (records only come when the group completes)."""
+    out = tmp_path / "r.jsonl"
     argv = [sys.executable, "-m", "intercept_rl_cli", "rollouts", "--tasks", "learning", "--agent", "single-shot",
-            "--num-generations", "64", "--max-inflight", "2", "--max-tokens-per-turn", "4", "--max-turns", "1",
-            "--out", str(tmp_path / "r.jsonl")]
+            "--num-generations", "64", "--max-inflight", "1", "--max-tokens-per-turn", "4", "--max-turns", "1",
+            "--out", str(out)]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        lines = []
-        for line in proc.stderr:  # the first finished rollout: the engine is serving
-            lines.append(line)
-            if line.startswith("[1/"):
-                break
-        engines = [pid for pid in _children(proc.pid) if b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert engines, "".join(lines)
-        for pid in engines:
-            os.kill(pid, signal.SIGKILL)
-        rest = proc.stderr.read()
-        proc.wait(timeout=120)
+        deadline = time.monotonic() + 400
+        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)  # the output opens once the engine is healthy and the worker started
+        time.sleep(3)
+        engines = [pid for pid in _children(proc.pid) if b"intercept_rl_cli\0engine" in _cmdline(pid)]
+        assert len(engines) == 1
+        os.kill(engines[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    done = subprocess.CompletedProcess(argv, proc.returncode, "", "".join(lines) + rest)
-    _one_line_error(done, "rollouts", "the local engine exited", "during the run")
+            proc.wait()
+    done = subprocess.CompletedProcess(argv, proc.returncode, "", stderr)
+    _one_line_error(done, "rollouts", "the local engine exited with code -9", "during the run")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # a sandbox that just ended
+        return b""
 
 
 def _children(pid: int) -> list[int]:
     found, deadline = [], time.monotonic() + 5
-    while not found and time.monotonic() < deadline:
+    while not found and time.monotonic() < deadline:  # direct children only (the engine is one)
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
