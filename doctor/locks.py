@@ -52,7 +52,10 @@ def installed_in(python: Path) -> dict[str, str]:
     """
     code = r"""
 import json, re, importlib.metadata as m
-have = {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}
+have = {}
+for d in m.distributions():  # in sys.path order: the first copy of a name is the one Python imports
+    if d.metadata['Name'] and d.metadata['Name'] not in have:
+        have[d.metadata['Name']] = d.version
 def deps(name):
     try:
         reqs = m.requires(name) or []

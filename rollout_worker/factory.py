@@ -77,14 +77,15 @@ def _test_executor(sandbox: str):
 
 
 def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, chat_template: str | None,
-                 engine_url: str, gate_host: str = "127.0.0.1", gate_port: int = 0):
+                 engine_url: str, gate_host: str = "127.0.0.1", gate_port: int = 0, gate_secret: bytes | None = None):
     """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's)."""
     from .serving.chat_template import resolve_training_template
     from .worker import RolloutWorker
 
     template = resolve_training_template(tokenizer, chat_template)
     return RolloutWorker(config, tasks=tasks, episode_runner=episode_runner, tokenizer=tokenizer,
-                         chat_template=template, engine_url=engine_url, gate_host=gate_host, gate_port=gate_port)
+                         chat_template=template, engine_url=engine_url, gate_host=gate_host, gate_port=gate_port,
+                         gate_secret=gate_secret)
 
 
 def load_tokenizer(model: str):

@@ -62,6 +62,7 @@ class RolloutWorker:
         gate_host: str = "127.0.0.1",
         gate_port: int = 0,
         gate_config: GateConfig | None = None,
+        gate_secret: bytes | None = None,
     ):
         self.config = config
         self.tasks = tasks
@@ -69,8 +70,10 @@ class RolloutWorker:
         self.tokenizer = tokenizer
         self.assembler = PromptAssembler(tokenizer, chat_template)
         self.engine_url = engine_url
+        # gate_secret: what rollout keys are derived from (random when None); a deployment that must reach the gate
+        # from outside (a Space) passes its own. Never logged.
         self._gate_args = dict(host=gate_host, port=gate_port, config=gate_config or GateConfig(),
-                               served_model_name=config.served_model_name)
+                               served_model_name=config.served_model_name, secret=gate_secret)
         self.scheduler: GroupScheduler[Trajectory] = GroupScheduler(
             tasks, config.num_generations, seed=config.seed, max_groups=config.max_groups
         )

@@ -18,6 +18,7 @@ fresh() { [[ -f "$1" && "$(cat "$1")" == "$2" ]]; }  # fresh STAMP HASH: install
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v git >/dev/null || need_apt+=(git)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)  # the tests lint the shell scripts (space_app/*.sh)
 if [[ "${INTERCEPT_RL_NO_BROWSER:-0}" != 1 ]] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if ((${#need_apt[@]})); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"

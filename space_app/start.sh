@@ -157,6 +157,7 @@ CUDA_VISIBLE_DEVICES="$TRAIN_GPUS" accelerate launch \
   --model-name-or-path "$MODEL" \
   --vllm-url "http://127.0.0.1:${VLLM_PORT}" \
   --served-model-name "$SERVED_NAME" \
+  --gate-port "$INTERCEPT_RL_GATE_PORT" \
   --dtype "$DTYPE" \
   --output-dir "$OUTPUT_DIR" \
   --project "$TRACKIO_PROJECT" \

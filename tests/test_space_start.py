@@ -194,7 +194,8 @@ def test_vllm_first_with_training_flags_then_trainer_on_the_other_gpus(space):
     assert trainer["argv"] == [
         "launch", "--config_file", str(ROOT / "trainer" / "accelerate_fsdp2.yaml"), "--num_processes", "3",
         "trainer/train_swe_async_grpo.py", "--model-name-or-path", "some-org/some-model",
-        "--vllm-url", f"http://127.0.0.1:{port}", "--served-model-name", "policy", "--dtype", "bfloat16",
+        "--vllm-url", f"http://127.0.0.1:{port}", "--served-model-name", "policy", "--gate-port", "8001",
+        "--dtype", "bfloat16",
         "--output-dir", str(space.tmp / "out"), "--project", "intercept-rl", "--max-steps", "2",
         "--num-generations", "4"]
     assert trainer["env"]["CUDA_VISIBLE_DEVICES"] == "1,2,3"

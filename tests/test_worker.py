@@ -171,3 +171,48 @@ def test_worker_overlong_prompt_ends_the_rollout_with_context_length_exceeded(ti
     assert rec["status"] == "overlong" and rec["scorable"] is False and rec["reward"] is None
     assert rec["details"]["turn_end"] == "overlong"
     assert "HTTP 400 code=context_length_exceeded" in rec["agent_output"]  # what the agent was told
+
+
+def test_a_deployment_fixes_the_gate_port_and_secret_for_the_training_worker(engine, tmp_path, monkeypatch):
+    """`train --gate-port` and INTERCEPT_RL_GATE_SECRET (a Space's status page proxies to a fixed port; keys derive
+    from the deployment's secret): the training worker's gate listens there and every rollout key is
+    HMAC(secret, rollout id)."""
+    import hashlib
+    import hmac
+    import socket
+
+    import requests
+
+    from trainer.components import build_rollout_worker
+    from trainer.config import parse_train_args
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "s3cret-" + "x" * 32
+    monkeypatch.setenv("INTERCEPT_RL_GATE_SECRET", secret)
+    script, training = parse_train_args(["--preset", "cpu-demo", "--agent", "single-shot", "--gate-port", str(port),
+                                         "--output-dir", str(tmp_path), "--report-to", "none"])
+    worker = build_rollout_worker(script, training, model_path=str(ensure_tiny_model()), engine_url=engine.url)
+    seen = []
+
+    class Recorder:
+        async def run(self, task, endpoint, stop):
+            seen.append(endpoint)
+            return EpisodeResult(status=EpisodeStatus.COMPLETED, reward=0.0, exit_code=0)
+
+    worker.episode_runner = Recorder()
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen, "no rollout started"
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    finally:
+        worker.stop()
+    assert health.status_code == 200
+    endpoint = seen[0]
+    assert endpoint.base_url.startswith(f"http://127.0.0.1:{port}/rollout/")
+    expected = "irl-" + hmac.new(secret.encode(), endpoint.rollout_id.encode(), hashlib.sha256).hexdigest()
+    assert endpoint.api_key == expected

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from trainer.config import SweTrainArguments
+from trainer.config import GATE_SECRET_ENV, SweTrainArguments
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     )
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.episode_options.agent,
                 script.episode_options.sandbox)
+    secret = os.environ.get(GATE_SECRET_ENV)
     return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
-                        chat_template=script.chat_template, engine_url=engine_url)
+                        chat_template=script.chat_template, engine_url=engine_url, gate_host=script.gate_host,
+                        gate_port=script.gate_port, gate_secret=secret.encode() if secret else None)
 
 
 def engine_url_if_remote(script: SweTrainArguments) -> str | None:

@@ -33,6 +33,8 @@ EpisodeSelection = cli_view(EpisodeOptions)
 EpisodeBudget = cli_view(EpisodeConfig)
 GradingOptions = cli_view(GradingConfig)
 
+GATE_SECRET_ENV = "INTERCEPT_RL_GATE_SECRET"
+
 # Each preset is a mapping of defaults over both dataclasses. Keep them small: a preset is a starting point.
 PRESETS: dict[str, dict[str, Any]] = {
     # Fits a 2-core laptop: the embedded tiny model served by the local engine, embedded tasks in bubblewrap sandboxes,
@@ -123,6 +125,15 @@ class SweTrainArguments:
     )
     max_model_len: int = field(
         default=4096, metadata={"help": "Context length of the local engine (prompt + completion)."}
+    )
+    gate_host: str = field(
+        default="127.0.0.1", metadata={"help": "Where the interception gate listens (agents reach it through it)."}
+    )
+    gate_port: int = field(
+        default=0,
+        metadata={"help": "The gate's port; 0 picks a free one. A Space fixes it (its status page proxies /rollout/... "
+                  "to it). The gate's secret, which rollout keys derive from, is read from the environment variable "
+                  f"{GATE_SECRET_ENV} when set (never a flag: it would show in `ps`); random otherwise."},
     )
     engine_startup_timeout_s: float = field(
         default=300.0, metadata={"help": "How long to wait for the local engine to become healthy."}
