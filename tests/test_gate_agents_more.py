@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,10 @@ def test_bundled_binaries_are_executable_by_the_sandbox_user(agent):
 # -- real agents in a real sandbox, scripted responder -------------------------------------------------------------
 
 SHELL_TOOL = {"qwen-code": "run_shell_command", "opencode": "bash", "claude-code": "Bash", "codex": "exec_command"}
-COMMAND = "echo hi > hello.txt && cat calc.py"
+# `sleep 1`: qwen-code 0.24.4 settles a headless command on the child's `exit` event, before its stdout pipe is
+# drained; under load a fast command's output is then lost ("Output: (empty)", 2 of 7 runs on 2 busy cores). The
+# sleep keeps this test about the gate, not about that race (docs/agents.md).
+COMMAND = "echo hi > hello.txt && cat calc.py && sleep 1"
 
 
 def _shell_call(agent: str, call_id: str) -> dict:
@@ -181,8 +185,10 @@ async def _run_scripted(agent: str, make_gate, backend, task):  # noqa: F811
                                       finish_reason="stop", usage={"prompt_tokens": 20, "completion_tokens": 5})
             code = await proc.wait(120)
             assert code is not None, "agent did not exit: " + proc.output_tail()
-            hello = sb.host_workdir / "hello.txt"
-            edited = hello.read_text() if hello.exists() else None
+            try:
+                edited = (await sb.read_file(f"{sb.workdir}/hello.txt")).decode()
+            except Exception:  # noqa: BLE001 - missing file (OSError here, docker's NotFound there): asserted below
+                edited = None
         finally:
             await sb.kill()
     await rollout.close()
@@ -238,3 +244,31 @@ async def test_real_codex_in_sandbox(make_gate, backend, task):  # noqa: F811
     _assert_round_trip("codex", seen, proc, edited, "openai_responses")
     assert "All done: the file is written." in proc.output_tail()
     assert {t.get("type", "function") for t in seen[0].raw["tools"]} == {"function"}
+
+
+@pytest.fixture
+def docker_backend():
+    from rollout_worker.environment.sandbox import get_backend
+    from tests.docker_support import docker_client_or_skip, sandbox_containers
+
+    client = docker_client_or_skip()
+    yield get_backend("docker")
+
+    def ours():  # containers of this test process (other processes may share the daemon)
+        return [c.name for c in sandbox_containers(client) if c.labels.get("intercept-rl.owner-pid") == str(os.getpid())]
+
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ours() == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("agent,dialect", [("qwen-code", "chat_completions"), ("opencode", "chat_completions"),
+                                           ("claude-code", "anthropic_messages"), ("codex", "openai_responses")])
+async def test_real_agents_in_docker(agent, dialect, make_gate, docker_backend, task):  # noqa: F811
+    """The container twin: the same round trip with the agent in a `--network none` container (non-root user),
+    its install bound read-only from the host."""
+    seen, proc, edited = await _run_scripted(agent, make_gate, docker_backend, task)
+    _assert_round_trip(agent, seen, proc, edited, dialect)
