@@ -72,6 +72,13 @@ def private_dockerd():
 async def test_many_rollouts_random_kills_and_a_dockerd_restart_leave_nothing(private_dockerd, make_gate, tmp_path):
     daemon, client = private_dockerd
     state = Path(tempfile.mkdtemp(prefix="irl-lk-"))
+    try:
+        await _abuse(daemon, client, state, make_gate, tmp_path)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def _abuse(daemon, client, state: Path, make_gate, tmp_path) -> None:
     task = make_task(tmp_path)
     holder = {"client": client}
 
@@ -132,4 +139,3 @@ async def test_many_rollouts_random_kills_and_a_dockerd_restart_leave_nothing(pr
     print(f"\n{ROLLOUTS} rollouts in {elapsed:.1f}s: statuses {sorted(set(statuses))}, {cancelled} cancelled; left {counts}")
     assert counts == {"containers": 0, "relay_sockets": 0, "sandbox_dirs": 0}, [c.labels for c in left]
     assert new_client.containers.list(all=True) == []  # nothing else either (private daemon)
-    shutil.rmtree(state, ignore_errors=True)
