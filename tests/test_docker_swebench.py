@@ -160,6 +160,7 @@ def fixture_images():
     yield client, {t.instance_id: t for t in tasks}
     for task in tasks:
         client.images.remove(task.image, noprune=True)
+    client.images.remove("intercept-rl-fixture/mathx:1")
 
 
 def _predictions() -> list[dict]:
