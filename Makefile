@@ -38,7 +38,9 @@ test-reliability: setup
 test-fast: setup
 	$(PYTEST) -p no:cacheprovider
 
-demo: setup
+# The demo needs none of the big agent CLIs (make setup installs them): a fresh machine starts it sooner.
+demo:
+	@INTERCEPT_RL_BIG_AGENTS=0 bash scripts/bootstrap.sh
 	.venv/bin/intercept-rl train --preset $(or $(PRESET),learning-demo)
 
 BENCHMARKS := gate_overhead concurrency tokenize_scaling cpu_train_step learning

@@ -68,9 +68,12 @@ if ! fresh .venv-agents/.installed "$agents_hash"; then
 fi
 
 # 3. The npm agents, each from its package-lock.json (`npm ci`: exactly the lock, integrity-checked) into a
-#    project-local prefix (no global install).
+#    project-local prefix (no global install). The big agent CLIs (~1.3 GB together) are skipped with
+#    INTERCEPT_RL_BIG_AGENTS=0: `make demo` needs none of them; `make setup` and `make test` install them all.
+BIG_NPM_AGENTS=" qwen-code opencode claude-code codex "
 for lock_dir in locks/npm/*/; do
   name=$(basename "$lock_dir"); prefix=".agents/$name"
+  if [[ "${INTERCEPT_RL_BIG_AGENTS:-1}" == 0 && "$BIG_NPM_AGENTS" == *" $name "* ]]; then continue; fi
   npm_hash=$(lock_hash "$lock_dir/package.json" "$lock_dir/package-lock.json")
   fresh "$prefix/.installed" "$npm_hash" && continue
   if ! command -v npm >/dev/null; then
