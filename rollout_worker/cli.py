@@ -1,14 +1,14 @@
 """`intercept-rl rollouts`: run agents on tasks through the gate, grade them, write trajectories (no training).
 
 Options come from the same config dataclasses `train` composes (`WorkerConfig`, `EpisodeOptions`, `EpisodeConfig`,
-`GradingConfig`), as flags or from `--config file.yaml` (intercept_common.config_tree).
+`GradingConfig`, `TaskOptions`), as flags or from `--config file.yaml` (intercept_common.config_tree).
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import logging
+import os
 import queue
 import sys
 import time
@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from control_plane import GateConfig
 from intercept_common.cli_errors import squash
 from intercept_common.config_tree import ConfigFileError, build, cli_view, parse_config_tree
+from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
 from .environment.grading import GradingConfig
-from .factory import EpisodeOptions, build_episode_runner, build_worker, load_tokenizer, served_model_name_for
+from .factory import (
+    EpisodeOptions,
+    TaskOptions,
+    build_episode_runner,
+    build_worker,
+    load_task_options,
+    load_tokenizer,
+    served_model_name_for,
+)
 from .preflight import check_agent, check_sandbox, check_writable
 
 # Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
@@ -31,9 +41,9 @@ _WORKER_FIELDS_SET_HERE = ("max_groups", "keep_trajectories", "drop_zero_varianc
 
 @dataclass
 class RolloutsArguments:
-    """What only `rollouts` has: where the engine is, which model and tasks, where the records go."""
+    """What only `rollouts` has: where the engine is, which model, where the records go."""
 
-    _argument_group_name = "Run: engine, model, tasks, output"
+    _argument_group_name = "Run: engine, model, output"
 
     engine_url: str | None = field(
         default=None, metadata={"help": "Base URL of a running vLLM server or local engine (unset: --engine)."})
@@ -45,18 +55,13 @@ class RolloutsArguments:
                   "`embedded` is the tiny demo model."})
     max_model_len: int | None = field(
         default=None, metadata={"help": "Context length of the local engine (default: the model's max positions)."})
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "Path to a prefix-preserving training chat template (default: the tokenizer's, else TRL's)."})
-    tasks: str = field(default="embedded",
-                       metadata={"help": "embedded | PATH (.json/.jsonl/.parquet) | HUB_DATASET_NAME."})
-    task_split: str = field(default="train", metadata={"help": "Dataset split for hub/parquet tasks."})
-    max_tasks: int | None = field(default=None, metadata={"help": "Run at most this many tasks (one group each)."})
     out: str = field(default="rollouts.jsonl", metadata={"help": "Where to write the trajectory lines."})
     quiet: bool = field(default=False, metadata={"help": "No per-rollout progress lines."})
 
 
 WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)
+GateOptions = cli_view(GateConfig)
+TaskSelection = cli_view(TaskOptions)
 EpisodeSelection = cli_view(EpisodeOptions)
 EpisodeBudget = cli_view(EpisodeConfig)
 GradingOptions = cli_view(GradingConfig)
@@ -65,7 +70,8 @@ GradingOptions = cli_view(GradingConfig)
 def build_parser():
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((RolloutsArguments, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions))
+    parser = HfArgumentParser((RolloutsArguments, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget,
+                               GradingOptions, GateOptions))
     parser.prog = "intercept-rl rollouts"
     parser.description = ("Run agents on tasks through the interception gate against an engine, grade them host-side "
                           "and write one JSON line per rollout (token ids, masks, logprobs, reward, advantage, drift, "
@@ -76,21 +82,23 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .environment.tasks import load_tasks
-
+    verbose = "--verbose" in argv  # the log on the terminal too (it always goes to <out>.log)
+    argv = [arg for arg in argv if arg != "--verbose"]
+    run_logging = RunLogging(verbose=verbose).start()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know AsyncGRPO's sample type is experimental
     try:
-        (run, selection, worker_view, budget, grading_view), extras = parse_config_tree(
+        (run, task_view, selection, worker_view, budget, grading_view, gate_view), extras = parse_config_tree(
             build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
         if extras.get("agent_options"):
             raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
         options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
-        tasks = load_tasks(run.tasks, split=run.task_split, max_tasks=run.max_tasks, seed=worker_view.seed)
+        tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)
         runner = build_episode_runner(options, build(EpisodeConfig, budget), build(GradingConfig, grading_view))
         # What would otherwise end every rollout as infra_error, or fail after the engine started:
         check_agent(options.agent)
         check_sandbox(options.sandbox)
         check_writable(Path(run.out).resolve().parent, what="--out")
+        log_path = _attach_log(run_logging, Path(run.out))
     except (ValueError, FileNotFoundError, RuntimeError, ConfigFileError) as exc:
         print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)
         return 2
@@ -114,12 +122,22 @@ def main(argv: list[str] | None = None) -> int:
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
                        keep_trajectories=True, drop_zero_variance_groups=False)
         worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
-                              chat_template=run.chat_template, engine_url=engine_url)
+                              engine_url=engine_url, gate_config=build(GateConfig, gate_view))
         return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet,
-                    engine_proc=engine_proc)
+                    engine_proc=engine_proc, warnings=None if verbose else run_logging.summary, log_path=log_path)
     finally:
         if engine_proc is not None:
             engine_proc.stop()
+
+
+def _attach_log(run_logging: RunLogging, out: Path) -> Path | None:
+    """The run's full log next to the records (`rollouts.jsonl` -> `rollouts.log`); none for a device like /dev/full."""
+    if not out.parent.is_dir() or out.exists() and not out.is_file():
+        return None
+    try:
+        return run_logging.attach_file(out.parent, f"{out.stem}.log")
+    except OSError:
+        return None
 
 
 class EngineDiedError(RuntimeError):
@@ -135,8 +153,15 @@ def _check_engine(engine_proc) -> None:
                               "dying, check memory (`dmesg | tail`) or run it alone: intercept-rl engine --model ...")
 
 
-def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None) -> int:
+def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None, warnings=None, log_path=None) -> int:
+    """One line per finished rollout (with the warnings logged since the previous one, counted) under a progress bar;
+    the summary JSON is the last line."""
+    from tqdm.auto import tqdm
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=expected, desc="rollouts", unit="rollout", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    warned = 0
     started = time.monotonic()
     rewards, resolved, unscorable, written = [], 0, 0, 0
     worker.start()
@@ -159,10 +184,17 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None) -> int
                     resolved += bool(rec["resolved"])
                 else:
                     unscorable += 1
+                bar.update(1)
+                counts = warnings.take() if warnings is not None else {}
+                warned += sum(counts.values())
                 if not quiet:
                     reward = "unscorable" if not rec["scorable"] else f"reward={rec['reward']:.2f}"
-                    print(f"[{written}/{expected}] {rec['task_id']} #{rec['group_index']} {rec['status']} {reward} "
-                          f"turns={rec['turns']} {rec['timings'].get('total', 0):.1f}s", file=sys.stderr, flush=True)
+                    line = (f"[{written}/{expected}] {rec['task_id']} #{rec['group_index']} {rec['status']} {reward} "
+                            f"turns={rec['turns']} {rec['timings'].get('total', 0):.1f}s")
+                    if counts:
+                        top = "; ".join(f"{n}x {m}" if n > 1 else m for m, n in counts.most_common(2))
+                        line += f" | {sum(counts.values())} warnings ({top})"
+                    bar.write(line, file=sys.stderr)
     except EngineDiedError as exc:
         print(f"intercept-rl rollouts: {exc}", file=sys.stderr)
         return 1
@@ -173,6 +205,7 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None) -> int
               "--out", file=sys.stderr)
         return 1
     finally:
+        bar.close()
         worker.stop()
         while not worker.rollout_buffer.empty():  # samples are a training concern; drain so nothing is held
             worker.rollout_buffer.get_nowait()
@@ -180,6 +213,7 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None) -> int
         "rollouts": written, "expected": expected, "scorable": len(rewards), "unscorable": unscorable,
         "reward_mean": (sum(rewards) / len(rewards)) if rewards else None,
         "resolved": resolved, "seconds": round(time.monotonic() - started, 1), "out": str(out),
+        "warnings": warned, "log": str(log_path) if log_path else None,
     }
     print(json.dumps({"summary": summary}), file=sys.stderr)
     return 0 if written == expected else 1

@@ -93,3 +93,19 @@ def test_inspect_renders_the_demo_run(demo_run, tmp_path):
     records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(re.findall(r"<details class='rollout'", html)) == len(records)
     assert f"<b>{len(records)}</b> rollouts" in html
+
+
+@pytest.mark.slow
+def test_rollouts_output_is_one_line_per_rollout_and_a_summary(tmp_path):
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "rollouts", "--tasks", "learning", "--agent",
+                           "single-shot", "--num-generations", "4", "--max-tokens-per-turn", "4", "--max-turns", "1",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("starting the local engine")
+    assert [line.split()[0] for line in lines[1:-1]] == [f"[{i}/4]" for i in range(1, 5)], lines
+    summary = json.loads(lines[-1])["summary"]
+    assert summary["rollouts"] == 4 and summary["log"] == str(tmp_path / "r.log")
+    assert (tmp_path / "r.log").is_file()  # the full log (INFO and warnings) lives next to the records

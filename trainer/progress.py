@@ -11,114 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-import logging.handlers
 import sys
-import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-LOG_FILE = "train.log"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-PREFIX = "[intercept-rl]"
+from intercept_common.run_logging import LOG_FILE, PREFIX, RunLogging, WarningSummary, short_message, write_line
 
-
-def _write(line: str) -> None:
-    """Print a line without breaking a live tqdm bar."""
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line, file=sys.stdout)
-    except Exception:  # noqa: BLE001 - tqdm missing or closed: plain print
-        print(line, flush=True)
-    sys.stdout.flush()
-
-
-def short_message(record: logging.LogRecord, width: int = 60) -> str:
-    """The gist of a log record for a per-step summary (a Python warning without its file path)."""
-    text = record.getMessage() if record.args else str(record.msg)
-    first = text.strip().splitlines()[0] if text.strip() else record.name
-    if record.name == "py.warnings" and "Warning: " in first:  # "path:line: FutureWarning: message"
-        first = first.split("Warning: ", 1)[1]
-    return first if len(first) <= width else first[: width - 1] + "…"
-
-
-class WarningSummary(logging.Handler):
-    """Collects WARNING records per step (shown as counts on the step line); prints ERROR and above at once."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self._lock2 = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
-            message = record.getMessage().splitlines()[0] if record.getMessage() else record.levelname
-            _write(f"{PREFIX} {record.levelname.lower()}: {message}")
-            return
-        key = short_message(record)
-        with self._lock2:
-            self._counts[key] += 1
-
-    def take(self) -> Counter[str]:
-        with self._lock2:
-            counts, self._counts = self._counts, Counter()
-        return counts
-
-
-class RunLogging:
-    """Route logging: everything to a log file (once its directory is known), the terminal only what matters.
-
-    `start()` runs before the output directory is known: records are buffered and written out by `attach_file()`.
-    """
-
-    def __init__(self, verbose: bool = False):
-        self.verbose = verbose
-        self.summary = WarningSummary()
-        self.buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 10)
-        self.buffer.setLevel(logging.INFO)
-        self.file_handler: logging.Handler | None = None
-        self.log_path: Path | None = None
-
-    def start(self) -> RunLogging:
-        root = logging.getLogger()
-        for handler in list(root.handlers):  # a basicConfig of an embedding program would print every INFO line
-            root.removeHandler(handler)
-        root.setLevel(logging.INFO)
-        root.addHandler(self.buffer)
-        if self.verbose:
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter(LOG_FORMAT))
-            console.setLevel(logging.INFO)
-            root.addHandler(console)
-        else:
-            root.addHandler(self.summary)
-        logging.captureWarnings(True)  # Python warnings become log records: counted, and kept in the log file
-        try:  # transformers logs through its own stderr handler; send its records through ours instead
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_default_handler()
-            hf_logging.enable_propagation()
-            if not self.verbose:
-                hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
-        except Exception:  # noqa: BLE001
-            pass
-        return self
-
-    def attach_file(self, output_dir: str | Path) -> Path:
-        """Start writing `<output_dir>/train.log`, with everything logged so far."""
-        path = Path(output_dir) / LOG_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.setLevel(logging.INFO)
-        self.buffer.setTarget(handler)
-        self.buffer.flush()
-        root = logging.getLogger()
-        root.removeHandler(self.buffer)
-        root.addHandler(handler)
-        self.file_handler, self.log_path = handler, path
-        return path
+__all__ = ["LOG_FILE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback", "quiet_trainer",
+           "quiet_trackio_banners", "reward_chart", "reward_summary"]
 
 
 def quiet_trackio_banners() -> None:
@@ -198,7 +98,7 @@ class ProgressReporter:
             self.rewards[state.global_step] = float(logs["reward"])
             if self.bar is not None:
                 self.bar.set_postfix_str(f"reward {logs['reward']:.3f}", refresh=False)
-        _write(line)
+        write_line(line)
 
     def format_line(self, step: int, max_steps: int, logs: dict[str, Any]) -> str:
         parts = [f"{PREFIX} step {step}/{max_steps}"]
