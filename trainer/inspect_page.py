@@ -183,7 +183,8 @@ def rollout_summary(record: dict[str, Any]) -> dict[str, Any]:
         "tokens": total,
         "sampled": sampled,
         "context": total - sampled,
-        "drift_sampled_not_trained": int(drift.get("sampled_tokens", sampled)) - int(drift.get("trained_tokens", sampled)),
+        "drift_sampled_not_trained": (int(drift.get("sampled_tokens", sampled))
+                                      - int(drift.get("trained_tokens", sampled))),
         "parse_failures": int(drift.get("parse_failures", 0)),
         "versions": versions,
         "trained": trained,
@@ -219,11 +220,12 @@ details.rollout>summary{cursor:pointer;padding:6px 8px;font-family:ui-monospace,
 .c{color:#777;background:#f0f0f0}
 .s{color:#000}
 .p0{background:hsl(0,75%,78%)}.p1{background:hsl(12,75%,79%)}.p2{background:hsl(24,75%,80%)}
-.p3{background:hsl(36,75%,81%)}.p4{background:hsl(48,75%,82%)}.p5{background:hsl(60,75%,83%)}.p6{background:hsl(72,75%,84%)}
-.p7{background:hsl(84,75%,85%)}.p8{background:hsl(96,75%,86%)}.p9{background:hsl(108,75%,87%)}.p10{background:hsl(120,75%,88%)}
+.p3{background:hsl(36,75%,81%)}.p4{background:hsl(48,75%,82%)}.p5{background:hsl(60,75%,83%)}
+.p6{background:hsl(72,75%,84%)}.p7{background:hsl(84,75%,85%)}.p8{background:hsl(96,75%,86%)}
+.p9{background:hsl(108,75%,87%)}.p10{background:hsl(120,75%,88%)}
 .v{font-size:10px;background:#334;color:#fff;border-radius:3px;padding:0 3px;margin:0 2px;user-select:none}
-#tip{position:fixed;display:none;background:#222;color:#fff;padding:4px 6px;border-radius:3px;font:11px ui-monospace,monospace;
- pointer-events:none;z-index:5;white-space:pre}
+#tip{position:fixed;display:none;background:#222;color:#fff;padding:4px 6px;border-radius:3px;
+ font:11px ui-monospace,monospace;pointer-events:none;z-index:5;white-space:pre}
 .hidden{display:none}
 """
 
@@ -240,7 +242,8 @@ function renderRow(row, el, done){
     for(;i<end;i++){
       const txt=V[ids[i]]; const t=esc(txt===undefined?'<'+ids[i]+'>':txt);
       if(m[i]){
-        if(!prev){turn++;parts.push('<span class="v" title="policy version of this sampled turn">v'+(vs[turn]??'?')+'</span>');}
+        if(!prev){turn++;
+          parts.push('<span class="v" title="policy version of this sampled turn">v'+(vs[turn]??'?')+'</span>');}
         parts.push('<span class="t s p'+Math.min(10,Math.round(10*Math.exp(lp[i])))+'">'+t+'</span>');
       } else parts.push('<span class="t c">'+t+'</span>');
       prev=m[i];
@@ -257,7 +260,8 @@ function renderRollout(d){
   const finish=()=>{ if(--left>0)return;
     d.dataset.done='1'; d.dataset.renderMs=(performance.now()-t0).toFixed(1);
     const n=d.querySelector('.rendered');
-    if(n)n.textContent=' rendered '+rows.reduce((a,e)=>a+ +e.dataset.rendered,0)+' tokens in '+d.dataset.renderMs+' ms';};
+    const total=rows.reduce((a,e)=>a+ +e.dataset.rendered,0);
+    if(n)n.textContent=' rendered '+total+' tokens in '+d.dataset.renderMs+' ms';};
   if(!rows.length){left=1;finish();}
   rows.forEach((el,j)=>renderRow(data.rows[j],el,finish));
 }
@@ -269,7 +273,8 @@ document.addEventListener('mouseover',e=>{
   const row=d._data.rows[j];
   let i=0; for(const c of el.children){if(c===s)break; if(c.classList.contains('t'))i++;}
   const lp=row.completion_mask[i]?row.old_log_probs[i]:null;
-  tip.textContent='token '+i+'  id '+row.input_ids[i]+'  '+(row.completion_mask[i]?'sampled, trained':'context (mask 0)')+
+  tip.textContent='token '+i+'  id '+row.input_ids[i]+'  '+
+    (row.completion_mask[i]?'sampled, trained':'context (mask 0)')+
     (lp!==null?'\nlogprob '+lp.toFixed(4)+'  p '+Math.exp(lp).toFixed(3):'')+'\n'+JSON.stringify(V[row.input_ids[i]]);
   tip.style.display='block'; tip.style.left=(e.clientX+12)+'px'; tip.style.top=(e.clientY+12)+'px';
 });
@@ -279,7 +284,8 @@ function applyFilters(){
   const trained=document.getElementById('f-trained').checked; let shown=0;
   document.querySelectorAll('details.rollout').forEach(d=>{
     const r=parseFloat(d.dataset.reward);
-    const ok=(!task||d.dataset.task===task)&&(!end||d.dataset.end===end)&&(isNaN(lo)||r>=lo)&&(isNaN(hi)||r<=hi)&&(!trained||d.dataset.trained==='1');
+    const ok=(!task||d.dataset.task===task)&&(!end||d.dataset.end===end)&&(isNaN(lo)||r>=lo)&&(isNaN(hi)||r<=hi)
+      &&(!trained||d.dataset.trained==='1');
     d.classList.toggle('hidden',!ok); if(ok)shown++;
   });
   document.getElementById('shown').textContent=shown;
@@ -309,7 +315,8 @@ def render_page(records: list[dict[str, Any]], tokenizer, title: str) -> str:
              *(f"<option>{html.escape(t)}</option>" for t in tasks),
              "</select></label><label>end reason <select id='f-end'><option value=''>all</option>",
              *(f"<option>{html.escape(e)}</option>" for e in ends),
-             "</select></label><label>reward ≥ <input id='f-rmin' type='number' step='0.05' style='width:5em'></label>"
+             "</select></label>"
+             "<label>reward ≥ <input id='f-rmin' type='number' step='0.05' style='width:5em'></label>"
              "<label>reward ≤ <input id='f-rmax' type='number' step='0.05' style='width:5em'></label>"
              "<label><input id='f-trained' type='checkbox'> trained only</label></div>",
              "<div class='legend'><span class='c'>context (prompt, tool results, template; mask 0)</span>"
