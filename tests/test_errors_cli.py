@@ -166,3 +166,29 @@ def _children(pid: int) -> list[int]:
                     found.append(int(entry.name))
         time.sleep(0.1)
     return found
+
+
+@pytest.mark.slow
+def test_train_engine_dies_mid_run(tmp_path):
+    """The local engine is killed after the first step: the run ends in one line instead of waiting forever."""
+    argv = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "learning-demo", "--max-steps", "30",
+            "--num-generations", "4", "--per-device-train-batch-size", "4", "--max-inflight", "4",
+            "--output-dir", str(tmp_path / "out"), "--report-to", "none"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("[intercept-rl] step 1/"):
+                break
+        engines = [pid for pid in _children(proc.pid) if b"intercept_rl_cli\0engine" in _cmdline(pid)]
+        assert len(engines) == 1
+        os.kill(engines[0], signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=300)
+        print(f"the run ended {time.monotonic() - started:.0f} s after the engine was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = subprocess.CompletedProcess(argv, proc.returncode, "", stderr)
+    _one_line_error(done, "train", "stopped answering during training", "Rerun")

@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 
 from transformers import TrainerCallback  # noqa: E402
 
-from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
 from intercept_common.cli_errors import squash  # noqa: E402
+from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
 from trainer.progress import RunLogging, make_progress_callback, quiet_trackio_banners, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
@@ -38,45 +38,13 @@ class TrainArgs:
     training: Any  # trl.experimental.async_grpo.AsyncGRPOConfig (imported lazily: TRL is heavy)
 
 
-PEAKED_MODEL_NAME = "tiny-qwen3-peaked-v1"
-
-
-def ensure_peaked_model() -> Path:
-    """The learning benchmark's model (bench/learning.py): the embedded tiny Qwen3 with init scale 0.5, cached.
-
-    Built once into `<cache>/models/tiny-qwen3-peaked-v1` via a staging directory renamed into place.
-    """
-    import shutil
-    import tempfile
-
-    from local_engine.embedded import build_tiny_model, default_cache_root
-
-    target = default_cache_root() / "models" / PEAKED_MODEL_NAME
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{PEAKED_MODEL_NAME}-", dir=target.parent))
-    try:
-        build_tiny_model(staging, initializer_range=0.5)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def resolve_model_path(model_name_or_path: str) -> str:
-    """`embedded` → the cached tiny Qwen3 (built on first use); `embedded-peaked` → the same recipe with init scale
-    0.5 (the learning demo's policy); anything else is passed to TRL unchanged."""
-    if model_name_or_path == "embedded":
-        from local_engine.embedded import ensure_tiny_model
+    """An embedded model's name (`embedded`, `embedded-64k`, `embedded-peaked`: local_engine.embedded) → its cached
+    directory (built on first use); anything else is passed to TRL unchanged."""
+    from local_engine.embedded import EMBEDDED_MODELS, embedded_model_dir
 
-        return str(ensure_tiny_model())
-    if model_name_or_path == "embedded-peaked":
-        return str(ensure_peaked_model())
+    if model_name_or_path in EMBEDDED_MODELS:
+        return str(embedded_model_dir(model_name_or_path))
     return model_name_or_path
 
 
@@ -273,6 +241,32 @@ def engine_answers(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
+def engine_refuses(url: str, timeout_s: float = 10.0) -> bool:
+    """True only when nothing listens at `url` any more (a busy engine that is merely slow to answer is alive)."""
+    import requests
+
+    try:
+        requests.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+        return False
+    except requests.Timeout:
+        return False
+    except requests.ConnectionError:
+        return True
+
+
+def watch_engine(worker, url: str) -> None:
+    """Make the worker's health check (TRL calls it every 5 s while it waits for samples) fail once the engine is
+    gone: otherwise every rollout ends as an infra error, no group is ever trained and TRL waits forever."""
+    check = worker.check_health
+
+    def check_health(stale_after_s: float) -> None:
+        check(stale_after_s)
+        if engine_refuses(url):
+            raise EngineUnavailableError(f"the engine at {url} stopped answering during training")
+
+    worker.check_health = check_health
+
+
 def preflight(script: SweTrainArguments, training) -> None:
     """Fail in one line, before anything starts, on what would otherwise fail late or turn every rollout into an
     infra error: no space / no write access for the output dir, Docker down, the agent not installed, vLLM away."""
@@ -369,13 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training.output_dir)
         return 0
-    print(f"[intercept-rl] {script.episode_options.agent} on {script.tasks} tasks, {training.max_steps} steps; "
+    print(f"[intercept-rl] {script.episode_options.agent} on {script.task_options.tasks} tasks, "
+          f"{training.max_steps} steps; "
           f"log: {log_path}", flush=True)
     with start_engine(script, training, model_path) as engine:
         worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
                                       keep_trajectories=True)
         load_worker_state(worker, checkpoint)
         collector = traces.install(worker, training.report_to or [], tokenizer=getattr(worker, "tokenizer", None))
+        watch_engine(worker, engine.url)
         trainer = build_trainer(args, worker, engine.weight_transfer, reporter=reporter,
                                 callbacks=[traces.make_trace_callback(collector)])
         restore_model_version(trainer, worker, engine.weight_transfer, checkpoint)
@@ -385,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 trainer.train(resume_from_checkpoint=checkpoint)
             except Exception as error:
-                if not engine_answers(engine.url):  # the engine died (or vLLM went away): say so, in one line
+                if engine_refuses(engine.url):  # the engine died (or vLLM went away): say so, in one line
                     raise EngineUnavailableError(
                         f"the engine at {engine.url} stopped answering during training ({type(error).__name__}); "
                         f"see {log_path}. Rerun (--resume-from-checkpoint latest continues from the last "
