@@ -13,6 +13,10 @@ from pathlib import Path
 LOG_FILE = "train.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PREFIX = "[intercept-rl]"
+# Warnings libraries emit on every run that no user of ours can act on (kept in the log file, not counted on screen):
+# transformers' rename of `gradient_checkpointing` (TRL's config still sets it) and TRL adding its own step callback
+# twice (AsyncGRPOTrainer's __init__).
+NOT_ACTIONABLE = ("`gradient_checkpointing` is deprecated", "StepIntervalCallback'> to the callbacks")
 
 
 def write_line(line: str) -> None:
@@ -49,6 +53,8 @@ class WarningSummary(logging.Handler):
             write_line(f"{PREFIX} {record.levelname.lower()}: {message}")
             return
         key = short_message(record)
+        if any(pattern in record.getMessage() for pattern in NOT_ACTIONABLE):
+            return  # library noise a user cannot act on: in the log file only
         with self._lock2:
             self._counts[key] += 1
 
