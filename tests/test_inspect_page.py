@@ -142,3 +142,21 @@ def test_serve_port_in_use_is_one_line(tmp_path, capsys):
         assert main([str(path), "--serve", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot serve on 127.0.0.1:{port}" in err[0] and "--port" in err[0]
+
+
+@needs_chromium
+def test_filters_from_the_url(tmp_path):
+    page = tmp_path / "page.html"
+    assert main([str(_write(tmp_path, _records())), "--out", str(page)]) == 0
+
+    def shown(fragment: str) -> list[str]:
+        dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", f"file://{page}#{fragment}"]).stdout
+        assert 'data-ready="1"' in dom
+        tags = re.findall(r"<details ([^>]*)>", dom)
+        return [re.search(r'data-task="([^"]*)"', t).group(1) + "/" + re.search(r'data-end="([^"]*)"', t).group(1)
+                for t in tags if "hidden" not in t]
+
+    assert shown("") == ["task-a/submitted", "task-b/budget", "task-a/submitted"]
+    assert shown("end=budget") == ["task-b/budget"]
+    assert shown("task=task-a&rmin=0.6") == ["task-a/submitted"]  # reward 1.0, not 0.5
+    assert shown("trained=1") == ["task-a/submitted", "task-b/budget"]  # the dropped group's rollout is hidden

@@ -10,7 +10,8 @@ log-prob and version. Filters: task, end reason, reward range, trained only.
 
 Fast on long rollouts: the token data rides in the page as JSON and a rollout is rendered only when opened (one
 `innerHTML` per row; a 160k-token rollout renders in well under a second, measured in docs/inspect.md). Open rollouts
-from the URL: `page.html#open=all` or `#open=3`.
+from the URL: `page.html#open=all` or `#open=3`; the hash also presets the filters
+(`#end=budget&rmin=0.5&trained=1`, `task=…`, `rmax=…`).
 """
 
 from __future__ import annotations
@@ -291,7 +292,13 @@ function applyFilters(){
   document.getElementById('shown').textContent=shown;
 }
 document.querySelectorAll('.filters select,.filters input').forEach(e=>e.addEventListener('input',applyFilters));
-const open=(location.hash.match(/open=([\w,]+)/)||[])[1];
+// The URL's hash presets the view (shareable): #open=all|3,5 &task=… &end=… &rmin=0.5 &rmax=1 &trained=1
+const H=new URLSearchParams(location.hash.slice(1));
+[['task','f-task'],['end','f-end'],['rmin','f-rmin'],['rmax','f-rmax']].forEach(([k,id])=>{
+  if(H.has(k))document.getElementById(id).value=H.get(k);});
+if(H.get('trained')==='1')document.getElementById('f-trained').checked=true;
+applyFilters();
+const open=H.get('open');
 if(open){document.querySelectorAll('details.rollout').forEach(d=>{
   if(open==='all'||open.split(',').includes(d.dataset.index)){d.open=true;renderRollout(d);}});}
 document.body.dataset.ready='1';
