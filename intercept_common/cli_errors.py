@@ -36,7 +36,7 @@ def one_line(exc: BaseException) -> str | None:
             target = f" {error.filename}" if getattr(error, "filename", None) else ""
             if error.errno == errno.EADDRINUSE:
                 return (f"the address is already in use ({squash(error.strerror or str(error))}): choose another "
-                        "--port, or stop the process that holds it")
+                        "port (--port; for train's gate --gate-port), or stop the process that holds it")
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return (f"no space left on the device writing{target}: free some space or choose another "
                         "--output-dir / --out")

@@ -96,6 +96,17 @@ def test_port_in_use():
     _one_line_error(proc, "engine", "already in use", "--port")
 
 
+@pytest.mark.slow
+def test_train_gate_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _cli("train", "--preset", "learning-demo", "--max-steps", "1", "--gate-port", str(port),
+                    "--output-dir", str(tmp_path / "o"), "--report-to", "none")
+    _one_line_error(proc, "train", "already in use", "--gate-port")
+
+
 def test_output_dir_not_writable(tmp_path):
     proc = _cli("train", "--preset", "learning-demo", "--output-dir", "/dev/full/run")
     _one_line_error(proc, "train", "cannot write to /dev/full/run", "--output-dir")
