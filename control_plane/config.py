@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 
 @dataclass
 class GateConfig:
+    _argument_group_name = "Gate: limits and timings of the interception gate (control_plane.config.GateConfig)"
+
     """Limits and timings of the interception gate.
 
     Every wait the gate performs is bounded by one of these fields, so a silent worker or a stalled client can never
     hold a connection forever.
     """
+
+    _argument_group_name = "Gate: limits and timings of the interception gate (control_plane.config.GateConfig)"
 
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,

@@ -30,8 +30,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 from intercept_common.http_site import start_site
 
 from .config import GateConfig
-from .dialects import (ANTHROPIC_MESSAGES, CHAT_COMPLETIONS, OPENAI_RESPONSES, Answer, Dialect, Frame, ParsedCall,
-                       dialect_for_path)
+from .dialects import (
+    ANTHROPIC_MESSAGES,
+    CHAT_COMPLETIONS,
+    OPENAI_RESPONSES,
+    Answer,
+    Dialect,
+    Frame,
+    ParsedCall,
+    dialect_for_path,
+)
 from .dialects.anthropic_request import estimate_input_tokens, parse_messages_body
 from .errors import GateError
 from .metrics import CLIENT_CLOSED, GateMetrics

@@ -20,17 +20,17 @@ from local_engine.server import EngineConfig, EngineServer
 
 logger = logging.getLogger("local_engine")
 
-EMBEDDED_MODEL = "embedded"
 SMALL_MODEL_PARAMETERS = 50_000_000  # below this, one torch thread beats several (see --torch-threads)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def resolve_model_dir(model: str) -> Path:
-    """`embedded` → the cached tiny model (built on first use); anything else must be a local model directory."""
-    if model == EMBEDDED_MODEL:
-        from local_engine.embedded import ensure_tiny_model
+    """An embedded model's name (`embedded`, `embedded-64k`, `embedded-peaked`) → its cached directory (built on first
+    use); anything else must be a local model directory."""
+    from local_engine.embedded import EMBEDDED_MODELS, embedded_model_dir
 
-        return ensure_tiny_model()
+    if model in EMBEDDED_MODELS:
+        return embedded_model_dir(model)
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {model!r} is not a model directory (no config.json); the local engine "

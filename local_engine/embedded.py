@@ -85,23 +85,39 @@ def build_tiny_model(target: Path, **config_overrides) -> None:
 
 
 def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, *, long_context: bool = False) -> Path:
-    """Path of the embedded tiny model, building it on first use.
+    """Path of the embedded tiny model (`embedded`, or `embedded-64k` with `long_context`), built on first use."""
+    return embedded_model_dir("embedded-64k" if long_context else "embedded", cache_dir)
+
+
+# The embedded models by the name `--model` takes (engine, rollouts, train): one recipe, each variant by overrides.
+# Cache directories are keyed by the name on the right: bump its suffix whenever a recipe changes.
+EMBEDDED_MODELS: dict[str, tuple[str, dict]] = {
+    "embedded": (TINY_MODEL_NAME, {}),
+    # The same weights with LONG_CONTEXT_POSITIONS positions: fits the big agent CLIs' first prompts.
+    "embedded-64k": (TINY_LONG_MODEL_NAME, {"max_position_embeddings": LONG_CONTEXT_POSITIONS}),
+    # Init scale 0.5: peaked next-token distributions, so a few dozen GRPO steps move a reward (the learning demo).
+    "embedded-peaked": ("tiny-qwen3-peaked-v1", {"initializer_range": 0.5}),
+}
+
+
+def embedded_model_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the embedded model `name` (see EMBEDDED_MODELS), building it on first use.
 
     `cache_dir` is the cache root (default `$INTERCEPT_RL_CACHE`, else `~/.cache/intercept-rl`); the model lives in
-    `<root>/models/tiny-qwen3-v1`. The build happens in a temporary sibling directory that is renamed into place, so
+    `<root>/models/<cache name>`. The build happens in a temporary sibling directory that is renamed into place, so
     a crash never leaves a half-written model and concurrent builders simply keep whichever finished first.
-    `long_context=True`: the same model with LONG_CONTEXT_POSITIONS positions, in `<root>/models/tiny-qwen3-64k-v1`.
     """
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_MODELS)}")
+    cache_name, overrides = EMBEDDED_MODELS[name]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    name = TINY_LONG_MODEL_NAME if long_context else TINY_MODEL_NAME
-    overrides = {"max_position_embeddings": LONG_CONTEXT_POSITIONS} if long_context else {}
-    target = root / "models" / name
+    target = root / "models" / cache_name
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
     try:
-        logger.info("building the embedded tiny model into %s", target)
+        logger.info("building the embedded model %s into %s", name, target)
         build_tiny_model(staging, **overrides)
         try:
             staging.rename(target)

@@ -12,7 +12,7 @@ implementation sits behind each. A run wires them like this (what `factory.build
 
     runner = SandboxEpisodeRunner(get_backend("local"), get_agent("pi"), FailPassGrader(LocalSandboxTestExecutor()))
     worker = build_worker(WorkerConfig(), tasks=tasks, episode_runner=runner, tokenizer=tokenizer,
-                          chat_template=None, engine_url="http://127.0.0.1:8000")
+                          engine_url="http://127.0.0.1:8000")
     worker.start()   # TRL's AsyncGRPOTrainer reads worker.rollout_buffer; the worker serves the gate meanwhile
 
 Two halves that never import each other (enforced by the import-linter contracts in pyproject.toml):

@@ -24,6 +24,11 @@ class WorkerConfig:
         metadata={"help": "Model name the engine serves and the agents are told to use. With a running engine that "
                   "does not serve `policy` but exactly one other model, that one is used."},
     )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Prefix-preserving training chat template the prompts are rendered with (a path or the jinja "
+                  "text); default: the tokenizer's when prefix-preserving, else TRL's training variant of it."},
+    )
     num_generations: int = field(
         default=1, metadata={"help": "Rollouts per task; one GRPO group (`train` takes TRL's num_generations)."}
     )
@@ -69,7 +74,7 @@ class WorkerConfig:
     max_groups: int | None = field(
         default=None, metadata={"help": "Stop launching after this many groups (None: run until stopped)."}
     )
-    request_timeout_s: float = field(
+    next_call_poll_s: float = field(
         default=900.0, metadata={"help": "Longest wait for an agent's next call before the rollout is checked."}
     )
     episode_timeout_s: float = field(

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from control_plane import GateConfig
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
 from .environment.grading import GradingConfig
+from .environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE
 from .types import Task
+
+
+@dataclass
+class TaskOptions:
+    """Where the tasks come from (`rollouts` and `train` alike)."""
+
+    _argument_group_name = "Tasks (rollout_worker.factory.TaskOptions)"
+
+    tasks: str = field(
+        default="embedded",
+        metadata={"help": "embedded | learning | PATH (.json/.jsonl/.parquet, SWE-bench/SWE-Gym rows) | a Harbor task "
+                  "directory | a Hub dataset name."})
+    task_split: str = field(default="train", metadata={"help": "Dataset split of hub/parquet tasks."})
+    max_tasks: int | None = field(default=None, metadata={"help": "Use at most this many tasks."})
+    image_template: str = field(
+        default=SWE_GYM_IMAGE_TEMPLATE,
+        metadata={"help": "Docker image of a SWE row that names none: fields {instance_id}, {repo}, {docker_id}, "
+                  "{swebench_id}. SWE-Gym's naming by default; SWE-bench's official images: "
+                  "swebench/sweb.eval.x86_64.{swebench_id}:latest."})
+
+
+def load_task_options(options: TaskOptions, seed: int) -> list[Task]:
+    """The tasks `options` name, in the seeded order; a clear error when there are none."""
+    from .environment.tasks import load_tasks
+
+    tasks = load_tasks(options.tasks, split=options.task_split, max_tasks=options.max_tasks, seed=seed,
+                       image_template=options.image_template)
+    if not tasks:
+        raise ValueError(f"--tasks {options.tasks!r} yielded no tasks")
+    return tasks
 
 
 @dataclass
@@ -20,8 +54,10 @@ class EpisodeOptions:
 
     agent: str = field(
         default="mini-swe-agent",
-        metadata={"help": "Agent CLI run in each sandbox: mini-swe-agent | pi | cmd:<shell command> | single-shot | "
-                  "oracle | noop."},
+        metadata={"help": "Agent CLI run in each sandbox: mini-swe-agent | pi | qwen-code | opencode | claude-code "
+                  "(Anthropic Messages) | codex (OpenAI Responses) | cmd:<shell command> | single-shot | oracle | noop. "
+                  "qwen-code, claude-code and codex retry or abort a turn cut by the token limit: run them with "
+                  "--report-truncation false (docs/agents.md)."},
     )
     sandbox: str = field(default="local", metadata={"help": "Sandbox backend: local (bubblewrap) | docker."})
     sandbox_options: dict[str, Any] = field(
@@ -39,7 +75,20 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
     from .environment.sandbox import get_backend
 
     backend = get_backend(options.sandbox, **options.sandbox_options)
-    grader = FailPassGrader(_test_executor(options.sandbox), grading or GradingConfig())
+    grading = grading or GradingConfig()
+    grader = FailPassGrader(_test_executor(options.sandbox), grading)
+    if options.sandbox == "docker":
+        # Tasks that come as images (SWE-bench/SWE-Gym rows, Harbor dirs) are graded in a fresh container of their
+        # image, like the official harness; tasks with a host repository keep the host grader.
+        from .environment.sandbox.docker_grading import (
+            ContainerGradingConfig,
+            HarborContainerGrader,
+            ImageAwareGrader,
+            SweBenchContainerGrader,
+        )
+
+        in_container = ContainerGradingConfig(reward_mode=grading.reward_mode, timeout_s=grading.test_timeout_s)
+        grader = ImageAwareGrader(grader, SweBenchContainerGrader(in_container), HarborContainerGrader(in_container))
     return SandboxEpisodeRunner(backend, get_agent(options.agent), grader, episode or EpisodeConfig())
 
 
@@ -71,26 +120,31 @@ def _test_executor(sandbox: str):
     agent's but its diff."""
     if sandbox not in ("local", "docker"):
         raise ValueError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
+    if sandbox == "docker" and shutil.which("bwrap") is None:  # a Docker host without bubblewrap: a fresh container
+        from .environment.sandbox.docker_grading import DockerTestExecutor
+
+        return DockerTestExecutor()
     from .environment.sandbox import LocalSandboxTestExecutor
 
     return LocalSandboxTestExecutor()
 
 
-def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, chat_template: str | None,
-                 engine_url: str, gate_host: str = "127.0.0.1", gate_port: int = 0, gate_secret: bytes | None = None):
+def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, engine_url: str,
+                 gate_host: str = "127.0.0.1", gate_port: int = 0, gate_secret: bytes | None = None,
+                 gate_config: GateConfig | None = None):
     """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's)."""
     from .serving.chat_template import resolve_training_template
     from .worker import RolloutWorker
 
-    template = resolve_training_template(tokenizer, chat_template)
+    template = resolve_training_template(tokenizer, config.chat_template)
     return RolloutWorker(config, tasks=tasks, episode_runner=episode_runner, tokenizer=tokenizer,
                          chat_template=template, engine_url=engine_url, gate_host=gate_host, gate_port=gate_port,
-                         gate_secret=gate_secret)
+                         gate_secret=gate_secret, gate_config=gate_config)
 
 
 def load_tokenizer(model: str):
     """The tokenizer of `model` (a path or hub name); `embedded` is the tiny demo model's real Qwen3 tokenizer."""
-    if model == "embedded":
+    if model.startswith("embedded"):  # every embedded model (local_engine.embedded) has the real Qwen3 tokenizer
         from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 
         return load_qwen3_tokenizer()

@@ -59,12 +59,9 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
 
     from intercept_common.config_tree import build
     from rollout_worker.config import WorkerConfig
-    from rollout_worker.environment.tasks import load_tasks
-    from rollout_worker.factory import build_episode_runner, build_worker
+    from rollout_worker.factory import build_episode_runner, build_worker, load_task_options
 
-    tasks = load_tasks(script.tasks, split=script.task_split, max_tasks=script.max_tasks, seed=training.seed)
-    if not tasks:
-        raise ValueError(f"--tasks {script.tasks!r} yielded no tasks")
+    tasks = load_task_options(script.task_options, training.seed)
     runner = build_episode_runner(script.episode_options, script.episode, script.grading)
     # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
     # the engine samples exactly as the trainer scores.
@@ -82,12 +79,14 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
         keep_trajectories=keep_trajectories,
         max_queued_samples=_max_queued_samples(training),
     )
-    logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.tasks, script.episode_options.agent,
+    logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.task_options.tasks,
+                script.episode_options.agent,
                 script.episode_options.sandbox)
     secret = os.environ.get(GATE_SECRET_ENV)
     return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
-                        chat_template=script.chat_template, engine_url=engine_url, gate_host=script.gate_host,
-                        gate_port=script.gate_port, gate_secret=secret.encode() if secret else None)
+                        engine_url=engine_url, gate_host=script.gate_host,
+                        gate_port=script.gate_port, gate_secret=secret.encode() if secret else None,
+                        gate_config=script.gate)
 
 
 def engine_url_if_remote(script: SweTrainArguments) -> str | None:

@@ -2,7 +2,7 @@
 
 The command parses, with one `TrlParser`, `SweTrainArguments` (model, engine, tasks, LoRA: what only training has),
 the rollout side's own configs (`EpisodeOptions`: agent and sandbox; `WorkerConfig`: groups and budgets;
-`EpisodeConfig`; `GradingConfig`) and TRL's `AsyncGRPOConfig`; every knob is defined once, in the dataclass that
+`EpisodeConfig`; `GradingConfig`; `TaskOptions`) and TRL's `AsyncGRPOConfig`; every knob is defined once, in the dataclass that
 owns it (intercept_common.config_tree). The worker's sampling and group knobs that TRL also defines (`temperature`,
 `top_p`, `top_k`, `num_generations`, `max_staleness`, `seed`, `queue_maxsize`, and `max_completion_length` for the
 worker's `max_completion_tokens`) are TRL's: the trainer and the engine must agree on them.
@@ -18,17 +18,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane import GateConfig
 from intercept_common.config_tree import build, cli_view, load_config_file, parse_config_tree, split_config_flag
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.factory import EpisodeOptions
+from rollout_worker.factory import EpisodeOptions, TaskOptions
 
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
 WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
                           "max_staleness", "seed", "queue_maxsize", "keep_trajectories", "max_queued_samples",
                           "max_groups")
 WorkerOptions = cli_view(WorkerConfig, exclude=WORKER_FIELDS_FROM_TRL)
+GateOptions = cli_view(GateConfig)
+TaskSelection = cli_view(TaskOptions)
 EpisodeSelection = cli_view(EpisodeOptions)
 EpisodeBudget = cli_view(EpisodeConfig)
 GradingOptions = cli_view(GradingConfig)
@@ -104,9 +107,9 @@ PRESETS["learning-demo"] = {
 
 @dataclass
 class SweTrainArguments:
-    """What only training has (model, engine, tasks, LoRA), plus the rollout side's configs it composes."""
+    """What only training has (model, engine, gate, LoRA), plus the rollout side's configs it composes."""
 
-    _argument_group_name = "Model, engine, tasks, LoRA (trainer.config.SweTrainArguments)"
+    _argument_group_name = "Model, engine, gate, LoRA (trainer.config.SweTrainArguments)"
 
     preset: str | None = field(
         default=None,
@@ -138,17 +141,6 @@ class SweTrainArguments:
     engine_startup_timeout_s: float = field(
         default=300.0, metadata={"help": "How long to wait for the local engine to become healthy."}
     )
-    tasks: str = field(
-        default="embedded",
-        metadata={"help": "Task source: 'embedded', a local JSON/JSONL/parquet file, or a Hub dataset name."},
-    )
-    task_split: str = field(default="train", metadata={"help": "Dataset split of the tasks."})
-    max_tasks: int | None = field(default=None, metadata={"help": "Use at most this many tasks."})
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "Prefix-preserving training chat template (path or jinja text); default: TRL's for the "
-                  "model."},
-    )
     use_peft: bool = field(
         default=False, metadata={"help": "Train a LoRA adapter (peft) instead of a full fine-tune."}
     )
@@ -167,10 +159,12 @@ class SweTrainArguments:
         },
     )
     # The rollout side's own configs, composed (filled by `parse_train_args` from their flags and file sections).
+    task_options: TaskOptions = field(default_factory=TaskOptions)
     episode_options: EpisodeOptions = field(default_factory=EpisodeOptions)
     worker: Any = field(default_factory=lambda: WorkerOptions())  # WorkerConfig minus what TRL owns
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     grading: GradingConfig = field(default_factory=GradingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     trackio_dir: str | None = field(
         default=None,
         metadata={"help": "Local Trackio directory (SQLite per project); default: <output_dir>/trackio."},
@@ -193,7 +187,8 @@ BASE_DEFAULTS: dict[str, Any] = {"report_to": ["trackio"], "project": "intercept
 
 TrainOptions = cli_view(SweTrainArguments)
 # The dataclasses `train` parses, in help order; TRL's AsyncGRPOConfig is appended by `make_parser`.
-OUR_DATACLASSES = (TrainOptions, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions)
+OUR_DATACLASSES = (TrainOptions, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions,
+                   GateOptions)
 
 
 def make_parser():
@@ -226,7 +221,7 @@ def _preset_name(argv: list[str]) -> str | None:
 def parse_train_args(argv: list[str] | None = None):
     """Parse flags / `--config` (over a `--preset`) into `(SweTrainArguments, AsyncGRPOConfig)` and validate them.
 
-    The returned `SweTrainArguments` carries the composed rollout-side configs (`episode_options`, `worker`,
+    The returned `SweTrainArguments` carries the composed rollout-side configs (`task_options`, `episode_options`, `worker`,
     `episode`, `grading`).
     """
     parser = make_parser()
@@ -234,14 +229,15 @@ def parse_train_args(argv: list[str] | None = None):
     preset = _preset_name(argv)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    (options, selection, worker, budget, grading, training), extras = parse_config_tree(
+    (options, task_view, selection, worker, budget, grading, gate, training), extras = parse_config_tree(
         parser, argv, defaults=PRESETS.get(preset or "", {}), extra_keys=("sandbox_options", "agent_options"))
     if extras.get("agent_options"):
         raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
-    script_args = build(SweTrainArguments, options,
+    script_args = build(SweTrainArguments, options, task_options=build(TaskOptions, task_view),
                         episode_options=build(EpisodeOptions, selection,
                                               sandbox_options=extras.get("sandbox_options", {})),
-                        worker=worker, episode=build(EpisodeConfig, budget), grading=build(GradingConfig, grading))
+                        worker=worker, episode=build(EpisodeConfig, budget), grading=build(GradingConfig, grading),
+                        gate=build(GateConfig, gate))
     validate(script_args, training)
     return script_args, training
 

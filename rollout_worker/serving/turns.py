@@ -86,7 +86,7 @@ class TurnServer:
                      stop: asyncio.Event) -> None:
         while True:
             try:
-                request = await handle.next_request(timeout=self.config.request_timeout_s)
+                request = await handle.next_request(timeout=self.config.next_call_poll_s)
             except asyncio.TimeoutError:
                 continue  # an agent thinking for a long time is not an error; the episode budget bounds it
             except RolloutClosed:

@@ -137,7 +137,7 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
                                   max_groups=groups, keep_trajectories=True, drop_zero_variance_groups=False,
                                   engine_timeout_s=30, episode_timeout_s=240, seed=1)
             worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_qwen3_tokenizer(),
-                                  chat_template=None, engine_url=proxy.url)
+                                  engine_url=proxy.url)
             worker.start()
             deadline = time.monotonic() + scaled(600, 3000)
             while len(records) < groups * 4 and time.monotonic() < deadline:
@@ -188,7 +188,7 @@ def test_stopping_the_worker_mid_rollouts_leaves_nothing(tmp_path, monkeypatch):
             EpisodeConfig(agent_wall_time_s=600), GradingConfig(reward_mode="fraction"))
         config = WorkerConfig(num_generations=2, max_inflight=4, keep_trajectories=True, seed=3)
         worker = build_worker(config, tasks=load_tasks("learning"), episode_runner=runner,
-                              tokenizer=load_qwen3_tokenizer(), chat_template=None, engine_url=engine.url)
+                              tokenizer=load_qwen3_tokenizer(), engine_url=engine.url)
         worker.start()
         try:
             deadline = time.monotonic() + 120
