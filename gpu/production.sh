@@ -92,8 +92,8 @@ ENV
 
   # Tree attention on the trainer's GPU while vLLM boots on the other.
   if [[ "${SKIP_ATTENTION:-0}" != 1 ]]; then
-    CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 -m pytest tests/test_cpu_compat.py \
-      tests/test_tree_attention_fast_path.py -q -p no:cacheprovider 2>&1 | tail -6 | tee "$work/pytest_attention.log"
+    CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 -m pytest tests/trainer/test_cpu_compat.py \
+      tests/trainer/test_tree_attention_fast_path.py -q -p no:cacheprovider 2>&1 | tail -6 | tee "$work/pytest_attention.log"
     CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 gpu/bench_tree_attention.py --out "$work/bench_tree_attention.json" \
       > "$work/bench_tree_attention.log" 2>&1 || tail -20 "$work/bench_tree_attention.log"
     python3 - "$work/bench_tree_attention.json" <<'PY'

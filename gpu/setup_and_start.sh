@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # Tree attention on the GPU, before vLLM takes its share of memory (its profiler dislikes neighbours).
 if [[ "${SKIP_TREE:-0}" != 1 ]]; then
-python3 -m pytest tests/test_cpu_compat.py -q -p no:cacheprovider 2>&1 | tail -15 | tee "$out/pytest_cpu_compat.log"
+python3 -m pytest tests/trainer/test_cpu_compat.py -q -p no:cacheprovider 2>&1 | tail -15 | tee "$out/pytest_cpu_compat.log"
 python3 gpu/bench_tree_attention.py --out "$out/bench_tree_attention.json" > "$out/bench_tree_attention.log" 2>&1 \
   || tail -20 "$out/bench_tree_attention.log"
 fi

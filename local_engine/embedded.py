@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny-qwen3-v1"  # bump the suffix whenever the recipe below changes: caches are keyed by it
 # The same weights with 65,536 positions: real agent CLIs send 8k-19k tokens before their first turn (docs/agents.md).
-# RoPE has no weights, so only config.json differs from tiny-qwen3-v1 (tests/test_agents_rollouts.py checks it).
+# RoPE has no weights, so only config.json differs from tiny-qwen3-v1 (tests/e2e/test_agents_rollouts.py checks it).
 TINY_LONG_MODEL_NAME = "tiny-qwen3-64k-v1"
 LONG_CONTEXT_POSITIONS = 65536
 TINY_MODEL_SEED = 20260601

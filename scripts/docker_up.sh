@@ -6,7 +6,7 @@
 #   3. builds the project's base image from Debian packages (mmdebstrap + `docker import`, no registry needed) unless
 #      it exists already.
 # It never fails the caller: when a step cannot be done it says why on stderr and exits 0, and the Docker tests then
-# report themselves as SKIPPED with the reason (tests/docker_support.py). `--strict` exits 1 instead.
+# report themselves as SKIPPED with the reason (tests/support/docker.py). `--strict` exits 1 instead.
 #
 # Environment: INTERCEPT_RL_DOCKER_STATE (default /tmp/intercept-rl-docker: pid file, log, marker),
 # INTERCEPT_RL_BASE_IMAGE (default intercept-rl/base:1), INTERCEPT_RL_DEBIAN_MIRROR (default: the host's apt mirror).

@@ -1,7 +1,7 @@
 """A remote sandbox backend SKELETON for Spaces whose container cannot run bubblewrap (docs/space.md).
 
 UNTESTED AGAINST ANY REAL PROVIDER. No E2B / Modal / other adapter is written here: neither service is reachable from
-where this was built. What exists and is tested offline (tests/test_space_remote_sandbox.py, with an in-process fake
+where this was built. What exists and is tested offline (tests/space/test_space_remote_sandbox.py, with an in-process fake
 machine): the `SandboxBackend` / `Sandbox` plumbing of rollout_worker.protocols on top of a small provider seam,
 `RemoteMachine`, that an adapter for a real service would implement.
 

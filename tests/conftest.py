@@ -1,8 +1,14 @@
-"""Shared fixtures (keep this file tiny)."""
+"""Fixtures shared across the test folders (each folder's conftest.py adds its own)."""
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from control_plane import GateConfig, InterceptionServer
+from rollout_worker.environment.sandbox import LocalSandboxBackend, LocalSandboxConfig
+from tests.support.sandboxes import make_task
 
 
 @pytest.fixture
@@ -19,3 +25,47 @@ async def make_gate():
     yield make
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+def state_dir():
+    # Short path on purpose: unix socket paths are limited to 108 bytes and pytest's tmp_path is long.
+    path = Path(tempfile.mkdtemp(prefix="irl-st-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def backend(state_dir):
+    return LocalSandboxBackend(LocalSandboxConfig(state_dir=str(state_dir)))
+
+
+@pytest.fixture
+def task(tmp_path):
+    return make_task(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The embedded tiny Qwen3 (built once per machine, cached)."""
+    from local_engine.embedded import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real Qwen3 tokenizer with TRL's template (shared and read-only: copy it before changing it)."""
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+
+    return load_qwen3_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    """The local engine as its own process on the tiny model (4,096 positions), one per test module. Modules that
+    need an in-process engine (tests/engine, the engine client's tests) define their own `engine`."""
+    from intercept_common.engine_process import LocalEngineProcess
+
+    with LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) as proc:
+        yield proc

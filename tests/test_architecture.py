@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import rollout_worker
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def test_import_contracts_are_kept():

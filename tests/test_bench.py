@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import openai
 import pytest
@@ -17,8 +16,7 @@ from bench.report import percentile, table, verdict
 from bench.standin_engine import canned_tool_call_turn, start_standin
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from rollout_worker.serving.engine_client import EngineClient
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 
 @pytest.fixture(scope="module")

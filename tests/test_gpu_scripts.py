@@ -9,15 +9,15 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from rollout_worker.serving.engine_client import EngineClient
 from rollout_worker.types import PromptTooLongError
+from tests.paths import REPO
 
-GPU_DIR = Path(__file__).resolve().parent.parent / "gpu"
+GPU_DIR = REPO / "gpu"
 SCRIPTS = ["build_model", "check_vllm_engine", "check_vllm_rollout", "bench_tree_attention"]
 
 # vLLM 0.26.0's answer to a 2058-token prompt with max_tokens=8 and --max-model-len 2048, verbatim (H100, 2026-11-22).

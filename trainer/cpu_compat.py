@@ -1,6 +1,6 @@
 """Run TRL 1.16's AsyncGRPOTrainer where CUDA or the Hub's FA3 kernel is missing (design §4).
 
-This is the ONE module that touches TRL private helpers; `tests/test_cpu_compat.py` pins every one of them, so a TRL
+This is the ONE module that touches TRL private helpers; `tests/trainer/test_cpu_compat.py` pins every one of them, so a TRL
 upgrade that renames or reshapes them fails loudly there instead of silently here. Two things break off-GPU:
 
 1. Tree-packed attention (`trl.experimental.async_grpo.packing.tree_attention`) calls

@@ -9,7 +9,7 @@ that precede its training. So the micro-batch that opens step N+1 is dequeued at
 allows and than `sample/staleness_*` report. With one micro-batch per step (the CPU demo), that is every sample
 after the first step, and `max_staleness=0` never trains on-policy. Measured (CPU demo, peaked tiny model, lr 1e-2):
 logged ratio 0.268 / kl 4.32 at step 2 with `staleness_mean` 0 — to 7 digits the ratio of the version-1 group it
-trained on under the step-1 weights. `tests/test_trainer_fidelity_after_update.py` pins it.
+trained on under the step-1 weights. `tests/trainer/test_trainer_fidelity_after_update.py` pins it.
 
 [`OnDemandBatches`] wraps the prepared loader and iterates its underlying DataLoader without the lookahead, doing the
 dispatch itself (rank 0 fetches, broadcasts, each rank keeps its row) like `DataLoaderDispatcher` with

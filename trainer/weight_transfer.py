@@ -7,7 +7,7 @@ Two backends, one per engine:
   `local_engine.client.push_weights`), `POST /resume`. TRL calls it from `_sync_weight_merged`, which has already
   folded a LoRA adapter into the base weights and hands us `_iter_vllm_named_params`'s stream: base-checkpoint names
   (`base_model.model.` / `.base_layer` stripped, `lora_*` tensors skipped). So the engine always receives MERGED
-  weights under the names of the plain HF model — `tests/test_weight_sync.py` proves it by comparing logprobs.
+  weights under the names of the plain HF model — `tests/trainer/test_weight_sync.py` proves it by comparing logprobs.
 
 * **vLLM** (GPU): TRL's own `WeightTransferClient` (NCCL), unchanged. `build_trainer` passes `weight_transfer=None` and
   TRL builds it from `vllm_server_base_url`. vLLM must run on GPUs the trainer does not use (NCCL refuses two ranks on

@@ -32,7 +32,7 @@ from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
-from tests.test_sandbox_support import pids_with, sandbox_dirs
+from tests.support.sandboxes import pids_with, sandbox_dirs
 
 from .conftest import scaled
 

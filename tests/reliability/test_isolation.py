@@ -1,14 +1,14 @@
 """Isolation, probed from inside a real bubblewrap sandbox of a rollout: nothing but its own endpoint is reachable,
 the grading material and the reward are invisible, and the task repository carries no future history.
 
-(tests/test_sandbox_local.py covers the endpoint, other rollouts' keys and paths, the gate and host ports and PyPI;
+(tests/worker/environment/test_sandbox_local.py covers the endpoint, other rollouts' keys and paths, the gate and host ports and PyPI;
 this adds the gate's own routes through the relay, the Docker socket, and what the agent can read.)"""
 
 from __future__ import annotations
 
 import json
 
-from tests.test_sandbox_support import PROBE, backend, state_dir, task  # noqa: F401 (fixtures)
+from tests.support.sandboxes import PROBE
 
 
 async def test_the_relay_forwards_nothing_but_this_rollouts_own_routes(make_gate, backend, task):  # noqa: F811

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_resume import FAST, REPO, _processes_with_marker
+from tests.e2e.test_resume import FAST, REPO, _processes_with_marker
 
 from .conftest import FULL
 

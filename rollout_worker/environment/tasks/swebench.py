@@ -13,7 +13,7 @@ documented behaviour (swebench 5.0.2, `harness/grading.py`, `harness/log_parsers
   all candidates agree), fails when missing, FAILED, ERROR or SKIPPED; a PASS_TO_PASS test is also maintained when
   SKIPPED; resolved (FULL) iff every FAIL_TO_PASS and PASS_TO_PASS test succeeds.
 
-tests/test_docker_swebench.py checks these functions on logs in the harness's format against verdicts that were
+tests/worker/environment/test_docker_swebench.py checks these functions on logs in the harness's format against verdicts that were
 produced by swebench 5.0.2 itself (and against the package directly when it is importable).
 
 Deliberate differences, both about what the harness cannot tell apart: a log whose markers are missing, whose test
