@@ -19,7 +19,7 @@ def check_sandbox(backend: str, timeout_s: float = 10.0) -> None:
     if backend != "docker":
         return
     from .environment.sandbox import SandboxUnavailableError
-    from .environment.sandbox.docker_backend import docker_client
+    from .environment.sandbox.docker_io import docker_client
 
     try:
         docker_client(timeout_s).close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_backend import DEFAULT_BASE_IMAGE, LABEL
+from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE, LABEL
 
 _STATE = Path(os.environ.get("INTERCEPT_RL_DOCKER_STATE", "/tmp/intercept-rl-docker"))
 _cached: tuple[object | None, str | None] | None = None

@@ -24,7 +24,8 @@ def get_backend(name: str, **config: Any) -> SandboxBackend:
     if name == "local":
         return LocalSandboxBackend(LocalSandboxConfig(**config))
     if name == "docker":
-        from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend, DockerSandboxConfig
+        from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
+        from rollout_worker.environment.sandbox.docker_config import DockerSandboxConfig
 
         return DockerSandboxBackend(DockerSandboxConfig(**config))
     raise ValueError(f"unknown sandbox backend {name!r}: expected 'local' or 'docker'")

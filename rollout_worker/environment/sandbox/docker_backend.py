@@ -26,20 +26,22 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import secrets
-import shutil
-import sys
 import tarfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from intercept_common.install_paths import agent_runtime_paths, agents_venv
-from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
-from rollout_worker.environment.sandbox.bwrap import INNER_INIT, sandbox_python
+from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.docker_config import (
+    LABEL,
+    OWNER_PID_LABEL,
+    OWNER_START_LABEL,
+    DockerSandboxConfig,
+    container_spec,
+    inner_command,
+)
+from rollout_worker.environment.sandbox.docker_io import StreamReader, docker_client, in_own_thread, safe_tar_member
 from rollout_worker.environment.sandbox.local import inner_endpoint
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import (
@@ -47,7 +49,6 @@ from rollout_worker.environment.sandbox.registry import (
     SandboxRecord,
     default_state_dir,
     is_alive,
-    process_start_time,
     remove_tree,
 )
 from rollout_worker.environment.sandbox.relay import GateProxy
@@ -57,158 +58,6 @@ if TYPE_CHECKING:
     from rollout_worker.types import RolloutEndpoint, Task
 
 logger = logging.getLogger(__name__)
-
-LABEL = "intercept-rl.sandbox"
-OWNER_PID_LABEL = "intercept-rl.owner-pid"
-OWNER_START_LABEL = "intercept-rl.owner-start"
-RELAY_DIR_INSIDE = "/run/intercept-relay"
-INIT_INSIDE = "/run/intercept-init.py"
-RUNTIME_BIN_INSIDE = "/opt/intercept-rl/bin"
-DEFAULT_BASE_IMAGE = os.environ.get("INTERCEPT_RL_BASE_IMAGE", "intercept-rl/base:1")
-_SYSTEM_PREFIXES = {"/", "/usr", "/usr/local", "/bin", "/lib", "/opt", "/etc", "/var", "/home", "/root", "/tmp"}
-_IDLE = "import time\nwhile True: time.sleep(3600)"
-
-
-def _agents_python_prefix() -> str | None:
-    """The Python prefix the agents' venv is built on (its pyvenv.cfg `home` is `<prefix>/bin`)."""
-    try:
-        for line in (agents_venv() / "pyvenv.cfg").read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "home":
-                return str(Path(value.strip()).parent)
-    except OSError:
-        return None
-    return None
-
-
-def default_runtime_paths() -> list[str]:
-    """Host paths bound read-only at the same path: the agents' installs and the Python prefixes they and the relay
-    run on (never a system prefix such as /usr: that would replace the image's own)."""
-    paths = [*agent_runtime_paths(), sys.base_prefix]
-    prefix = _agents_python_prefix()
-    if prefix:
-        paths.append(prefix)
-    out: list[str] = []
-    for path in paths:
-        path = os.path.realpath(path)
-        if path in _SYSTEM_PREFIXES or not os.path.exists(path) or path in out:
-            continue
-        out.append(path)
-    return out
-
-
-def default_python() -> str:
-    """The interpreter that runs inner_init inside: the host's base Python when it is bound in, else the image's."""
-    return sandbox_python() if os.path.realpath(sys.base_prefix) not in _SYSTEM_PREFIXES else "python3"
-
-
-@dataclass
-class DockerSandboxConfig:
-    """Settings of the Docker sandbox backend."""
-
-    image: str | None = field(default=DEFAULT_BASE_IMAGE, metadata={"help": "Image when the task names none "
-                              "(default: the base image scripts/docker_up.sh builds; the repo is copied in)."})
-    workdir: str = field(default="/testbed", metadata={"help": "Repository path inside (a task's `extra.workdir` "
-                         "wins)."})
-    home: str = field(default="/home/agent", metadata={"help": "The agent's writable home inside."})
-    user: str = field(default="65534:65534", metadata={"help": "uid:gid every agent command runs as (non-root)."})
-    python: str = field(default_factory=default_python, metadata={"help": "Python that runs inner_init.py inside."})
-    runtime_paths: list[str] = field(default_factory=default_runtime_paths, metadata={
-        "help": "Host paths bound read-only at the same path (agent installs, their Python prefix)."})
-    node_binary: str | None = field(default_factory=lambda: shutil.which("node"), metadata={
-        "help": "Host node binary bound at /opt/intercept-rl/bin/node (None: use the image's)."})
-    relay_port: int = field(default=8080, metadata={"help": "Inner 127.0.0.1 port relayed to the rollout endpoint."})
-    mem_limit: str | None = field(default="4g", metadata={"help": "Container memory limit (also the swap limit)."})
-    pids_limit: int | None = field(default=1024, metadata={"help": "Container process limit."})
-    cpus: float | None = field(default=1.0, metadata={"help": "CPUs the container may use (None: unlimited)."})
-    state_dir: str | None = field(default=None, metadata={"help": "Run-state dir (default as the local backend)."})
-    upstream_timeout_s: float = field(default=1800.0, metadata={"help": "Bound on one proxied gate request."})
-    engine_timeout_s: float = field(default=120.0, metadata={"help": "Timeout of one Docker API call."})
-    ready_timeout_s: float = field(default=30.0, metadata={"help": "Bound on the relay coming up in a new container."})
-    remove_retry_s: float = field(default=60.0, metadata={"help": "How long destroy() retries removing the "
-                                  "container while the engine is unreachable (e.g. restarting)."})
-    reap_on_start: bool = field(default=True, metadata={"help": "Remove orphaned containers before the first create."})
-
-    def __post_init__(self) -> None:
-        uid = self.user.split(":")[0]
-        if uid in ("0", "root", ""):
-            raise ValueError("DockerSandboxConfig.user must be a non-root uid:gid (kill() kills every process of it)")
-
-
-def container_spec(config: DockerSandboxConfig, image: str, relay_dir: Path, sandbox_id: str,
-                   relay: bool = True, image_path: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for `client.containers.run` (pure: tested without an engine)."""
-    from docker.types import Mount
-
-    idle = [config.python, "-I", "-S", "-c", _IDLE]
-    command = [config.python, "-I", "-S", INIT_INSIDE, "--rlimit", "core=0"]
-    if relay:
-        command += ["--relay-port", str(config.relay_port), "--relay-socket", f"{RELAY_DIR_INSIDE}/gate.sock"]
-    mounts = [
-        Mount(target=RELAY_DIR_INSIDE, source=str(relay_dir), type="bind"),
-        Mount(target=INIT_INSIDE, source=str(INNER_INIT), type="bind", read_only=True),
-    ]
-    for path in config.runtime_paths:
-        mounts.append(Mount(target=path, source=path, type="bind", read_only=True))
-    extra_path = []
-    if config.node_binary:
-        mounts.append(Mount(target=f"{RUNTIME_BIN_INSIDE}/node", source=config.node_binary, type="bind",
-                            read_only=True))
-        extra_path.append(RUNTIME_BIN_INSIDE)
-    venv_bin = str(agents_venv() / "bin")
-    if any(venv_bin.startswith(p + "/") for p in config.runtime_paths):
-        extra_path.append(venv_bin)
-    path = ":".join([image_path or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *extra_path])
-    spec: dict[str, Any] = dict(
-        image=image,
-        name=sandbox_id,  # so a container whose create was interrupted can still be found and removed
-        command=[*command, "--", *idle],
-        user="0:0",
-        detach=True,
-        init=True,
-        network_mode="none",
-        working_dir="/",
-        hostname="sandbox",
-        labels={LABEL: sandbox_id, OWNER_PID_LABEL: str(os.getpid()),
-                OWNER_START_LABEL: str(process_start_time(os.getpid()) or "")},
-        mounts=mounts,
-        cap_drop=["ALL"],
-        cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],  # root's setup only; the agent user has no capabilities
-        security_opt=["no-new-privileges"],
-        environment={"PATH": path, "LANG": "C.UTF-8"},
-    )
-    if config.mem_limit is not None:
-        spec["mem_limit"] = config.mem_limit
-        spec["memswap_limit"] = config.mem_limit
-    if config.pids_limit is not None:
-        spec["pids_limit"] = config.pids_limit
-    if config.cpus is not None:
-        spec["nano_cpus"] = int(config.cpus * 1e9)
-    return spec
-
-
-def inner_command(config: DockerSandboxConfig, argv: list[str]) -> list[str]:
-    """The exec argv: inner_init (limits) wrapping `argv`."""
-    return [config.python, "-I", "-S", INIT_INSIDE, "--rlimit", "core=0", "--", *argv]
-
-
-def docker_client(timeout: float):
-    """A client for the engine in the environment, or `SandboxUnavailableError` saying what is missing."""
-    try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:
-        raise SandboxUnavailableError("the docker backend needs the Docker SDK: pip install 'intercept-rl[docker]'") from exc
-    try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-        return client
-    except DockerException as exc:
-        raise SandboxUnavailableError(
-            f"no Docker engine reachable ({exc}); start one (scripts/docker_up.sh, or set DOCKER_HOST) or use "
-            "--sandbox local"
-        ) from exc
-
 
 _SETUP = r"""set -e
 home=$1; workdir=$2; user=$3; owned=$4; shift 4
@@ -230,30 +79,6 @@ while True:
         if time.monotonic() > deadline: sys.exit("relay not listening")
         time.sleep(0.05)
 """
-
-
-def in_own_thread(fn: Any) -> asyncio.Future:
-    """Run a long blocking call (an exec's output stream) on its own daemon thread, not the loop's default executor:
-    that pool has ~cpu+4 threads, and as many streaming agents would starve every other Docker call (kill, create)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(result: Any, exc: BaseException | None) -> None:
-        if not future.done():
-            future.set_exception(exc) if exc is not None else future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, exc = fn(), None
-        except BaseException as error:  # handed to the awaiting side
-            result, exc = None, error
-        try:
-            loop.call_soon_threadsafe(settle, result, exc)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    threading.Thread(target=run, name="irl-docker-stream", daemon=True).start()
-    return future
 
 
 class DockerProcess:
@@ -454,8 +279,8 @@ class DockerSandbox:
 
         def export() -> None:
             stream, _ = self.container.get_archive(self.workdir + "/.")
-            with tarfile.open(fileobj=_StreamReader(stream), mode="r|") as tar:
-                tar.extractall(dest, filter=_safe_member)  # the agent wrote this tree: no links out, no devices
+            with tarfile.open(fileobj=StreamReader(stream), mode="r|") as tar:
+                tar.extractall(dest, filter=safe_tar_member)  # the agent wrote this tree: no links out, no devices
 
         await asyncio.to_thread(export)
         # get_archive names the top entry after the directory ("." → the dir's own name); unwrap it.
@@ -513,35 +338,6 @@ class DockerSandbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.destroy()
-
-
-def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """tarfile's `data` filter, but a member it refuses (a link out of the tree, a device) is skipped, not fatal."""
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError:
-        return None
-
-
-class _StreamReader(io.RawIOBase):
-    """A file object over the chunks of a Docker archive stream (so exports stream instead of sitting in memory)."""
-
-    def __init__(self, chunks: Any):
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(target), len(self._buffer))
-        target[:n], self._buffer = self._buffer[:n], self._buffer[n:]
-        return n
 
 
 class DockerSandboxBackend:

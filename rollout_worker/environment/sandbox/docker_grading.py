@@ -30,13 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from rollout_worker.environment.sandbox.docker_backend import (
-    LABEL,
-    OWNER_PID_LABEL,
-    OWNER_START_LABEL,
-    docker_client,
-    in_own_thread,
-)
+from rollout_worker.environment.sandbox.docker_config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
+from rollout_worker.environment.sandbox.docker_io import docker_client, in_own_thread
 from rollout_worker.environment.sandbox.registry import process_start_time
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.trees import (
@@ -201,10 +196,10 @@ class SweBenchContainerGrader:
                     member.name = str(PurePosixPath(*parts[1:]))
                     yield member
 
-            from rollout_worker.environment.sandbox.docker_backend import _safe_member, _StreamReader
+            from rollout_worker.environment.sandbox.docker_io import StreamReader, safe_tar_member
 
-            with tarfile.open(fileobj=_StreamReader(stream), mode="r|") as tar:
-                tar.extractall(dest, members=members(tar), filter=_safe_member)
+            with tarfile.open(fileobj=StreamReader(stream), mode="r|") as tar:
+                tar.extractall(dest, members=members(tar), filter=safe_tar_member)
         finally:
             container.remove(force=True)
 
@@ -366,7 +361,7 @@ class DockerTestExecutor:
 
     def __init__(self, image: str | None = None, client: Any = None, mem_limit: str = "4g", pids_limit: int = 1024,
                  output_limit: int = 1 << 20):
-        from rollout_worker.environment.sandbox.docker_backend import DEFAULT_BASE_IMAGE
+        from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE
 
         self.image = image or DEFAULT_BASE_IMAGE
         self._client = client

@@ -27,14 +27,13 @@ from typing import Any
 import yaml
 
 from rollout_worker.environment.agents.mini_swe_agent import MiniSweAgentLauncher
-from rollout_worker.environment.sandbox.docker_backend import (
+from rollout_worker.environment.sandbox.docker_config import (
     DEFAULT_BASE_IMAGE,
     LABEL,
     OWNER_PID_LABEL,
     OWNER_START_LABEL,
-    _safe_member,
-    docker_client,
 )
+from rollout_worker.environment.sandbox.docker_io import docker_client, safe_tar_member
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import (
     SANDBOX_PREFIX,
@@ -209,12 +208,12 @@ class MiniSweAgentDockerModeRunner:
             self.client.api.kill(name)
 
     def _export(self, name: str, workdir: str, dest: Path) -> Path:
-        from rollout_worker.environment.sandbox.docker_backend import _StreamReader
+        from rollout_worker.environment.sandbox.docker_io import StreamReader
 
         stream, _ = self.client.api.get_archive(name, workdir + "/.")
         dest.mkdir()
-        with tarfile.open(fileobj=_StreamReader(stream), mode="r|") as tar:
-            tar.extractall(dest, filter=_safe_member)
+        with tarfile.open(fileobj=StreamReader(stream), mode="r|") as tar:
+            tar.extractall(dest, filter=safe_tar_member)
         entries = list(dest.iterdir())
         return entries[0] if len(entries) == 1 and entries[0].is_dir() and entries[0].name in (
             ".", Path(workdir).name) else dest

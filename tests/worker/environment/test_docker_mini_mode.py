@@ -10,7 +10,7 @@ import pytest
 
 from rollout_worker.environment.grading import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxTestExecutor
-from rollout_worker.environment.sandbox.docker_backend import OWNER_PID_LABEL
+from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL
 from rollout_worker.environment.sandbox.mini_docker_mode import MiniDockerModeConfig, MiniSweAgentDockerModeRunner
 from rollout_worker.outcomes import EpisodeStatus
 from tests.support.docker import docker_client_or_skip, sandbox_containers

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_backend import OWNER_PID_LABEL, DockerSandboxBackend, DockerSandboxConfig
+from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
 from rollout_worker.environment.sandbox.docker_grading import (
     ContainerGradingConfig,
     ImageAwareGrader,

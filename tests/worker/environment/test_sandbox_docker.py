@@ -17,17 +17,16 @@ from rollout_worker.environment.episode import SandboxEpisodeRunner
 from rollout_worker.environment.grading import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxTestExecutor, SandboxUnavailableError, get_backend
 from rollout_worker.environment.sandbox.bwrap import INNER_INIT
-from rollout_worker.environment.sandbox.docker_backend import (
+from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend, reap_docker_orphans
+from rollout_worker.environment.sandbox.docker_config import (
     INIT_INSIDE,
     LABEL,
     OWNER_PID_LABEL,
     RELAY_DIR_INSIDE,
     RUNTIME_BIN_INSIDE,
-    DockerSandboxBackend,
     DockerSandboxConfig,
     container_spec,
     inner_command,
-    reap_docker_orphans,
 )
 from rollout_worker.outcomes import EpisodeStatus
 from tests.support.docker import docker_client_or_skip, sandbox_containers, socket_files
