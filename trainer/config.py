@@ -252,7 +252,8 @@ def print_help(full: bool) -> None:
     parser = HfArgumentParser(OUR_DATACLASSES, prog="intercept-rl train")
     parser.description = ("Train with TRL's AsyncGRPOTrainer on agent rollouts. Options also come from --config "
                           "FILE.yaml (flat, or nested by section: worker, episode, grading, sandbox: {backend, ...}, "
-                          "agent: {name}); precedence: flag > config file > --preset > default.")
+                          "agent: {name}); precedence: flag > config file > --preset > default. --verbose: the full "
+                          "log on the terminal too (it always goes to <output_dir>/train.log).")
     parser.epilog = ("TRL's training options (learning_rate, max_steps, num_generations, temperature, "
                      "max_completion_length, max_staleness, weight_sync_steps, token_budget, output_dir, save_steps, "
                      "resume_from_checkpoint, report_to, project, seed, ...) and every transformers TrainingArguments "

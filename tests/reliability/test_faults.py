@@ -30,8 +30,10 @@ from local_engine.embedded import ensure_tiny_model
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
+from tests.support.docker import docker_client_or_skip, sandbox_containers
 from tests.support.sandboxes import pids_with, sandbox_dirs
 
 from .conftest import scaled
@@ -113,7 +115,21 @@ def _kill_random_sandbox_processes(rng: random.Random, marker: str) -> int:
     return 1
 
 
-def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_path, monkeypatch):
+def _kill_random_container(rng: random.Random, client) -> int:
+    """Kill one of this process's sandbox containers (the Docker twin of killing a sandbox's processes)."""
+    ours = [c for c in sandbox_containers(client) if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())]
+    if not ours:
+        return 0
+    try:
+        rng.choice(ours).kill()
+    except Exception:  # it ended on its own meanwhile
+        return 0
+    return 1
+
+
+@pytest.mark.parametrize("backend", ["local", "docker"])
+def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_path, monkeypatch, backend):
+    client = docker_client_or_skip() if backend == "docker" else None
     groups = scaled(6, 125)
     state_dir = Path(tempfile.mkdtemp(prefix="irl-flt-"))
     private_tmp = tmp_path / "tmp"
@@ -131,7 +147,7 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
             loop_thread.run(proxy.start())
             tasks = load_tasks("learning")
             runner = build_episode_runner(
-                EpisodeOptions(agent="single-shot", sandbox="local", sandbox_options={"state_dir": str(state_dir)}),
+                EpisodeOptions(agent="single-shot", sandbox=backend, sandbox_options={"state_dir": str(state_dir)}),
                 EpisodeConfig(agent_wall_time_s=60), GradingConfig(reward_mode="fraction"))
             config = WorkerConfig(num_generations=4, max_inflight=4, max_tokens_per_turn=16, max_turns=2,
                                   max_groups=groups, keep_trajectories=True, drop_zero_variance_groups=False,
@@ -146,7 +162,8 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
                 except queue.Empty:
                     worker.check_health(stale_after_s=3600)
                 if rng.random() < 0.08:
-                    kills += _kill_random_sandbox_processes(rng, str(state_dir))
+                    kills += (_kill_random_container(rng, client) if client is not None
+                              else _kill_random_sandbox_processes(rng, str(state_dir)))
             worker.stop()
             loop_thread.run(proxy.stop())
     finally:
@@ -168,8 +185,10 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
     failed = sum(not r["scorable"] for r in records)
     assert failed > 0 and failed < len(records)  # the faults bit, and training material still came through
     leaked = {"processes": pids_with(str(state_dir)), "sandboxes": sandbox_dirs(state_dir),
-              "sockets": [p for p in state_dir.rglob("*.sock")], "temp dirs": list(private_tmp.iterdir())}
-    print(f"\nfaults: {len(records)} rollouts, injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
+              "sockets": [p for p in state_dir.rglob("*.sock")], "temp dirs": list(private_tmp.iterdir()),
+              "containers": [c.name for c in sandbox_containers(client)
+                             if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())] if client is not None else []}
+    print(f"\nfaults ({backend}): {len(records)} rollouts, injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
           f"statuses {dict(statuses)}; unscorable {failed}; leaks {({k: len(v) for k, v in leaked.items()})}")
     assert not any(leaked.values()), leaked
 

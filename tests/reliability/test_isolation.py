@@ -7,6 +7,7 @@ this adds the gate's own routes through the relay, the Docker socket, and what t
 from __future__ import annotations
 
 import json
+import uuid
 
 from tests.support.sandboxes import PROBE
 
@@ -37,12 +38,16 @@ async def test_the_relay_forwards_nothing_but_this_rollouts_own_routes(make_gate
 
 async def test_grading_material_and_future_history_are_invisible_to_the_agent(backend, task):  # noqa: F811
     """The gold patch and the test patch live only on the host; the repo holds the base commit and nothing after."""
-    gold_line = next(line[1:] for line in task.patch.splitlines() if line.startswith("+") and "return" in line)
+    # Unique markers in the grading material (the fix's own text is too common: third-party code the sandbox binds
+    # read-only, e.g. a checkout's agent runtimes under /tmp, contains `return a + b`).
+    marker = "gold-" + uuid.uuid4().hex
+    task.patch += f"\n# {marker}\n"
+    task.test_patch = f"# test-patch {marker}\n"
     async with await backend.create(task, "iso-files") as sandbox:
         log = await sandbox.exec(["git", "log", "--all", "--format=%H"], timeout=30)
-        grep = await sandbox.exec(["grep", "-rIl", "--", gold_line.strip(), sandbox.workdir, sandbox.home, "/tmp"],
-                                  timeout=30)
+        grep = await sandbox.exec(["grep", "-rIl", "--", marker, sandbox.workdir, sandbox.home, "/tmp", "/run"],
+                                  timeout=120)
         env = await sandbox.exec(["env"], timeout=30)
     assert log.exit_code == 0 and log.stdout.split() == [task.base_commit]
-    assert grep.stdout.strip() == "", grep.stdout  # the fix is nowhere the agent can read
-    assert "FAIL_TO_PASS" not in env.stdout and "reward" not in env.stdout.lower()
+    assert grep.stdout.strip() == "", grep.stdout  # the grading material is nowhere the agent can read
+    assert marker not in env.stdout and "FAIL_TO_PASS" not in env.stdout and "reward" not in env.stdout.lower()
