@@ -117,10 +117,10 @@ def _kill_random_sandbox_processes(rng: random.Random, marker: str) -> int:
 
 def _kill_random_container(rng: random.Random, client) -> int:
     """Kill one of this process's sandbox containers (the Docker twin of killing a sandbox's processes)."""
-    ours = [c for c in sandbox_containers(client) if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())]
-    if not ours:
-        return 0
-    try:
+    try:  # listing races with containers the backend removes meanwhile (the SDK then raises NotFound)
+        ours = [c for c in sandbox_containers(client) if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())]
+        if not ours:
+            return 0
         rng.choice(ours).kill()
     except Exception:  # it ended on its own meanwhile
         return 0
