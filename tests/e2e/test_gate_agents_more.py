@@ -60,8 +60,7 @@ def test_missing_install_is_a_clear_error(launcher, task, tmp_path):
 
 
 def test_qwen_code_command(task):
-    if not _installed("qwen-code"):
-        pytest.skip("qwen-code not installed")
+    assert _installed("qwen-code"), "qwen-code is not installed: run scripts/bootstrap.sh (make test installs every agent)"
     command = QwenCodeLauncher().prepare(_FakeSandbox(), ENDPOINT, task)
     assert command.argv[1:] == ["--yolo", "-p", task.problem_statement]
     settings = json.loads(command.files["/home/agent/.qwen/settings.json"])
@@ -74,8 +73,7 @@ def test_qwen_code_command(task):
 
 
 def test_opencode_command(task):
-    if not _installed("opencode"):
-        pytest.skip("opencode not installed")
+    assert _installed("opencode"), "opencode is not installed: run scripts/bootstrap.sh (make test installs every agent)"
     command = OpencodeLauncher().prepare(_FakeSandbox(), ENDPOINT, task)
     assert command.argv[1:] == ["run", "--pure", "--title", task.instance_id, task.problem_statement]
     config = json.loads(command.files["/home/agent/.config/opencode/opencode.json"])
@@ -90,8 +88,7 @@ def test_opencode_command(task):
 
 
 def test_claude_code_command(task):
-    if not _installed("claude-code"):
-        pytest.skip("claude-code not installed")
+    assert _installed("claude-code"), "claude-code is not installed: run scripts/bootstrap.sh (make test installs every agent)"
     command = ClaudeCodeLauncher().prepare(_FakeSandbox(), ENDPOINT, task)
     assert command.argv[1:] == ["-p", task.problem_statement, "--dangerously-skip-permissions"]
     assert command.env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8080/rollout/r-1"  # the SDK appends /v1/messages
@@ -104,8 +101,7 @@ def test_claude_code_command(task):
 
 
 def test_codex_command(task):
-    if not _installed("codex"):
-        pytest.skip("codex not installed")
+    assert _installed("codex"), "codex is not installed: run scripts/bootstrap.sh (make test installs every agent)"
     command = CodexLauncher().prepare(_FakeSandbox(), ENDPOINT, task)
     assert command.argv[1:] == ["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
                                 task.problem_statement]
