@@ -107,6 +107,24 @@ async def json_errors(request: web.Request, handler):
         return error_response(500, f"internal error: {type(error).__name__}: {error}", "InternalServerError")
 
 
+def load_safetensors_dir(directory: str) -> dict[str, torch.Tensor]:
+    """Every tensor of every `*.safetensors` file in `directory` (a sharded checkpoint); a name twice is an error."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise ValueError("no .safetensors file there")
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        for name, tensor in load_file(str(path)).items():
+            if name in tensors:
+                raise ValueError(f"tensor {name!r} is in two files")
+            tensors[name] = tensor
+    return tensors
+
+
 class EngineServer:
     """Route handlers around one `BatchedGenerator`."""
 
@@ -132,6 +150,7 @@ class EngineServer:
             web.post("/resume", self.resume),
             web.get("/is_paused", self.is_paused),
             web.post("/update_weights", self.update_weights),
+            web.post("/collective_rpc", self.collective_rpc),
             web.get("/weights_version", self.weights_version),
         ])
         app[ENGINE_SERVER] = self
@@ -309,6 +328,28 @@ class EngineServer:
         except WeightUpdateError as error:
             raise RequestError(str(error), "body") from error
         return web.json_response({"status": "ok", "version": version, "tensors": applied})
+
+    async def collective_rpc(self, request: web.Request) -> web.Response:
+        """vLLM's dev route, for the one method a trainer calls through it: `reload_weights` from a directory of
+        safetensors files (the `disk` weight sync, trainer/vllm_weight_sync.py). Applied as the next version."""
+        body = await self._json_body(request)
+        method = body.get("method")
+        if method != "reload_weights":
+            raise RequestError(f"collective_rpc supports only method 'reload_weights' here, got {method!r}", "method")
+        kwargs = body.get("kwargs") or {}
+        directory = kwargs.get("weights_path") if isinstance(kwargs, dict) else None
+        if not isinstance(directory, str) or not directory:
+            raise RequestError("reload_weights needs kwargs.weights_path: a directory of .safetensors files", "kwargs")
+        try:
+            tensors = await asyncio.to_thread(load_safetensors_dir, directory)
+        except (OSError, ValueError) as error:
+            raise RequestError(f"cannot read weights from {directory}: {error}", "kwargs") from error
+        try:
+            applied = await asyncio.to_thread(self.generator.update_weights, tensors,
+                                              self.generator.weights_version + 1)
+        except WeightUpdateError as error:
+            raise RequestError(str(error), "kwargs") from error
+        return web.json_response({"results": [{"tensors": applied, "version": self.generator.weights_version}]})
 
     async def weights_version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": self.generator.weights_version})

@@ -28,8 +28,11 @@ class Engine(Protocol):
 
     async def complete(self, prompt_ids: list[int], *, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                        top_k: int = -1, seed: int | None = None,
-                       stop_token_ids: list[int] | None = None) -> Completion:
+                       stop_token_ids: list[int] | None = None, model: str | None = None) -> Completion:
         """Sample a continuation of exactly `prompt_ids`; the reply's ids and post-temperature logprobs.
+
+        `model` overrides the served model for this call (a LoRA adapter per policy version); the turn server passes
+        it only when the trainer publishes adapters, so engines without adapters need not accept it.
 
         Raises `PromptTooLongError` when the prompt does not fit, `EngineError` for any other failure.
         """

@@ -83,6 +83,7 @@ class RolloutWorker:
         self.trajectories: queue.Queue = queue.Queue()  # records, when config.keep_trajectories
         self.finished = threading.Event()  # set once max_groups groups are complete (or the loop ended)
         self._model_version = 0
+        self._adapter_prefix: str | None = None  # see sample_from_adapters
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -125,6 +126,17 @@ class RolloutWorker:
 
     def update_model_version(self, model_version: int) -> None:
         self._model_version = int(model_version)
+
+    def sample_from_adapters(self, prefix: str) -> None:
+        """From now on, sample policy version N from the engine's LoRA adapter `{prefix}-v{N}` (version 0: the base
+        model, which an untrained adapter equals). Called before `start` when the trainer syncs by publishing
+        adapters (TRL's adapter sync: the engine keeps serving the base weights, so asking for the served model
+        would sample the untrained policy forever)."""
+        self._adapter_prefix = prefix
+
+    def _adapter_for_version(self, version: int) -> str | None:
+        prefix = self._adapter_prefix
+        return f"{prefix}-v{version}" if prefix and version > 0 else None
 
     def check_health(self, stale_after_s: float) -> None:
         if self._crash is not None:
@@ -177,7 +189,8 @@ class RolloutWorker:
                                     timeout_s=self.config.engine_timeout_s) as engine:
                 max_model_len = await engine.max_model_len()
                 self.turns = TurnServer(config=self.config, engine=engine, tokenizer=self.tokenizer,
-                                        max_model_len=max_model_len, model_version=lambda: self._model_version)
+                                        max_model_len=max_model_len, model_version=lambda: self._model_version,
+                                        adapter_for_version=self._adapter_for_version)
                 self._ready.set()
                 await self._schedule()
         finally:

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EngineHandle:
-    """Where rollouts are generated and how weights get there. `weight_transfer` is None for vLLM (TRL's NCCL)."""
+    """Where rollouts are generated and how weights get there. `weight_transfer` is None when TRL syncs itself
+    (vLLM over NCCL, or a LoRA adapter)."""
 
     url: str
     weight_transfer: object | None
@@ -26,11 +27,9 @@ class EngineHandle:
 def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterator[EngineHandle]:
     """With `--vllm-url`, use that server; otherwise start the local engine on the model and stop it on every path."""
     if script.vllm_url:
-        from trainer.weight_transfer import vllm_serve_command
-
-        logger.info("using vLLM at %s; it must have been started as:\n  %s", script.vllm_url,
-                    vllm_serve_command(model_path, served_model_name(script), script.max_model_len, training.dtype))
-        yield EngineHandle(url=script.vllm_url.rstrip("/"), weight_transfer=None)
+        logger.info("using vLLM at %s (weight sync: %s); it must have been started as:\n  %s", script.vllm_url,
+                    script.vllm_weight_sync, vllm_command(script, training, model_path))
+        yield EngineHandle(url=script.vllm_url.rstrip("/"), weight_transfer=vllm_weight_transfer(script, training))
         return
 
     from intercept_common.engine_process import LocalEngineProcess
@@ -46,6 +45,31 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
     ) as engine:
         logger.info("local engine up at %s", engine.url)
         yield EngineHandle(url=engine.url, weight_transfer=LocalEngineWeightTransfer(engine.url))
+
+
+def vllm_command(script: SweTrainArguments, training, model_path: str) -> str:
+    """The `vllm serve` line this run's `--vllm-weight-sync` mode needs."""
+    from trainer.vllm_weight_sync import vllm_serve_command
+
+    return vllm_serve_command(model_path, served_model_name(script), script.max_model_len, training.dtype,
+                              weight_sync=script.vllm_weight_sync, lora_rank=script.lora_r,
+                              max_staleness=training.max_staleness)
+
+
+def vllm_weight_transfer(script: SweTrainArguments, training):
+    """Our `WeightTransferProtocol` for `ipc` / `disk`; None for `nccl` / `lora`, which TRL implements itself."""
+    from trainer.vllm_weight_sync import VllmDiskWeightTransfer, VllmIpcWeightTransfer, VllmWeightSync
+
+    mode = VllmWeightSync(script.vllm_weight_sync)
+    url = script.vllm_url.rstrip("/")
+    timeout_s = float(training.weight_sync_timeout)
+    if mode is VllmWeightSync.IPC:
+        return VllmIpcWeightTransfer(url, timeout_s=timeout_s)
+    if mode is VllmWeightSync.DISK:
+        weight_dir = script.weight_sync_dir or os.path.join(training.output_dir, "weight_sync")
+        return VllmDiskWeightTransfer(url, os.path.abspath(weight_dir), script.engine_weight_sync_dir,
+                                      timeout_s=timeout_s)
+    return None
 
 
 def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str,

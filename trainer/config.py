@@ -122,9 +122,26 @@ class SweTrainArguments:
     vllm_url: str | None = field(
         default=None,
         metadata={
-            "help": "Base URL of a running vLLM server (see `vllm_serve_command`); weights sync over NCCL. Unset: "
+            "help": "Base URL of a running vLLM server (`--vllm-weight-sync` says how weights reach it). Unset: "
             "start the local engine on this machine (stopped when training ends) and sync weights over HTTP."
         },
+    )
+    vllm_weight_sync: str = field(
+        default="nccl",
+        metadata={
+            "help": "How weights reach vLLM: 'nccl' (vLLM on other GPUs, TRL's NCCL client), 'ipc' (vLLM on the "
+            "trainer's own GPU, CUDA IPC), 'disk' (HTTP only: safetensors into --weight-sync-dir, vLLM reloads them; "
+            "for a remote engine that reads a shared directory), 'lora' (with --use-peft: TRL publishes the adapter, "
+            "vLLM loads it at runtime). The matching `vllm serve` line: trainer.vllm_weight_sync.vllm_serve_command."
+        },
+    )
+    weight_sync_dir: str | None = field(
+        default=None,
+        metadata={"help": "'disk' sync: where the trainer writes each version (default <output_dir>/weight_sync)."},
+    )
+    engine_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={"help": "'disk' sync: the same directory as the vLLM server sees it (default: --weight-sync-dir)."},
     )
     max_model_len: int = field(
         default=4096, metadata={"help": "Context length of the local engine (prompt + completion)."}
@@ -177,6 +194,8 @@ class SweTrainArguments:
             raise ValueError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
         if self.lora_r < 1:
             raise ValueError("lora_r must be >= 1")
+        if self.vllm_weight_sync not in ("nccl", "ipc", "disk", "lora"):
+            raise ValueError(f"vllm_weight_sync must be nccl, ipc, disk or lora, got {self.vllm_weight_sync!r}")
 
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -272,6 +291,11 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
         training_args.hub_private_repo = True  # a dashboard Space is private unless the user says otherwise
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--max-steps must be > 0: rollouts are a live stream, there are no epochs")
+    if script_args.vllm_weight_sync != "nccl" and not script_args.vllm_url:
+        raise ValueError(f"--vllm-weight-sync {script_args.vllm_weight_sync} needs --vllm-url (without it the local "
+                         "engine runs here and syncs over HTTP)")
+    if script_args.vllm_weight_sync == "lora" and not script_args.use_peft:
+        raise ValueError("--vllm-weight-sync lora publishes a LoRA adapter: add --use-peft")
     if script_args.use_peft and script_args.lora_target_modules:
         if any("lm_head" in m or "embed_tokens" in m for m in script_args.lora_target_modules):
             raise ValueError("--lora-target-modules must not include lm_head / embed_tokens (TRL refuses LoRA there)")

@@ -15,7 +15,8 @@ upgrade that renames or reshapes them fails loudly there instead of silently her
 2. `AsyncGRPOTrainer.__init__` calls `get_peak_flops_per_device`, which calls `torch.cuda.get_device_name`. Without
    CUDA we make it return None, which TRL already treats as "MFU unknown" (throughput metrics are still logged).
 
-`apply_cpu_compat()` patches only what is needed, is idempotent and returns what it patched.
+`apply_cpu_compat()` patches only what is needed, is idempotent and returns what it patched. Also read here, for the
+same reason: TRL's private decision to sync a LoRA adapter instead of weights (`trl_adapter_sync_prefix`).
 """
 
 from __future__ import annotations
@@ -220,3 +221,16 @@ def apply_cpu_compat(tree_attention: str | None = None) -> list[str]:
         async_grpo_trainer.get_peak_flops_per_device = _peak_flops_unknown
         patched.append(PATCHED_PEAK_FLOPS)
     return patched
+
+
+def trl_adapter_sync_prefix(trainer) -> str | None:
+    """The name prefix of the LoRA adapters TRL publishes to vLLM (`{prefix}-v{N}` per sync), or None when it syncs
+    full (merged) weights.
+
+    TRL decides in `AsyncGRPOTrainer.__init__` (a PEFT model, no injected transfer, and a vLLM server started with
+    `--enable-lora`) and keeps the decision and the prefix in private attributes; its own rollout worker derives the
+    requested model from them, ours must too (`RolloutWorker.sample_from_adapters`). Pinned in test_cpu_compat.py.
+    """
+    if not getattr(trainer, "_lora_sync", False):
+        return None
+    return trainer._lora_name

@@ -140,6 +140,23 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
     return resume_from_checkpoint
 
 
+def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:
+    """When TRL publishes each policy version as a LoRA adapter, make the worker sample from those adapters.
+
+    TRL picks adapter sync on its own (a PEFT model and a vLLM started with `--enable-lora`), also under
+    `--vllm-weight-sync nccl`; `lora` insists on it.
+    """
+    from trainer.cpu_compat import trl_adapter_sync_prefix
+
+    prefix = trl_adapter_sync_prefix(trainer)
+    if prefix is not None:
+        logger.info("TRL syncs LoRA adapters to vLLM; rollouts sample from %s-v<N>", prefix)
+        worker.sample_from_adapters(prefix)
+    elif script.vllm_weight_sync == "lora":
+        raise ValueError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at {script.vllm_url} was "
+                         "not started with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
+
+
 def placeholder_dataset(rows: int = 8):
     """TRL requires a `train_dataset`; our worker owns the tasks, so a few empty prompts stand in (design §4)."""
     from datasets import Dataset
@@ -276,11 +293,9 @@ def preflight(script: SweTrainArguments, training) -> None:
     check_agent(script.episode_options.agent)
     check_sandbox(script.episode_options.sandbox)
     if script.vllm_url and not engine_answers(script.vllm_url):
-        from trainer.components import served_model_name
-        from trainer.weight_transfer import vllm_serve_command
+        from trainer.components import vllm_command
 
-        command = vllm_serve_command(script.model_name_or_path, served_model_name(script), script.max_model_len,
-                                     training.dtype)
+        command = vllm_command(script, training, script.model_name_or_path)
         raise EngineUnavailableError(f"cannot reach vLLM at {script.vllm_url} (GET /health failed): start it first, "
                                      f"e.g. {command}")
 
@@ -375,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = build_trainer(args, worker, engine.weight_transfer, reporter=reporter,
                                 callbacks=[traces.make_trace_callback(collector)])
         restore_model_version(trainer, worker, engine.weight_transfer, checkpoint)
+        follow_adapter_sync(trainer, worker, script)
         # TRL stops the worker when train() ends (on every path), so closing afterwards writes every record.
         with RolloutRecordWriter(worker.trajectories, Path(training.output_dir) / ROLLOUTS_FILE,
                                  append=checkpoint is not None):

@@ -1,6 +1,6 @@
 """Weight sync from the trainer to the engine that generates rollouts (design §4, §5).
 
-Two backends, one per engine:
+The local engine's backend; vLLM's (`nccl`, `ipc`, `disk`, `lora`) are in `trainer/vllm_weight_sync.py`.
 
 * **Local engine** (CPU, tests, CI): [`LocalEngineWeightTransfer`] implements TRL's `WeightTransferProtocol` over the
   engine's HTTP endpoints: `POST /pause`, one versioned `POST /update_weights` carrying the whole iterator (via
@@ -9,17 +9,8 @@ Two backends, one per engine:
   (`base_model.model.` / `.base_layer` stripped, `lora_*` tensors skipped). So the engine always receives MERGED
   weights under the names of the plain HF model — `tests/trainer/test_weight_sync.py` proves it by comparing logprobs.
 
-* **vLLM** (GPU): TRL's own `WeightTransferClient` (NCCL), unchanged. `build_trainer` passes `weight_transfer=None` and
-  TRL builds it from `vllm_server_base_url`. vLLM must run on GPUs the trainer does not use (NCCL refuses two ranks on
-  one GPU), e.g. on an 8-GPU host, vLLM on GPUs 6-7 and the trainer on 0-5::
-
-      CUDA_VISIBLE_DEVICES=6,7 VLLM_SERVER_DEV_MODE=1 vllm serve <model> --served-model-name policy \\
-          --tensor-parallel-size 2 --weight-transfer-config '{"backend":"nccl"}' \\
-          --logprobs-mode processed_logprobs --max-model-len <L> --dtype <trainer dtype> --port 8000
-      CUDA_VISIBLE_DEVICES=0,1,2,3,4,5 accelerate launch --num_processes 6 trainer/train_swe_async_grpo.py \\
-          --model_name_or_path <model> --vllm_url http://127.0.0.1:8000 --dtype <trainer dtype> ...
-
-  [`vllm_serve_command`] renders that line from the training arguments.
+* **vLLM** (GPU): `--vllm-weight-sync` picks the backend; `trainer.vllm_weight_sync` has the table and
+  `vllm_serve_command`, which renders the matching launch line.
 """
 
 from __future__ import annotations
@@ -141,14 +132,3 @@ class LocalEngineWeightTransfer:
                 f"{action} of the local engine at {self.engine_url} answered HTTP {response.status_code}: "
                 f"{response.text[:500]}"
             )
-
-
-def vllm_serve_command(
-    model: str, served_model_name: str, max_model_len: int, dtype: str, port: int = 8000, tensor_parallel_size: int = 1
-) -> str:
-    """The `vllm serve` line a training run with these arguments needs (design §5)."""
-    return (
-        f"VLLM_SERVER_DEV_MODE=1 vllm serve {model} --served-model-name {served_model_name} "
-        f"--tensor-parallel-size {tensor_parallel_size} --weight-transfer-config '{{\"backend\":\"nccl\"}}' "
-        f"--logprobs-mode processed_logprobs --max-model-len {max_model_len} --dtype {dtype} --port {port}"
-    )

@@ -165,10 +165,12 @@ class EngineClient:
         top_k: int = -1,
         seed: int | None = None,
         stop_token_ids: list[int] | None = None,
+        model: str | None = None,
     ) -> Completion:
-        """Sample a continuation of exactly `prompt_ids`; `top_k` -1 or 0 means off."""
+        """Sample a continuation of exactly `prompt_ids`; `top_k` -1 or 0 means off; `model` overrides the served
+        model for this call (a LoRA adapter)."""
         payload = {
-            "model": self.model,
+            "model": model or self.model,
             "prompt": list(prompt_ids),
             "max_tokens": int(max_tokens),
             "temperature": float(temperature),

@@ -66,12 +66,16 @@ class TurnServer:
         tokenizer,
         max_model_len: int,
         model_version: Callable[[], int],
+        adapter_for_version: Callable[[int], str | None] = lambda version: None,
     ):
+        """`adapter_for_version(v)`: the engine model to sample policy version `v` from when the trainer publishes
+        each version as a LoRA adapter (None: the served model, whose weights the trainer replaces in place)."""
         self.config = config
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.model_version = model_version
+        self.adapter_for_version = adapter_for_version
 
     async def serve(self, handle: RolloutHandle, conversation: Conversation, state: TurnState,
                     stop: asyncio.Event) -> None:
@@ -143,6 +147,7 @@ class TurnServer:
         if cfg.max_completion_tokens is not None:
             max_tokens = min(max_tokens, max(1, cfg.max_completion_tokens - state.completion_tokens))
 
+        adapter = self.adapter_for_version(version)
         t1 = time.perf_counter()
         try:
             completion = await self.engine.complete(
@@ -151,6 +156,7 @@ class TurnServer:
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
+                **({"model": adapter} if adapter else {}),
             )
         except PromptTooLongError:
             raise self._overlong(prompt_len) from None

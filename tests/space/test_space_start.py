@@ -184,8 +184,8 @@ def test_vllm_first_with_training_flags_then_trainer_on_the_other_gpus(space):
         "--weight-transfer-config", '{"backend":"nccl"}', "--logprobs-mode", "processed_logprobs",
         "--max-model-len", "4096", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", port]
     assert vllm["env"] == {"CUDA_VISIBLE_DEVICES": "0", "VLLM_SERVER_DEV_MODE": "1"}
-    # the same flags as the project's own vLLM launch line (trainer/weight_transfer.py)
-    from trainer.weight_transfer import vllm_serve_command
+    # the same flags as the project's own vLLM launch line (trainer/vllm_weight_sync.py)
+    from trainer.vllm_weight_sync import vllm_serve_command
 
     line = vllm_serve_command("some-org/some-model", "policy", 4096, "bfloat16", port=int(port))
     assert line.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve ")

@@ -65,6 +65,25 @@ def test_trainer_calls_the_peak_flops_probe_by_module_global_name():
     )
 
 
+def test_trl_adapter_sync_decision_and_names_are_where_trl_adapter_sync_prefix_reads_them():
+    trainer_cls = async_grpo_trainer.AsyncGRPOTrainer
+    init_source = inspect.getsource(trainer_cls.__init__)
+    assert "self._lora_sync = False" in init_source and 'self._lora_name = "trl-policy"' in init_source
+    assert "self._lora_sync = lora_sync" in init_source
+    # The adapter published at sync N is `{_lora_name}-v{N}` and N becomes model_version, which our worker reads.
+    sync_source = inspect.getsource(trainer_cls._sync_weight_lora)
+    assert 'load_lora_adapter(f"{self._lora_name}-v{version}", adapter_dir)' in sync_source
+    assert "self.model_version = version" in sync_source
+    assert "self.rollout_worker.update_model_version(self.model_version)" in sync_source
+
+    class Decided:
+        _lora_sync, _lora_name = True, "trl-policy"
+
+    assert cpu_compat.trl_adapter_sync_prefix(Decided()) == "trl-policy"
+    Decided._lora_sync = False
+    assert cpu_compat.trl_adapter_sync_prefix(Decided()) is None
+
+
 def test_tree_row_pack_yields_the_keys_tree_attention_consumes():
     row = packing.TreeRow()
     row.add(_sample([1, 2, 3, 4], group_id=0))

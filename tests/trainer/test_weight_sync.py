@@ -12,7 +12,8 @@ import pytest
 import torch
 from aiohttp import web
 
-from trainer.weight_transfer import LocalEngineWeightTransfer, WeightTransferError, vllm_serve_command
+from trainer.vllm_weight_sync import vllm_serve_command
+from trainer.weight_transfer import LocalEngineWeightTransfer, WeightTransferError
 
 
 def _train_args(model_dir, output_dir, *extra):
@@ -152,3 +153,19 @@ def test_vllm_serve_command_carries_what_trl_needs():
                  "--max-model-len 32768", "--dtype bfloat16", "--port 8001", "--tensor-parallel-size 2"):
         assert part in command
 
+
+
+def test_vllm_serve_command_per_weight_sync_mode():
+    ipc = vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync="ipc")
+    assert "--weight-transfer-config '{\"backend\":\"ipc\"}'" in ipc
+    # vLLM unpickles the IPC handles: only with the flag, and only on loopback
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION=1" in ipc and "--host 127.0.0.1" in ipc
+    assert "--gpu-memory-utilization" in ipc  # the trainer shares the GPU
+    disk = vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync="disk")
+    assert "--weight-transfer-config" not in disk and "VLLM_SERVER_DEV_MODE=1" in disk
+    lora = vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync="lora", lora_rank=12, max_staleness=1)
+    # TRL refuses a server with fewer than max_staleness + 2 adapter slots or a smaller max rank
+    for part in ("VLLM_ALLOW_RUNTIME_LORA_UPDATING=1", "--enable-lora", "--max-lora-rank 16", "--max-loras 3"):
+        assert part in lora
+    with pytest.raises(ValueError):
+        vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync="shm")
