@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", default="policy", help="Served model name.")
         else:
             p.add_argument("--model-dir", required=True, help="Model directory (a checkpoint).")
+            p.add_argument("--adapter-dir", default=None,
+                           help="A PEFT adapter (a LoRA run's output) to merge into --model-dir before the forward.")
             p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="Forward dtype.")
             p.add_argument("--device", default="cuda", help="cuda, or cpu for smoke runs.")
     p = sub.add_parser("compare")
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype))
+            if args.adapter_dir:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, args.adapter_dir).merge_and_unload()
             model = model.to(args.device).eval()
             logprobs = [hf_logprobs(model, ids, args.device) for ids in sequences]
             label = f"hf@{args.out.rsplit('/', 1)[-1].removesuffix('.json')}"

@@ -8,10 +8,15 @@
 #   bash gpu/production.sh setup   # carry [".whl", ".deb"]: install, attention checks + bench, build the model,
 #                                  # start vLLM, probe its logprobs before any training
 #   bash gpu/production.sh train   # gated vs raw vLLM throughput, N AsyncGRPOTrainer steps, probes after
+#   bash gpu/production.sh serve   # (re)start vLLM for $SYNC (stops the running one), probe it before training
+# One GPU (nvidia-h200): VLLM_GPU=0 TRAIN_GPU=0 VLLM_MEM=0.35 SYNC=ipc (vLLM and the trainer share the GPU; weights
+#   move by CUDA IPC), SYNC=disk (HTTP only: safetensors files + vLLM's reload_weights), SYNC=lora (--use_peft; TRL
+#   publishes adapters, vLLM loads them at runtime: `serve` restarts vLLM with --enable-lora first).
 # Knobs (env): VLLM_GPU=0 TRAIN_GPU=1 VARIANT=qwen3-1.7b STEPS=5 LR=5e-4 BATCH=16 GROUP=8 MAX_TOKENS=512
 #   TRAIN_PROCS=1 (>1: accelerate launch with trainer/accelerate_fsdp2.yaml over TRAIN_GPU's GPUs, e.g. TRAIN_GPU=0,1,2)
 #   AGENT=single-shot|parity (parity: rewards with variance from a random model, see below)
 #   VLLM_MEM=0.80 VLLM_EXTRA="" SKIP_ATTENTION=0 SKIP_GATE_BENCH=0 TRAIN_TIMEOUT=360
+#   SYNC=nccl|ipc|disk|lora (trainer.vllm_weight_sync; train outputs go to /tmp/prod/train_$SYNC)
 # Leaves /tmp/prod (logs, JSON), /tmp/gpu_env.sh, /tmp/vllm.pid; writes summary_<stage>.json and <stage>_logs.tar.gz
 # under $OUT. vLLM stays up between the two stages; kill it by pid ($(cat /tmp/vllm.pid)) when done.
 set -uo pipefail
@@ -19,7 +24,8 @@ stage="${1:?usage: production.sh setup|train}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 work=/tmp/prod; mkdir -p "$work"
 repo="$PWD"
-VLLM_GPU="${VLLM_GPU:-0}"; TRAIN_GPU="${TRAIN_GPU:-1}"; VARIANT="${VARIANT:-qwen3-1.7b}"
+VLLM_GPU="${VLLM_GPU:-0}"; TRAIN_GPU="${TRAIN_GPU:-1}"; VARIANT="${VARIANT:-qwen3-1.7b}"; SYNC="${SYNC:-nccl}"
+case "$SYNC" in nccl|ipc|disk|lora) ;; *) echo "SYNC must be nccl, ipc, disk or lora"; exit 2 ;; esac
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 t0=$(date +%s)
 say() { echo "[production $stage +$(( $(date +%s) - t0 ))s] $*"; }
@@ -40,6 +46,49 @@ wait_health() {  # bounded wait for vLLM's /health; prints the log tail if it di
     sleep 2
   done
 }
+
+# design §5's production command, flags per weight-sync mode as trainer/vllm_weight_sync.py's vllm_serve_command
+# renders them (--enforce-eager: no compile/CUDA-graph minutes at start). Stops a running one first.
+start_vllm() {
+  local model_dir; model_dir=$(cat /tmp/model_dir)
+  if [[ -f /tmp/vllm.pid ]] && kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null; then
+    kill "$(cat /tmp/vllm.pid)"; for _ in $(seq 60); do kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || break; sleep 1; done
+    kill -9 "$(cat /tmp/vllm.pid)" 2>/dev/null; sleep 2
+  fi
+  local flags=() envs=(VLLM_SERVER_DEV_MODE=1)
+  case "$SYNC" in
+    nccl) flags=(--weight-transfer-config '{"backend":"nccl"}') ;;
+    ipc) flags=(--weight-transfer-config '{"backend":"ipc"}' --host 127.0.0.1); envs+=(VLLM_ALLOW_INSECURE_SERIALIZATION=1) ;;
+    disk) flags=(--host 127.0.0.1) ;;
+    lora) flags=(--enable-lora --max-lora-rank 16 --max-loras 2 --host 127.0.0.1); envs+=(VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) ;;
+  esac
+  env CUDA_VISIBLE_DEVICES="$VLLM_GPU" "${envs[@]}" setsid vllm serve "$model_dir" --served-model-name policy \
+    "${flags[@]}" --logprobs-mode processed_logprobs --max-model-len 4096 \
+    --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 --enforce-eager ${VLLM_EXTRA:-} \
+    > /tmp/vllm.log 2>&1 < /dev/null &
+  echo $! > /tmp/vllm.pid
+  echo "$SYNC" > /tmp/vllm.sync
+  say "vLLM pid $(cat /tmp/vllm.pid) starting on GPU $VLLM_GPU (sync $SYNC)"
+}
+
+probe_before() {  # vLLM on the initial weights vs a transformers forward of them: the bf16 noise floor
+  local model_dir; model_dir=$(cat /tmp/model_dir)
+  grep -iE "attention backend|Using .*backend|weight.transfer|KV cache|lora" /tmp/vllm.log | head -8
+  python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_before.json"
+  CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf --model-dir "$model_dir" --out "$work/probe_hf_init.json"
+  python3 gpu/probe_weights.py compare "$work/probe_vllm_before.json" "$work/probe_hf_init.json" \
+    --out "$work/summary_${stage}.json"
+}
+
+if [[ "$stage" == serve ]]; then
+  source /tmp/gpu_env.sh
+  start_vllm
+  wait_health 420 || exit 1
+  say "vLLM healthy"
+  probe_before
+  say "serve done"
+  exit 0
+fi
 
 if [[ "$stage" == setup ]]; then
   [[ -f /tmp/vc/c01/install.sh ]] || { echo "copy the vLLM chunks to /tmp/vc first (docs/gpu.md)"; exit 2; }
@@ -82,14 +131,7 @@ ENV
   [[ -f "$model_dir/config.json" ]] || { say "model build failed: $model_dir"; exit 1; }
   echo "$model_dir" > /tmp/model_dir
   say "model: $model_dir ($(du -sh "$model_dir" | cut -f1))"
-  # design §5's production command, on its own GPU (--enforce-eager: no compile/CUDA-graph minutes at start).
-  CUDA_VISIBLE_DEVICES=$VLLM_GPU VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$model_dir" --served-model-name policy \
-    --weight-transfer-config '{"backend":"nccl"}' --logprobs-mode processed_logprobs --max-model-len 4096 \
-    --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 --enforce-eager ${VLLM_EXTRA:-} \
-    > /tmp/vllm.log 2>&1 < /dev/null &
-  echo $! > /tmp/vllm.pid
-  say "vLLM pid $(cat /tmp/vllm.pid) starting on GPU $VLLM_GPU"
-
+  start_vllm
   # Tree attention on the trainer's GPU while vLLM boots on the other.
   if [[ "${SKIP_ATTENTION:-0}" != 1 ]]; then
     CUDA_VISIBLE_DEVICES=$TRAIN_GPU timeout 200 python3 -m pytest tests/trainer/test_cpu_compat.py \
@@ -110,11 +152,7 @@ PY
 
   wait_health 420 || exit 1
   say "vLLM healthy"
-  grep -iE "attention backend|Using .*backend|weight.transfer|KV cache" /tmp/vllm.log | head -8
-  python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_before.json"
-  CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf --model-dir "$model_dir" --out "$work/probe_hf_init.json"
-  python3 gpu/probe_weights.py compare "$work/probe_vllm_before.json" "$work/probe_hf_init.json" \
-    --out "$work/summary_setup.json"
+  probe_before
   say "setup done"
   exit 0
 fi
@@ -123,12 +161,20 @@ if [[ "$stage" == train ]]; then
   source /tmp/gpu_env.sh
   model_dir=$(cat /tmp/model_dir)
   wait_health 300 || exit 1
+  served=$(cat /tmp/vllm.sync 2>/dev/null)
+  if [[ "$SYNC" == lora && "$served" != lora ]] || [[ "$SYNC" != lora && "$served" == lora ]] ||
+     [[ "$SYNC" == nccl && "$served" != nccl ]] || [[ "$SYNC" == ipc && "$served" != ipc ]]; then
+    say "vLLM was started for sync '$served', this run needs '$SYNC': SYNC=$SYNC bash gpu/production.sh serve"; exit 2
+  fi
+  before="$work"; work="$work/train_$SYNC"; rm -rf "$work"; mkdir -p "$work"
   if [[ "${SKIP_GATE_BENCH:-0}" != 1 ]]; then
     timeout 240 python3 gpu/bench_gate_vs_raw.py --model-dir "$model_dir" --out "$work/gate_vs_raw.json" \
       2>&1 | grep -v Warning | tail -12
     say "gate vs raw done"
   fi
-  run_dir=/tmp/prod_run; rm -rf "$run_dir"
+  run_dir=/tmp/prod_run_$SYNC; rm -rf "$run_dir"
+  sync_args=(--vllm_weight_sync "$SYNC")
+  [[ "$SYNC" == lora ]] && sync_args+=(--use_peft true --lora_r 16 --lora_alpha 32)
   # AGENT=single-shot (default) asks the policy once and writes the reply to answer.txt: a random-init model never
   # fixes a task, every reward is 0, every advantage 0, so the weights never move. AGENT=parity is the same single
   # call (python3 -c, standard library only) but, when the reply has an odd number of characters, it empties every
@@ -161,20 +207,30 @@ print(len(c), \"chars,\", len(bad), \"files emptied\")'"
     --max_completion_length 1024 --temperature 1.0 --max_staleness 0 --weight_sync_steps 1 \
     --max_steps "${STEPS:-5}" --learning_rate "${LR:-5e-4}" --logging_steps 1 --save_steps 100000 \
     --report_to none --output_dir "$run_dir" --agent_wall_time_s 120 --episode_timeout_s 300 --seed 0 \
-    > "$work/train.log" 2>&1
+    "${sync_args[@]}" > "$work/train.log" 2>&1
   rc=$?
   say "training exited rc=$rc"
   grep -E "^\[intercept-rl\]|Weight sync: done|Traceback|Error" "$work/train.log" | head -30
   [[ $rc == 0 ]] || tail -40 "$work/train.log"
   cp "$run_dir/rollouts.jsonl" "$work/" 2>/dev/null
-  python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_after.json"
-  if [[ -f "$run_dir/config.json" ]]; then
-    CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf --model-dir "$run_dir" --out "$work/probe_hf_trained.json"
+  if [[ "$SYNC" == lora ]]; then  # the newest adapter vLLM holds vs the base with the trainer's adapter merged
+    adapter=$(python3 -c "import json, re, urllib.request as u
+names = [m['id'] for m in json.load(u.urlopen('http://127.0.0.1:8000/v1/models'))['data']]
+print(max((n for n in names if re.fullmatch(r'trl-policy-v\d+', n)), key=lambda n: int(n.split('-v')[1]), default=''))")
+    say "newest adapter on vLLM: ${adapter:-none}"
+    python3 gpu/probe_weights.py vllm --model "${adapter:-policy}" --out "$work/probe_vllm_after.json"
+    [[ -f "$run_dir/adapter_config.json" ]] && CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf \
+      --model-dir "$model_dir" --adapter-dir "$run_dir" --out "$work/probe_hf_trained.json"
+  else
+    python3 gpu/probe_weights.py vllm --out "$work/probe_vllm_after.json"
+    [[ -f "$run_dir/config.json" ]] && CUDA_VISIBLE_DEVICES=$TRAIN_GPU python3 gpu/probe_weights.py hf \
+      --model-dir "$run_dir" --out "$work/probe_hf_trained.json"
   fi
-  python3 gpu/probe_weights.py compare "$work"/probe_vllm_before.json "$work"/probe_hf_init.json \
+  python3 gpu/probe_weights.py compare "$before"/probe_vllm_before.json "$before"/probe_hf_init.json \
     "$work"/probe_vllm_after.json $(ls "$work"/probe_hf_trained.json 2>/dev/null) --out "$work/sync_proof.json"
   python3 gpu/summarize_production.py --work "$work" --out "$work/summary_train.json"
-  say "train stage done"
+  cp "$work/summary_train.json" "$before/summary_train.json"
+  say "train stage ($SYNC) done"
   exit 0
 fi
 echo "unknown stage $stage"; exit 2

@@ -252,3 +252,27 @@ def test_worker_samples_from_the_adapter_of_the_live_version(engine):
         loop.run(runner.cleanup())
         loop.stop()
     assert asked and set(asked) == {"trl-policy-v3"}, asked
+
+
+def test_the_device_script_starts_vllm_as_vllm_serve_command_says():
+    """gpu/production.sh (run only on the device) must launch vLLM with the flags each mode needs."""
+    import re
+
+    from tests.paths import REPO
+    from trainer.vllm_weight_sync import vllm_serve_command
+
+    script = (REPO / "gpu" / "production.sh").read_text()
+    for mode in ("nccl", "ipc", "disk", "lora"):
+        line = re.search(rf"^\s+{mode}\) (flags=.*)$", script, re.M).group(1)
+        expected = vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync=mode, max_staleness=0)
+        for env in re.findall(r"(VLLM_[A-Z_]+=1)", expected):
+            if env != "VLLM_SERVER_DEV_MODE=1":  # set for every mode
+                assert env in line, (mode, env)
+        for flag in ("--weight-transfer-config", "--enable-lora", "--max-lora-rank 16", "--max-loras 2",
+                     "--host 127.0.0.1"):
+            if flag in expected:
+                assert flag in line, (mode, flag)
+        if "backend" in expected:
+            assert re.search(r'backend\\?":\\?"(\w+)', expected).group(1) == mode
+            assert f'"backend":"{mode}"' in line
+    assert "envs=(VLLM_SERVER_DEV_MODE=1)" in script
