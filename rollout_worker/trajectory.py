@@ -24,6 +24,9 @@ class Trajectory:
     first_model_version: int | None
     started_at: float
     finished_at: float = field(default_factory=time.time)
+    # Per engine call, in order: the engine's latency and our own time around it (TurnServer's `TurnState`), seconds.
+    engine_latency_s: list[float] = field(default_factory=list)
+    overhead_s: list[float] = field(default_factory=list)
 
     @property
     def reward(self) -> float | None:
@@ -61,15 +64,27 @@ class Trajectory:
             },
             "model_version": self.first_model_version,
             "timings": {**res.timings, "total": self.finished_at - self.started_at},
+            # Per turn (10 µs resolution): where a turn's time went, engine vs our serving path.
+            "turn_timings": {"engine_s": [round(x, 5) for x in self.engine_latency_s],
+                             "overhead_s": [round(x, 5) for x in self.overhead_s]},
             "exit_code": res.exit_code,
             "details": res.details,
             "agent_output": res.agent_output,
         }
 
 
+def sample_type() -> type:
+    """TRL's `RolloutSample`, imported on first use: its module loads TRL's whole async GRPO package (peft, trackio,
+    torch's custom ops: ~1 s on a CPU box), which importing the worker should not pay. `RolloutWorker.start` calls it
+    on the caller's thread, so the first complete group does not pay it on the worker's loop, stalling every turn."""
+    from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+
+    return RolloutSample
+
+
 def build_samples(traj: Trajectory, advantage: float, reward_std: float) -> list[Any]:
     """TRL `RolloutSample`s for every row of a trained rollout (one advantage per conversation, like TRL)."""
-    from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+    RolloutSample = sample_type()
 
     samples = []
     for row in traj.rows:

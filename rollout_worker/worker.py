@@ -25,7 +25,7 @@ from .protocols import EpisodeRunner
 from .serving.assembly import PromptAssembler
 from .serving.engine_client import EngineClient
 from .serving.turns import TurnServer, TurnState
-from .trajectory import Trajectory, build_samples
+from .trajectory import Trajectory, build_samples, sample_type
 from .types import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class RolloutWorker:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("worker already started")
+        sample_type()  # its import, here rather than on the loop (stalled every turn in flight for ~1 s at group 1)
         self._started_at = self._last_progress = time.monotonic()
         self._thread = threading.Thread(target=self._thread_main, name="rollout-worker", daemon=True)
         self._thread.start()
@@ -272,6 +273,7 @@ class RolloutWorker:
             stats={**conversation.stats, "parse_failures": state.parse_failures,
                    "discarded_replies": state.discarded_replies},
             first_model_version=state.first_model_version, started_at=started,
+            engine_latency_s=list(state.engine_latency_s), overhead_s=list(state.overhead_s),
         )
         self._last_progress = time.monotonic()
         self._publish_rollout_metrics(traj, state)

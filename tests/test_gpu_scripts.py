@@ -133,9 +133,37 @@ def test_probe_weights_compare_reports_every_pair(tmp_path):
 def test_gate_vs_raw_bench_parses_its_arguments():
     module = load("bench_gate_vs_raw")
     args = module.build_parser().parse_args(["--model-dir", "/m", "--concurrency", "8"])
-    assert args.modes == ["raw", "gated", "raw"] and args.concurrency == 8
+    assert args.modes == ["raw", "raw-tokens", "gated", "raw-tokens", "raw"] and args.concurrency == 8
+    assert args.deadline_s <= 200  # production.sh runs it under `timeout 240`
     with pytest.raises(SystemExit):
         module.build_parser().parse_args(["--model-dir", "/m", "--modes", "direct"])
+
+
+def test_gate_vs_raw_bench_runs_every_mode_against_the_local_engine(engine, tiny_model_dir, tmp_path):
+    """The bench end to end at a toy size: the local engine has no chat route, so `raw` is skipped with its reason;
+    raw-tokens and gated run the same traffic (same rendered prompts), and gated pairs every turn with the engine
+    latency its worker measured."""
+    module = load("bench_gate_vs_raw")
+    out = tmp_path / "gate_vs_raw.json"
+    assert module.main(["--url", engine.url, "--model-dir", str(tiny_model_dir), "--concurrency", "4",
+                        "--rollouts", "8", "--group", "4", "--turns", "2", "--max-tokens", "8",
+                        "--modes", "raw", "raw-tokens", "gated", "--timeout-s", "60", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    raw, tokens, gated = report["runs"]
+    assert raw["mode"] == "raw" and "/v1/chat/completions" in raw["skipped"]
+    for run in (tokens, gated):
+        assert run["turns"] == 8 * 2 and run["errors"] == 0 and not run["timed_out"], run
+        assert run["sampled_tokens"] > 0 and run["tokens_per_s"] > 0
+        assert run["engine_latency_s"]["n"] == 16 and run["overhead_s"]["n"] == 16
+        assert run["loop_stalls"]["agents"]["max_lag_ms"] >= 0 and "cpu_ms_per_turn" in run and "gc" in run
+    # The very prompts the worker renders: equal first turns (later ones hold different sampled replies).
+    assert tokens["prompt_tokens_mean_by_turn"][0] == gated["prompt_tokens_mean_by_turn"][0] > 0
+    assert tokens["forks"] == gated["forks"] == 0
+    assert gated["records"] == 8 and gated["rollouts_without_engine_latency"] == 0
+    assert gated["turn_server_overhead_s"]["n"] == 16 and "worker" in gated["loop_stalls"]
+    ratios = report["summary"]["ratios"]
+    assert set(ratios) == {"gated/raw-tokens"} and ratios["gated/raw-tokens"]["tokens_per_s"] > 0
+    assert "target_met" not in report["summary"]  # no raw run: the target cannot be judged
 
 
 def test_summarize_production_reads_step_logs_rollouts_and_reports(tmp_path):

@@ -110,7 +110,10 @@ class EngineClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:  # created lazily: it must belong to the running loop
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            # No pool limit (aiohttp's default is 100 connections): past it, calls would queue in this client, unseen
+            # by the engine's scheduler. The worker bounds the calls in flight (max_inflight); the client must not.
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                                  connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     async def _request(self, method: str, path: str, payload: dict | None = None) -> object:

@@ -112,6 +112,9 @@ def test_worker_rows_are_token_exact_through_the_full_stack(engine, tiny_model_d
     for rec in records:
         drift = rec["drift"]
         assert rec["turns"] == 4
+        timings = rec["turn_timings"]  # per turn: the engine's latency and the serving path's own time
+        assert len(timings["engine_s"]) == len(timings["overhead_s"]) == 4
+        assert all(t > 0 for t in timings["engine_s"] + timings["overhead_s"])
         assert drift["forks"] == 1, "the truncated history must start a new row, and be counted"
         assert len(rec["rows"]) == 2
         assert drift["sampled_tokens"] > 0 and drift["trained_tokens"] == drift["sampled_tokens"]  # 100% trained

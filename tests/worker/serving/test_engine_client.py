@@ -132,6 +132,39 @@ async def stand_in():
         await runner.cleanup()
 
 
+async def test_more_than_a_hundred_calls_reach_the_engine_at_once():
+    """aiohttp's default pool has 100 connections: a 101st call would wait inside the client, unseen by the engine's
+    scheduler. The worker bounds the calls in flight (max_inflight); the client must not add a bound of its own."""
+    calls, in_flight, peak = 120, 0, 0
+    everyone_in = asyncio.Event()
+
+    async def completions(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        body = await request.json()
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight >= calls:
+            everyone_in.set()
+        try:
+            await asyncio.wait_for(everyone_in.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        in_flight -= 1
+        return web.json_response(_good_body(body["prompt"]))
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with EngineClient(f"http://127.0.0.1:{runner.addresses[0][1]}", "m", timeout_s=30) as client:
+            await asyncio.gather(*(client.complete([1, 2], max_tokens=2) for _ in range(calls)))
+    finally:
+        await runner.cleanup()
+    assert peak == calls
+
+
 async def test_request_payload_asks_for_token_ids_and_logprobs(stand_in):
     fake, url = await stand_in(["ok"])
     async with EngineClient(url, "m") as client:
