@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", type=int, default=8, help="Rollouts per GRPO group (gated mode).")
     parser.add_argument("--turns", type=int, default=4, help="Chat turns per rollout.")
     parser.add_argument("--max-tokens", type=int, default=128, help="Sampled tokens per turn.")
+    parser.add_argument("--raw-logprobs", action="store_true",
+                        help="Raw chat asks for logprobs too, as every gated turn does (isolates vLLM's logprob cost).")
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                         help="Modes in order (the default brackets gated with raw-tokens and both with raw, against "
                              "drift).")
@@ -287,12 +289,14 @@ def initial_messages() -> list[dict]:
 
 
 async def chat_agent(session, base_url: str, api_key: str, model: str, turns: int, max_tokens: int,
-                     sink: list[dict]) -> None:
+                     sink: list[dict], logprobs: bool = False) -> None:
     """One rollout over a chat endpoint (the engine's own, or the gate): `turns` calls, our replies echoed back, a
     fixed tool result after each. Per turn, appended to `sink`: latency, prompt and sampled tokens (from `usage`)."""
     messages = initial_messages()
     for turn in range(turns):
         body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 1.0}
+        if logprobs:  # --raw-logprobs: raw chat pays vLLM's logprob cost too (every gated turn asks for them)
+            body["logprobs"] = True
         started = time.perf_counter()
         async with session.post(f"{base_url.rstrip('/')}/chat/completions", json=body,
                                 headers={"Authorization": f"Bearer {api_key}"}) as response:
@@ -414,7 +418,7 @@ class Bench:
                 async def one():
                     async with semaphore:
                         await chat_agent(session, f"{args.url.rstrip('/')}/v1", "raw", args.model, args.turns,
-                                         args.max_tokens, sink)
+                                         args.max_tokens, sink, logprobs=args.raw_logprobs)
                 return await asyncio.gather(*(one() for _ in range(args.rollouts)), return_exceptions=True)
 
         return self._timed("raw", all_rollouts(), timeout_s, sink)

@@ -56,6 +56,13 @@ start_vllm() {
     kill -9 "$(cat /tmp/vllm.pid)" 2>/dev/null; sleep 2
   fi
   local flags=() envs=(VLLM_SERVER_DEV_MODE=1)
+  # vLLM 0.26's ipc_engine.py imports ray at module level but needs it only for send_mode="ray"; we send over HTTP.
+  # The kit carries no ray (500 MB): a stub that fails loudly if anything really calls into it.
+  if [[ "$SYNC" == ipc ]] && ! python3 -c "import ray" 2>/dev/null; then
+    mkdir -p /tmp/site2/ray && printf '%s\n' '"""Stub: vLLM ipc_engine imports ray; intercept-rl sends over HTTP."""' \
+      'def __getattr__(name):' '    raise AttributeError(f"ray is not installed (a stub); ray.{name} is not available")' \
+      > /tmp/site2/ray/__init__.py
+  fi
   case "$SYNC" in
     nccl) flags=(--weight-transfer-config '{"backend":"nccl"}') ;;
     ipc) flags=(--weight-transfer-config '{"backend":"ipc"}' --host 127.0.0.1); envs+=(VLLM_ALLOW_INSECURE_SERIALIZATION=1) ;;
