@@ -220,6 +220,7 @@ print(len(c), \"chars,\", len(bad), \"files emptied\")'"
   grep -E "^\[intercept-rl\]|Weight sync: done|Traceback|Error" "$work/train.log" | head -30
   [[ $rc == 0 ]] || tail -40 "$work/train.log"
   cp "$run_dir/rollouts.jsonl" "$work/" 2>/dev/null
+  cp "$run_dir/train.log" "$work/run_train.log" 2>/dev/null  # the full log: every step's metric dict
   if [[ "$SYNC" == lora ]]; then  # the newest adapter vLLM holds vs the base with the trainer's adapter merged
     adapter=$(python3 -c "import json, re, urllib.request as u
 names = [m['id'] for m in json.load(u.urlopen('http://127.0.0.1:8000/v1/models'))['data']]

@@ -33,6 +33,12 @@ def step_logs(text: str) -> list[dict]:
     """Every `{'loss': ...}`-style dict line transformers printed (the per-step logs)."""
     logs = []
     for line in text.splitlines():
+        if "metrics at step " in line:  # trainer/progress.py's log-file line: the full dict as JSON
+            try:
+                logs.append(json.loads(line[line.find("{"):]))
+            except ValueError:
+                pass
+            continue
         start = line.find("{")
         if start < 0 or not any(key in line for key in ("'loss'", "'ratio'", "'train_runtime'")):
             continue
@@ -71,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.work)
     summary: dict = {}
-    log_path = work / "train.log"
-    if log_path.is_file():
-        text = log_path.read_text(errors="replace")
+    logs_read = [p for p in (work / "train.log", work / "run_train.log") if p.is_file()]
+    if logs_read:
+        text = "\n".join(p.read_text(errors="replace") for p in logs_read)
         logs = step_logs(text)
         summary["steps"] = [{k: log[k] for k in STEP_KEYS if k in log} for log in logs if "train_runtime" not in log]
         summary["final_log"] = next((log for log in reversed(logs) if "train_runtime" in log), None)

@@ -189,6 +189,27 @@ def test_summarize_production_reads_step_logs_rollouts_and_reports(tmp_path):
     assert summary["sync_proof"] == {"a vs b": {"max_abs_diff": 0.1}}
 
 
+def test_summarize_production_reads_the_metric_lines_the_progress_reporter_logs(tmp_path, caplog):
+    """`intercept-rl train` prints only a progress line per step; the full metric dict goes to the run's log file,
+    where the device summary must find it (the one-GPU runs of 2026-11-30 lost their perf/* figures without it)."""
+    import logging
+
+    from trainer.progress import make_progress_callback
+
+    reporter = make_progress_callback(show_bar=False)
+    state = type("State", (), {"is_world_process_zero": True, "global_step": 3, "max_steps": 4})()
+    logs = {"loss": 0.0, "ratio": 0.999, "kl": 5e-4, "perf/weight_sync_s": 0.41, "perf/mfu_fwd_bwd": 12.5,
+            "flag": True}
+    with caplog.at_level(logging.INFO, logger="trainer.progress"):
+        reporter.on_log(None, state, None, logs=logs)
+    (tmp_path / "run_train.log").write_text(
+        "\n".join(f"2026-11-30 INFO {r.name}: {r.getMessage()}" for r in caplog.records) + "\n")
+    out = tmp_path / "summary.json"
+    assert load("summarize_production").main(["--work", str(tmp_path), "--out", str(out)]) == 0
+    steps = json.loads(out.read_text())["steps"]
+    assert steps == [{"loss": 0.0, "ratio": 0.999, "kl": 5e-4, "perf/weight_sync_s": 0.41, "perf/mfu_fwd_bwd": 12.5}]
+
+
 def test_fsdp2_x4_run_is_prepared_on_cpu():
     """What the 4-GPU FSDP2 run needs that a CPU can check: accelerate parses the FSDP2 config, the 8B variant has
     the real size, and the driver launches the trainer with it on three GPUs next to vLLM on the fourth."""

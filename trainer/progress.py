@@ -9,6 +9,7 @@ well with `--verbose`. Errors still print at once. At the end of a run `reward_c
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -17,7 +18,10 @@ from typing import Any
 
 from intercept_common.run_logging import LOG_FILE, PREFIX, RunLogging, WarningSummary, short_message, write_line
 
-__all__ = ["LOG_FILE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback", "quiet_trainer",
+logger = logging.getLogger(__name__)
+METRICS_LINE = "metrics at step"  # the log-file line carrying one step's full metric dict as JSON
+
+__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback", "quiet_trainer",
            "quiet_trackio_banners", "reward_chart", "reward_summary"]
 
 
@@ -93,6 +97,9 @@ class ProgressReporter:
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
+        # Every metric TRL logged, in the run's log file: with `--report-to none` it would otherwise exist nowhere
+        # (gpu/summarize_production.py reads these lines).
+        logger.info("%s %d: %s", METRICS_LINE, state.global_step, json.dumps(logs, default=str))
         line = self.format_line(state.global_step, state.max_steps, logs)
         if isinstance(logs.get("reward"), (int, float)):
             self.rewards[state.global_step] = float(logs["reward"])
