@@ -229,3 +229,46 @@ def test_fsdp2_x4_run_is_prepared_on_cpu():
     production = (GPU_DIR / "production.sh").read_text()
     assert ('launcher=(accelerate launch --config_file trainer/accelerate_fsdp2.yaml --num_processes "$TRAIN_PROCS")'
             in production)
+
+
+def test_modal_recipe_serves_vllm_with_the_training_flags(monkeypatch):
+    """gpu/modal_vllm.py cannot run here (Modal is unreachable): a stand-in `modal` module records what the recipe
+    declares, and its vLLM argv must carry every flag `vllm_serve_command` renders for the HTTP-only modes."""
+    import sys
+    import types
+
+    from trainer.vllm_weight_sync import vllm_serve_command
+
+    declared = {}
+
+    class Chain:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: self
+
+    fake = types.ModuleType("modal")
+    fake.Image = types.SimpleNamespace(from_registry=lambda *a, **k: Chain())
+    fake.Volume = types.SimpleNamespace(from_name=lambda name, **k: name)
+    fake.App = lambda name: types.SimpleNamespace(function=lambda **k: declared.setdefault("function", k) and (
+        lambda f: f))
+    fake.concurrent = lambda **k: (lambda f: f)
+    fake.web_server = lambda **k: declared.setdefault("web_server", k) and (lambda f: f)
+    monkeypatch.setitem(sys.modules, "modal", fake)
+    for mode in ("lora", "disk"):
+        monkeypatch.setenv("INTERCEPT_RL_WEIGHT_SYNC", mode)
+        monkeypatch.setenv("INTERCEPT_RL_MAX_STALENESS", "1")
+        declared.clear()
+        module = load("modal_vllm")
+        argv = module.serve_argv()
+        expected = vllm_serve_command(module.MODEL, "policy", module.MAX_MODEL_LEN, module.DTYPE, port=8000,
+                                      weight_sync=mode, lora_rank=module.LORA_RANK, max_staleness=1)
+        for flag in ("--served-model-name policy", "--logprobs-mode processed_logprobs", "--enable-lora",
+                     "--max-lora-rank 16", "--max-loras 3", f"--max-model-len {module.MAX_MODEL_LEN}"):
+            assert (flag in expected) == (flag in " ".join(argv)), (mode, flag)
+        for env in ("VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+            assert (f"{env}=1" in expected) == (module.ENV.get(env) == "1"), (mode, env)
+        # the dev routes are remote control: never without Modal's proxy auth
+        assert declared["web_server"]["requires_proxy_auth"] is True
+        assert "/weights" in declared["function"]["volumes"]
+    monkeypatch.setenv("INTERCEPT_RL_WEIGHT_SYNC", "nccl")
+    with pytest.raises(SystemExit, match="disk or lora"):
+        load("modal_vllm")
