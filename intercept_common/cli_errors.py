@@ -11,7 +11,7 @@ import errno
 
 # Exceptions whose message is already the one line (with its remedy) the user needs.
 SELF_EXPLAINING = ("ConfigFileError", "SandboxUnavailableError", "AgentUnavailableError", "EngineUnavailableError",
-                   "PreflightError", "TaskLoadError", "EngineDiedError")
+                   "PreflightError", "TaskLoadError", "EngineDiedError", "WeightTransferError", "VllmWeightSyncError")
 
 
 def squash(text: str) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import requests
 
-
 # Set for the engine it starts: the engine exits once this process (its parent) is gone (local_engine.cli).
 PARENT_PID_ENV = "INTERCEPT_RL_ENGINE_PARENT_PID"
 

@@ -136,3 +136,21 @@ def _max_queued_samples(training) -> int | None:
         return None
     per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
     return max(training.num_generations, per_step * max(1, training.max_staleness))
+
+
+def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:
+    """When TRL publishes each policy version as a LoRA adapter, make the worker sample from those adapters.
+
+    TRL picks adapter sync on its own (a PEFT model and a vLLM started with `--enable-lora`), also under
+    `--vllm-weight-sync nccl`; `lora` insists on it.
+    """
+    from trainer.cpu_compat import trl_adapter_sync_prefix
+    from trainer.vllm_weight_sync import VllmWeightSyncError
+
+    prefix = trl_adapter_sync_prefix(trainer)
+    if prefix is not None:
+        logger.info("TRL syncs LoRA adapters to vLLM; rollouts sample from %s-v<N>", prefix)
+        worker.sample_from_adapters(prefix)
+    elif script.vllm_weight_sync == "lora":
+        raise VllmWeightSyncError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at {script.vllm_url} was "
+                         "not started with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")

@@ -140,23 +140,6 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
     return resume_from_checkpoint
 
 
-def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:
-    """When TRL publishes each policy version as a LoRA adapter, make the worker sample from those adapters.
-
-    TRL picks adapter sync on its own (a PEFT model and a vLLM started with `--enable-lora`), also under
-    `--vllm-weight-sync nccl`; `lora` insists on it.
-    """
-    from trainer.cpu_compat import trl_adapter_sync_prefix
-
-    prefix = trl_adapter_sync_prefix(trainer)
-    if prefix is not None:
-        logger.info("TRL syncs LoRA adapters to vLLM; rollouts sample from %s-v<N>", prefix)
-        worker.sample_from_adapters(prefix)
-    elif script.vllm_weight_sync == "lora":
-        raise ValueError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at {script.vllm_url} was "
-                         "not started with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
-
-
 def placeholder_dataset(rows: int = 8):
     """TRL requires a `train_dataset`; our worker owns the tasks, so a few empty prompts stand in (design §4)."""
     from datasets import Dataset
@@ -368,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from trainer import traces
-    from trainer.components import build_rollout_worker, start_engine
+    from trainer.components import build_rollout_worker, follow_adapter_sync, start_engine
 
     model_path = resolve_model_path(script.model_name_or_path)
     reporter = make_progress_callback(run_logging.summary if not verbose else None, log_path)

@@ -32,6 +32,8 @@ from pathlib import Path
 import requests
 import torch
 
+from trainer.weight_transfer import wait_until_healthy
+
 logger = logging.getLogger(__name__)
 
 
@@ -96,18 +98,9 @@ class _VllmControl:
         return response
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = self._session.get(f"{self.engine_url}/health", timeout=5)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            except requests.RequestException as error:
-                last = f"{type(error).__name__}: {error}"
-            time.sleep(1.0)
-        raise VllmWeightSyncError(f"vLLM at {self.engine_url} not healthy after {self.timeout_s:.0f} s ({last})")
+        problem = wait_until_healthy(self._session, self.engine_url, self.timeout_s, poll_s=1.0)
+        if problem is not None:
+            raise VllmWeightSyncError(f"vLLM at {self.engine_url} not healthy after {self.timeout_s:.0f} s ({problem})")
 
     def pause(self) -> None:
         self._post("pause", what="pausing vLLM", params={"mode": "keep"})

@@ -25,6 +25,23 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def wait_until_healthy(session: requests.Session, engine_url: str, timeout_s: float,
+                       poll_s: float = 0.5) -> str | None:
+    """Poll `GET /health` until it answers 200 (None) or `timeout_s` passes (the last problem seen)."""
+    deadline = time.monotonic() + timeout_s
+    problem = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = session.get(f"{engine_url}/health", timeout=5)
+            if response.status_code == 200:
+                return None
+            problem = f"HTTP {response.status_code}"
+        except requests.RequestException as error:
+            problem = f"{type(error).__name__}: {error}"
+        time.sleep(poll_s)
+    return problem
+
+
 class WeightTransferError(RuntimeError):
     """The engine refused or failed a pause / push / resume; training must stop rather than drift silently."""
 
@@ -60,19 +77,10 @@ class LocalEngineWeightTransfer:
 
     def init_weight_transfer(self) -> None:
         """Wait (bounded) until the engine answers `/health`; there is no transfer group to build over HTTP."""
-        deadline = time.monotonic() + self.timeout_s
-        last_error = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = self._http().get(f"{self.engine_url}/health", timeout=5)
-                if response.status_code == 200:
-                    return
-                last_error = f"HTTP {response.status_code}"
-            except requests.RequestException as error:
-                last_error = f"{type(error).__name__}: {error}"
-            time.sleep(0.5)
-        raise WeightTransferError(f"local engine at {self.engine_url} not healthy after {self.timeout_s:.0f} s "
-                                  f"({last_error})")
+        problem = wait_until_healthy(self._http(), self.engine_url, self.timeout_s)
+        if problem is not None:
+            raise WeightTransferError(f"local engine at {self.engine_url} not healthy after {self.timeout_s:.0f} s "
+                                      f"({problem})")
 
     def pause(self) -> None:
         self._control("pause")

@@ -276,3 +276,31 @@ def test_the_device_script_starts_vllm_as_vllm_serve_command_says():
             assert re.search(r'backend\\?":\\?"(\w+)', expected).group(1) == mode
             assert f'"backend":"{mode}"' in line
     assert "envs=(VLLM_SERVER_DEV_MODE=1)" in script
+
+
+def test_the_worker_follows_trls_adapter_decision_and_lora_insists_on_it():
+    from types import SimpleNamespace
+
+    from intercept_common.cli_errors import one_line
+    from trainer.components import follow_adapter_sync
+
+    class Worker:
+        prefix = None
+
+        def sample_from_adapters(self, prefix):
+            self.prefix = prefix
+
+    adapters = SimpleNamespace(_lora_sync=True, _lora_name="trl-policy")
+    merged = SimpleNamespace(_lora_sync=False, _lora_name="trl-policy")
+    for mode in ("nccl", "lora"):  # TRL decides by itself, also under nccl
+        worker = Worker()
+        follow_adapter_sync(adapters, worker, SimpleNamespace(vllm_weight_sync=mode, vllm_url="http://v"))
+        assert worker.prefix == "trl-policy"
+    worker = Worker()
+    follow_adapter_sync(merged, worker, SimpleNamespace(vllm_weight_sync="nccl", vllm_url="http://v"))
+    assert worker.prefix is None
+    with pytest.raises(VllmWeightSyncError) as refused:
+        follow_adapter_sync(merged, Worker(), SimpleNamespace(vllm_weight_sync="lora", vllm_url="http://v"))
+    # the CLI prints it as one line with the remedy
+    line = one_line(refused.value)
+    assert line is not None and "--enable-lora" in line and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in line
