@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..validation import ValidatedChat, bad_request, check_param, type_name, validate_messages
-from .base import text_content
+from .base import chat_function_tool, text_content, tool_declarations
 
 # Anthropic's tool_choice types → OpenAI chat's.
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
@@ -172,31 +172,16 @@ def _conversation(messages: Any) -> list[dict]:
 
 
 def _tools(tools: Any) -> list[dict] | None:
-    if tools is None:
+    declared = tool_declarations(tools)
+    if declared is None:
         return None
-    if not isinstance(tools, list):
-        raise bad_request(f"'tools' must be an array, got {type_name(tools)}")
     out = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"{where} must be an object")
+    for where, tool in declared:
         if tool.get("type") not in (None, "custom"):
             raise bad_request(f"{where}: server tool {tool['type']!r} is not supported; declare client tools "
                               "(name, description, input_schema)", "unsupported_tool")
-        name, description, schema = tool.get("name"), tool.get("description"), tool.get("input_schema")
-        if not isinstance(name, str) or not name:
-            raise bad_request(f"{where}.name must be a non-empty string")
-        function: dict[str, Any] = {"name": name}
-        if description is not None:
-            if not isinstance(description, str):
-                raise bad_request(f"{where}.description must be a string")
-            function["description"] = description
-        if schema is not None:
-            if not isinstance(schema, dict):
-                raise bad_request(f"{where}.input_schema must be an object (a JSON schema)")
-            function["parameters"] = schema
-        out.append({"type": "function", "function": function})
+        out.append(chat_function_tool(where, tool.get("name"), tool.get("description"), tool.get("input_schema"),
+                                      "input_schema"))
     return out
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..errors import GateError
 from ..responses import KEEPALIVE, sse_error
-from ..validation import ValidatedChat
+from ..validation import ValidatedChat, bad_request, type_name
 
 
 class DialectName(enum.StrEnum):
@@ -113,3 +113,34 @@ def text_content(texts: list[str], empty: Any = "") -> Any:
     if len(texts) == 1:
         return texts[0]
     return [{"type": "text", "text": text} for text in texts]
+
+
+def tool_declarations(tools: Any) -> list[tuple[str, dict]] | None:
+    """A request's `tools` as (where, declaration) pairs, each checked to be an object; None when absent."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise bad_request(f"'tools' must be an array, got {type_name(tools)}")
+    pairs = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise bad_request(f"tools[{i}] must be an object")
+        pairs.append((f"tools[{i}]", tool))
+    return pairs
+
+
+def chat_function_tool(where: str, name: Any, description: Any, schema: Any, schema_field: str) -> dict:
+    """A chat-completions function tool from a dialect's declaration (name, description, JSON schema), each part
+    checked; `schema_field` is what the dialect calls the schema, for the error message."""
+    if not isinstance(name, str) or not name:
+        raise bad_request(f"{where}.name must be a non-empty string")
+    function: dict[str, Any] = {"name": name}
+    if description is not None:
+        if not isinstance(description, str):
+            raise bad_request(f"{where}.description must be a string")
+        function["description"] = description
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise bad_request(f"{where}.{schema_field} must be an object (a JSON schema)")
+        function["parameters"] = schema
+    return {"type": "function", "function": function}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..validation import ValidatedChat, bad_request, check_param, type_name, validate_messages
-from .base import text_content
+from .base import chat_function_tool, text_content, tool_declarations
 
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _MEDIA_PARTS = frozenset({"input_image", "input_file", "input_audio", "image", "file"})
@@ -174,33 +174,19 @@ def input_messages(items: Any) -> list[dict]:
 
 
 def _tools(tools: Any) -> list[dict] | None:
-    if tools is None:
+    declared = tool_declarations(tools)
+    if declared is None:
         return None
-    if not isinstance(tools, list):
-        raise bad_request(f"'tools' must be an array, got {type_name(tools)}")
     out = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"{where} must be an object")
+    for where, tool in declared:
         if tool.get("type") != "function":
             raise bad_request(f"{where}: tool type {tool.get('type')!r} is not supported; only function tools",
                               "unsupported_tool")
         # The flat Responses shape; a chat-style nested `function` object is tolerated (some clients send it).
         spec = tool["function"] if isinstance(tool.get("function"), dict) else tool
-        name, description, parameters = spec.get("name"), spec.get("description"), spec.get("parameters")
-        if not isinstance(name, str) or not name:
-            raise bad_request(f"{where}.name must be a non-empty string")
-        function: dict[str, Any] = {"name": name}
-        if description is not None:
-            if not isinstance(description, str):
-                raise bad_request(f"{where}.description must be a string")
-            function["description"] = description
-        if parameters is not None:
-            if not isinstance(parameters, dict):
-                raise bad_request(f"{where}.parameters must be an object (a JSON schema)")
-            function["parameters"] = parameters
-        out.append({"type": "function", "function": function})  # `strict` constrains sampling, not the prompt
+        # `strict` constrains sampling, not the prompt: dropped.
+        out.append(chat_function_tool(where, spec.get("name"), spec.get("description"), spec.get("parameters"),
+                                      "parameters"))
     return out
 
 
