@@ -55,8 +55,8 @@ def build_qwen3_1_7b(target: Path, seed: int = 0, architecture: dict | None = No
     import torch
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
-    from local_engine.embedded import tiny_model_config
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+    from local_engine.embedded import tiny_model_config
 
     if (target / "config.json").is_file():
         return target

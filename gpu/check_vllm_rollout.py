@@ -87,8 +87,8 @@ def run(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
-    from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.config import WorkerConfig
+    from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.types import Task
     from rollout_worker.worker import RolloutWorker
 
