@@ -80,12 +80,9 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
     if options.sandbox == "docker":
         # Tasks that come as images (SWE-bench/SWE-Gym rows, Harbor dirs) are graded in a fresh container of their
         # image, like the official harness; tasks with a host repository keep the host grader.
-        from .environment.sandbox.docker_grading import (
-            ContainerGradingConfig,
-            HarborContainerGrader,
-            ImageAwareGrader,
-            SweBenchContainerGrader,
-        )
+        from .environment.sandbox.docker_grading import ImageAwareGrader, SweBenchContainerGrader
+        from .environment.sandbox.docker_grading_common import ContainerGradingConfig
+        from .environment.sandbox.docker_harbor_grading import HarborContainerGrader
 
         in_container = ContainerGradingConfig(reward_mode=grading.reward_mode, timeout_s=grading.test_timeout_s)
         grader = ImageAwareGrader(grader, SweBenchContainerGrader(in_container), HarborContainerGrader(in_container))
@@ -121,7 +118,7 @@ def _test_executor(sandbox: str):
     if sandbox not in ("local", "docker"):
         raise ValueError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
     if sandbox == "docker" and shutil.which("bwrap") is None:  # a Docker host without bubblewrap: a fresh container
-        from .environment.sandbox.docker_grading import DockerTestExecutor
+        from .environment.sandbox.docker_test_executor import DockerTestExecutor
 
         return DockerTestExecutor()
     from .environment.sandbox import LocalSandboxTestExecutor

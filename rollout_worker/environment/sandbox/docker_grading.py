@@ -19,29 +19,34 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
-import secrets
 import shlex
 import shutil
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
-from rollout_worker.environment.sandbox.docker_config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
-from rollout_worker.environment.sandbox.docker_io import docker_client, in_own_thread
-from rollout_worker.environment.sandbox.registry import process_start_time
+from rollout_worker.environment.sandbox.docker_grading_common import (
+    ContainerGradingConfig,
+    GradingInfraError,
+    LazyDockerClient,
+    container_labels,
+    exec_output,
+    isolated_spec,
+    remove_quietly,
+    start_container,
+    unscorable,
+)
+from rollout_worker.environment.sandbox.docker_harbor_grading import HarborContainerGrader
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.trees import (
     GitError,
-    TreeFilter,
     copy_filtered_tree,
     git_diff_no_index,
     restore_unchanged_test_config,
 )
-from rollout_worker.types import ExecResult, GradeResult, Task
+from rollout_worker.types import GradeResult, Task
 
 logger = logging.getLogger(__name__)
 
@@ -51,42 +56,12 @@ CONDA_ACTIVATE = ["if [ -f /opt/miniconda3/bin/activate ]; then source /opt/mini
                   "conda activate testbed; fi"]
 
 
-class _Infra(RuntimeError):
-    """A grading step failed for reasons outside the agent's control."""
-
-
-@dataclass
-class ContainerGradingConfig:
-    """How `SweBenchContainerGrader` grades."""
-
-    reward_mode: Literal["binary", "fraction"] = field(default="binary", metadata={
-        "help": "`binary`: 1.0 exactly when the official verdict is resolved. `fraction`: share of tests succeeding."})
-    timeout_s: float = field(default=1800.0, metadata={"help": "Limit of the test command; past it: unscorable."})
-    tree_filter: TreeFilter = field(default_factory=TreeFilter, metadata={
-        "help": "Which paths count as tests/test config (never taken from the agent) or junk."})
-    max_patch_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "Larger agent diffs score 0."})
-    git_timeout_s: float = field(default=300.0, metadata={"help": "Limit of each host git step."})
-    keep_patch_chars: int = field(default=65536, metadata={"help": "Agent patch kept in details['agent_patch']."})
-    keep_log_chars: int = field(default=8000, metadata={"help": "Eval log tail kept in details['eval_log_tail']."})
-    mem_limit: str | None = field(default="8g", metadata={"help": "Grading container memory limit."})
-    pids_limit: int | None = field(default=4096, metadata={"help": "Grading container process limit."})
-    cpus: float | None = field(default=None, metadata={"help": "Grading container CPUs (None: unlimited)."})
-    work_root: str | None = field(default=None, metadata={"help": "Where grading temp dirs go (default: tmp)."})
-    engine_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one Docker API call."})
-
-
 class SweBenchContainerGrader:
     """Grades a task that names an image, in a fresh container of it (see the module docstring)."""
 
     def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
         self.config = config or ContainerGradingConfig()
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = docker_client(self.config.engine_timeout_s)
-        return self._client
+        self.docker = LazyDockerClient(client, self.config.engine_timeout_s)
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         started = time.monotonic()
@@ -95,10 +70,10 @@ class SweBenchContainerGrader:
         work = Path(tempfile.mkdtemp(prefix="irl-cgrade-", dir=self.config.work_root))
         try:
             result = await self._grade(task, Path(agent_repo_dir), work, details)
-        except (_Infra, GitError) as exc:
-            result = _unscorable(details, str(exc))
+        except (GradingInfraError, GitError) as exc:
+            result = unscorable(details, str(exc))
         except Exception as exc:  # anything else here is ours, not the agent's
-            result = _unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
+            result = unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         result.details["grading_s"] = round(time.monotonic() - started, 3)
@@ -107,12 +82,12 @@ class SweBenchContainerGrader:
     def _names(self, task: Task) -> tuple[str, str, str, str]:
         image = task.image
         if not image:
-            raise _Infra("task names no image: container grading needs the task's image")
+            raise GradingInfraError("task names no image: container grading needs the task's image")
         workdir = str(task.extra.get("workdir") or swb_workdir())
         try:
             parser = swb.parser_for(task.repo, task.extra.get("log_parser") or None)
         except ValueError as exc:
-            raise _Infra(str(exc)) from exc
+            raise GradingInfraError(str(exc)) from exc
         if task.test_command:
             test_cmd = shlex.join(task.test_command)
         else:
@@ -123,10 +98,10 @@ class SweBenchContainerGrader:
         cfg = self.config
         image, workdir, parser, test_cmd = self._names(task)
         if not task.FAIL_TO_PASS:
-            raise _Infra("task has no FAIL_TO_PASS tests")
+            raise GradingInfraError("task has no FAIL_TO_PASS tests")
         if not agent_dir.is_dir():
-            raise _Infra(f"agent repository {agent_dir} does not exist")
-        client = await asyncio.to_thread(lambda: self.client)
+            raise GradingInfraError(f"agent repository {agent_dir} does not exist")
+        client = await asyncio.to_thread(lambda: self.docker.client)
 
         base, before, after = work / "base", work / "a", work / "b"
         await asyncio.to_thread(self._export_base, client, image, workdir, base)
@@ -158,7 +133,7 @@ class SweBenchContainerGrader:
         details.update(official_resolved=resolved, log_found=verdict.found, test_exit_code=verdict.exit_code)
         if not verdict.found:
             if verdict.infra:
-                raise _Infra(f"eval log unusable: {verdict.failure}")
+                raise GradingInfraError(f"eval log unusable: {verdict.failure}")
             details["reason"] = verdict.failure
             return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
         assert report is not None
@@ -169,18 +144,13 @@ class SweBenchContainerGrader:
         reward = float(resolved) if cfg.reward_mode == "binary" else report.fraction()
         return GradeResult(reward=reward, resolved=resolved, scorable=True, details=details)
 
-    @staticmethod
-    def _labels(kind: str) -> dict[str, str]:
-        return {LABEL: f"{kind}-{secrets.token_hex(6)}", OWNER_PID_LABEL: str(os.getpid()),
-                OWNER_START_LABEL: str(process_start_time(os.getpid()) or "")}
-
     def _export_base(self, client: Any, image: str, workdir: str, dest: Path) -> None:
         from docker.errors import ImageNotFound
 
         try:
-            container = client.containers.create(image, ["true"], network_mode="none", labels=self._labels("base"))
+            container = client.containers.create(image, ["true"], network_mode="none", labels=container_labels("base"))
         except ImageNotFound as exc:
-            raise _Infra(f"image {image!r} is not present") from exc
+            raise GradingInfraError(f"image {image!r} is not present") from exc
         try:
             stream, _ = container.get_archive(workdir)
             top = PurePosixPath(workdir).name
@@ -205,19 +175,8 @@ class SweBenchContainerGrader:
 
     async def _run_eval(self, client: Any, image: str, files: dict[str, bytes]) -> tuple[str, int | None]:
         cfg = self.config
-        spec: dict[str, Any] = dict(image=image, command=["sleep", "infinity"], detach=True, init=True,
-                                    network_mode="none", labels=self._labels("grade"),
-                                    security_opt=["no-new-privileges"], user="0:0")
-        if cfg.mem_limit:
-            spec.update(mem_limit=cfg.mem_limit, memswap_limit=cfg.mem_limit)
-        if cfg.pids_limit:
-            spec["pids_limit"] = cfg.pids_limit
-        if cfg.cpus:
-            spec["nano_cpus"] = int(cfg.cpus * 1e9)
-        try:
-            container = await asyncio.to_thread(client.containers.run, **spec)
-        except Exception as exc:
-            raise _Infra(f"grading container did not start: {exc}") from exc
+        spec = isolated_spec(image, "grade", mem_limit=cfg.mem_limit, pids_limit=cfg.pids_limit, cpus=cfg.cpus)
+        container = await start_container(client, spec, "grading")
         try:
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -226,197 +185,11 @@ class SweBenchContainerGrader:
                     info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
                     tar.addfile(info, io.BytesIO(data))
             if not await asyncio.to_thread(container.put_archive, "/tmp", buffer.getvalue()):
-                raise _Infra("copying the eval files into the container failed")
-            exec_id = (await asyncio.to_thread(client.api.exec_create, container.id, ["bash", f"{EVAL_DIR}/eval.sh"],
-                                               stdout=True, stderr=True))["Id"]
-
-            def run() -> tuple[str, int | None]:
-                chunks = [c for c in client.api.exec_start(exec_id, stream=True)]
-                return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
-
-            try:
-                return await asyncio.wait_for(asyncio.shield(in_own_thread(run)), cfg.timeout_s + 120)
-            except TimeoutError as exc:
-                raise _Infra(f"eval script did not finish within {cfg.timeout_s + 120:g}s") from exc
+                raise GradingInfraError("copying the eval files into the container failed")
+            return await exec_output(client, container.id, ["bash", f"{EVAL_DIR}/eval.sh"], cfg.timeout_s + 120,
+                                     "eval script")
         finally:
-            try:
-                await asyncio.to_thread(container.remove, force=True)
-            except Exception as exc:  # left to reap_docker_orphans
-                logger.warning("removing grading container failed: %r", exc)
-
-
-class HarborContainerGrader:
-    """Grades a Harbor task (`tasks.harbor`) the way Harbor does, in a fresh container: the image's working directory
-    is replaced by the agent's final one, `tests/` is copied to /tests, `bash /tests/test.sh` runs (as root, no
-    network, the task's verifier timeout), and the reward is what it wrote to /logs/verifier. Unlike Harbor's default
-    (the verifier runs in the agent's own container), only the working directory carries over from the agent: what it
-    changed elsewhere in its container is gone, and so is anything it left running."""
-
-    def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
-        self.config = config or ContainerGradingConfig()
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = docker_client(self.config.engine_timeout_s)
-        return self._client
-
-    async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
-        from rollout_worker.environment.tasks.harbor import read_reward
-
-        started = time.monotonic()
-        details: dict[str, Any] = {"instance_id": task.instance_id, "grader": "harbor-container"}
-        try:
-            if not task.image or "harbor_dir" not in task.extra:
-                raise _Infra("not a Harbor task (no image or harbor_dir)")
-            client = await asyncio.to_thread(lambda: self.client)
-            timeout = float(task.extra.get("verifier_timeout_s") or self.config.timeout_s)
-            log, code, files = await self._verify(client, task, Path(agent_repo_dir), timeout)
-            details.update(verifier_exit_code=code, verifier_log_tail=log[-self.config.keep_log_chars:],
-                           verifier_files=sorted(files))
-            if code == 137 or "[intercept-rl] verifier timed out" in log:
-                raise _Infra(f"verifier timed out after {timeout:g}s")
-            try:
-                reward = read_reward(files)
-            except ValueError as exc:
-                raise _Infra(f"verifier failed: {exc}") from exc
-            result = GradeResult(reward=reward, resolved=reward >= 1.0, scorable=True, details=details)
-        except _Infra as exc:
-            result = _unscorable(details, str(exc))
-        except Exception as exc:
-            result = _unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
-        result.details["grading_s"] = round(time.monotonic() - started, 3)
-        return result
-
-    async def _verify(self, client: Any, task: Task, agent_dir: Path, timeout: float):
-        cfg = self.config
-        workdir = str(task.extra.get("workdir") or "/app")
-        tests = Path(task.extra["harbor_dir"]) / "tests"
-        spec: dict[str, Any] = dict(image=task.image, command=["sleep", "infinity"], detach=True, init=True,
-                                    network_mode="none", labels=SweBenchContainerGrader._labels("verify"),
-                                    security_opt=["no-new-privileges"], user="0:0")
-        if cfg.mem_limit:
-            spec.update(mem_limit=cfg.mem_limit, memswap_limit=cfg.mem_limit)
-        if cfg.pids_limit:
-            spec["pids_limit"] = cfg.pids_limit
-        try:
-            container = await asyncio.to_thread(client.containers.run, **spec)
-        except Exception as exc:
-            raise _Infra(f"verifier container did not start: {exc}") from exc
-        try:
-            def prepare() -> None:
-                code, out = container.exec_run(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1" /logs/verifier /logs/agent',
-                                                "prepare", workdir], user="0")
-                if code != 0:
-                    raise _Infra(f"preparing the verifier container failed: {out[-500:]!r}")
-                for source, dest, arcname in ((agent_dir, workdir, "."), (tests, "/", "tests")):
-                    buffer = io.BytesIO()
-                    with tarfile.open(fileobj=buffer, mode="w") as tar:
-                        tar.add(source, arcname=arcname)
-                    if not container.put_archive(dest, buffer.getvalue()):
-                        raise _Infra(f"copying {source.name} into the verifier container failed")
-
-            await asyncio.to_thread(prepare)
-            script = (f'timeout -s KILL {int(timeout)} bash /tests/test.sh; code=$?; '
-                      'if [ $code -eq 137 ]; then echo "[intercept-rl] verifier timed out"; fi; exit $code')
-            exec_id = (await asyncio.to_thread(client.api.exec_create, container.id, ["bash", "-c", script],
-                                               stdout=True, stderr=True, workdir=workdir))["Id"]
-
-            def run() -> tuple[str, int | None]:
-                chunks = [c for c in client.api.exec_start(exec_id, stream=True)]
-                return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
-
-            try:
-                log, code = await asyncio.wait_for(asyncio.shield(in_own_thread(run)), timeout + 120)
-            except TimeoutError as exc:
-                raise _Infra(f"verifier did not finish within {timeout + 120:g}s") from exc
-
-            def collect() -> dict[str, bytes]:
-                stream, _ = container.get_archive("/logs/verifier/.")
-                out = {}
-                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                    for member in tar.getmembers():
-                        if member.isfile() and member.size < (1 << 20):
-                            extracted = tar.extractfile(member)
-                            if extracted is not None:
-                                out[PurePosixPath(member.name).name] = extracted.read()
-                return out
-
-            return log, code, await asyncio.to_thread(collect)
-        finally:
-            try:
-                await asyncio.to_thread(container.remove, force=True)
-            except Exception as exc:
-                logger.warning("removing verifier container failed: %r", exc)
-
-
-class DockerTestExecutor:
-    """Runs the host grader's test command in a fresh container (implements `TestExecutor`), for hosts that have
-    Docker but no bubblewrap: the base image, `--network none`, no capabilities, limits, labelled; `repo_dir` (the
-    grader's private fresh copy) bound read-write at /testbed, and this interpreter's venv and Python prefix bound
-    read-only at their own paths (the embedded tasks' test command is `<this python> -m pytest`)."""
-
-    __test__ = False
-
-    def __init__(self, image: str | None = None, client: Any = None, mem_limit: str = "4g", pids_limit: int = 1024,
-                 output_limit: int = 1 << 20):
-        from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE
-
-        self.image = image or DEFAULT_BASE_IMAGE
-        self._client = client
-        self.mem_limit, self.pids_limit, self.output_limit = mem_limit, pids_limit, output_limit
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = docker_client(120)
-        return self._client
-
-    async def run(self, repo_dir: Path, argv: list[str], timeout: float) -> ExecResult:
-        import sys
-
-        from docker.types import Mount
-
-        repo_dir = Path(repo_dir).resolve()
-        if not repo_dir.is_dir():
-            raise FileNotFoundError(f"repo_dir {repo_dir} is not a directory")
-        client = await asyncio.to_thread(lambda: self.client)
-        ro = [p for p in dict.fromkeys([os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)])
-              if p not in ("/", "/usr", "/usr/local")]
-        mounts = [Mount(target="/testbed", source=str(repo_dir), type="bind")]
-        mounts += [Mount(target=p, source=p, type="bind", read_only=True) for p in ro]
-        spec: dict[str, Any] = dict(image=self.image, command=["sleep", "infinity"], detach=True, init=True,
-                                    network_mode="none", labels=SweBenchContainerGrader._labels("test"),
-                                    mounts=mounts, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                                    user="0:0", working_dir="/testbed", mem_limit=self.mem_limit,
-                                    memswap_limit=self.mem_limit, pids_limit=self.pids_limit)
-        container = await asyncio.to_thread(client.containers.run, **spec)
-        try:
-            env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                   "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-            script = 'timeout -s KILL "$0" "$@"'
-            exec_id = (await asyncio.to_thread(client.api.exec_create, container.id,
-                                               ["sh", "-c", script, str(max(1, int(timeout))), *argv],
-                                               stdout=True, stderr=True, environment=env, workdir="/testbed"))["Id"]
-
-            def run() -> tuple[bytes, bytes, int | None]:
-                out, err = client.api.exec_start(exec_id, demux=True)
-                return out or b"", err or b"", client.api.exec_inspect(exec_id).get("ExitCode")
-
-            try:
-                out, err, code = await asyncio.wait_for(asyncio.shield(in_own_thread(run)), timeout + 60)
-            except TimeoutError:
-                return ExecResult(-9, "", "", timed_out=True)
-            timed_out = code == 137
-            return ExecResult(-9 if timed_out else (code if code is not None else -9),
-                              out[-self.output_limit:].decode("utf-8", "replace"),
-                              err[-self.output_limit:].decode("utf-8", "replace"), timed_out=timed_out)
-        finally:
-            try:
-                await asyncio.to_thread(container.remove, force=True)
-            except Exception as exc:
-                logger.warning("removing test container failed: %r", exc)
+            await remove_quietly(container, "grading")
 
 
 def swb_workdir() -> str:
@@ -429,10 +202,11 @@ class ImageAwareGrader:
     """Routes each task to the grader that can grade it: Harbor tasks to the Harbor verifier, tasks that name an
     image (SWE-bench, SWE-Gym) to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning) to the host grader."""
 
-    def __init__(self, host_grader: Any, container_grader: Any, harbor_grader: Any = None):
+    def __init__(self, host_grader: Any, container_grader: SweBenchContainerGrader, harbor_grader: Any = None):
         self.host_grader = host_grader
         self.container_grader = container_grader
-        self.harbor_grader = harbor_grader or HarborContainerGrader(client=getattr(container_grader, "_client", None))
+        self.harbor_grader = harbor_grader or HarborContainerGrader(container_grader.config,
+                                                                    client=container_grader.docker.created)
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         if "harbor_dir" in task.extra:
@@ -440,8 +214,3 @@ class ImageAwareGrader:
         if task.image and not task.repo_dir:
             return await self.container_grader.grade(task, agent_repo_dir)
         return await self.host_grader.grade(task, agent_repo_dir)
-
-
-def _unscorable(details: dict[str, Any], reason: str) -> GradeResult:
-    details["reason"] = reason
-    return GradeResult(reward=None, resolved=False, scorable=False, details=details)

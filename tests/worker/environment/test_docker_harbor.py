@@ -13,7 +13,8 @@ from rollout_worker.environment.agents import CommandAgent, get_agent
 from rollout_worker.environment.episode import SandboxEpisodeRunner
 from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
 from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_grading import HarborContainerGrader, ImageAwareGrader
+from rollout_worker.environment.sandbox.docker_grading import ImageAwareGrader
+from rollout_worker.environment.sandbox.docker_harbor_grading import HarborContainerGrader
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks.harbor import (
     HarborTaskError,

@@ -13,11 +13,8 @@ import pytest
 
 from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
 from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_grading import (
-    ContainerGradingConfig,
-    ImageAwareGrader,
-    SweBenchContainerGrader,
-)
+from rollout_worker.environment.sandbox.docker_grading import ImageAwareGrader, SweBenchContainerGrader
+from rollout_worker.environment.sandbox.docker_grading_common import ContainerGradingConfig
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.schema import docker_image_for

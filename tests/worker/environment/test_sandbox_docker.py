@@ -146,7 +146,13 @@ async def test_relay_reaches_only_this_rollout_and_nothing_else(make_gate, dback
         assert seen["pypi_by_ip"] in ("OSError", "ConnectionRefusedError", "TimeoutError")
         # The rollout key is in the agent's environment only, never on a command line inside.
         proc = await sb.start(["sleep", "300"], env=openai_env(sb.endpoint))
-        ps = await sb.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"], timeout=30)
+        # `start` returns once the exec is created; the process may still be in `runc init` for a moment: look until
+        # it shows (bounded), then check that no command line carries the key.
+        for _ in range(50):
+            ps = await sb.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"], timeout=30)
+            if "sleep 300" in ps.stdout:
+                break
+            await asyncio.sleep(0.2)
         assert "sleep 300" in ps.stdout and inner.api_key not in ps.stdout
         await proc.kill()
         assert proc.returncode == -9
@@ -227,7 +233,7 @@ async def test_oracle_and_noop_episodes_in_containers(make_gate, dbackend, task)
 
 async def test_host_grader_runs_its_tests_in_a_container_without_bubblewrap(client, task, state_dir):
     """Hosts with Docker but no bubblewrap: FailPassGrader + DockerTestExecutor grades in a fresh container."""
-    from rollout_worker.environment.sandbox.docker_grading import DockerTestExecutor
+    from rollout_worker.environment.sandbox.docker_test_executor import DockerTestExecutor
 
     grader = FailPassGrader(DockerTestExecutor(client=client))
     pristine = await grader.grade(task, Path(task.repo_dir))

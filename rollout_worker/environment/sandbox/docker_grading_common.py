@@ -1,0 +1,121 @@
+"""What every one-off grading container shares (the SWE-bench grader, the Harbor verifier, the test executor): the
+grading config, the infrastructure-failure type and its unscorable result, the reaper's labels, a lazily created
+Docker client, and start / exec / remove helpers that bound every wait and never leak a container."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rollout_worker.environment.sandbox.docker_config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
+from rollout_worker.environment.sandbox.docker_io import docker_client, in_own_thread
+from rollout_worker.environment.sandbox.registry import process_start_time
+from rollout_worker.environment.tasks.trees import TreeFilter
+from rollout_worker.types import GradeResult
+
+logger = logging.getLogger(__name__)
+
+
+class GradingInfraError(RuntimeError):
+    """A grading step failed for reasons outside the agent's control: the result is unscorable, never reward 0."""
+
+
+def unscorable(details: dict[str, Any], reason: str) -> GradeResult:
+    details["reason"] = reason
+    return GradeResult(reward=None, resolved=False, scorable=False, details=details)
+
+
+@dataclass
+class ContainerGradingConfig:
+    """How the container graders grade."""
+
+    reward_mode: Literal["binary", "fraction"] = field(default="binary", metadata={
+        "help": "`binary`: 1.0 exactly when the official verdict is resolved. `fraction`: share of tests succeeding."})
+    timeout_s: float = field(default=1800.0, metadata={"help": "Limit of the test command; past it: unscorable."})
+    tree_filter: TreeFilter = field(default_factory=TreeFilter, metadata={
+        "help": "Which paths count as tests/test config (never taken from the agent) or junk."})
+    max_patch_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "Larger agent diffs score 0."})
+    git_timeout_s: float = field(default=300.0, metadata={"help": "Limit of each host git step."})
+    keep_patch_chars: int = field(default=65536, metadata={"help": "Agent patch kept in details['agent_patch']."})
+    keep_log_chars: int = field(default=8000, metadata={"help": "Eval log tail kept in details['eval_log_tail']."})
+    mem_limit: str | None = field(default="8g", metadata={"help": "Grading container memory limit."})
+    pids_limit: int | None = field(default=4096, metadata={"help": "Grading container process limit."})
+    cpus: float | None = field(default=None, metadata={"help": "Grading container CPUs (None: unlimited)."})
+    work_root: str | None = field(default=None, metadata={"help": "Where grading temp dirs go (default: tmp)."})
+    engine_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one Docker API call."})
+
+
+def container_labels(kind: str) -> dict[str, str]:
+    """Labels that let the reaper find a grading container of this process after a crash."""
+    return {LABEL: f"{kind}-{secrets.token_hex(6)}", OWNER_PID_LABEL: str(os.getpid()),
+            OWNER_START_LABEL: str(process_start_time(os.getpid()) or "")}
+
+
+def isolated_spec(image: str, kind: str, *, mem_limit: str | None, pids_limit: int | None,
+                  cpus: float | None = None, **extra: Any) -> dict[str, Any]:
+    """`containers.run` arguments of an idle, network-less, labelled container with limits; `extra` adds to them."""
+    spec: dict[str, Any] = dict(image=image, command=["sleep", "infinity"], detach=True, init=True,
+                                network_mode="none", labels=container_labels(kind),
+                                security_opt=["no-new-privileges"], user="0:0")
+    if mem_limit:
+        spec.update(mem_limit=mem_limit, memswap_limit=mem_limit)
+    if pids_limit:
+        spec["pids_limit"] = pids_limit
+    if cpus:
+        spec["nano_cpus"] = int(cpus * 1e9)
+    spec.update(extra)
+    return spec
+
+
+class LazyDockerClient:
+    """A Docker client created at first use (constructing a grader must not need a daemon), or the one injected."""
+
+    def __init__(self, client: Any = None, timeout_s: float = 300.0):
+        self._client = client
+        self._timeout_s = timeout_s
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client(self._timeout_s)
+        return self._client
+
+    @property
+    def created(self) -> Any:
+        """The client if it exists already (injected or used), else None: to share it without connecting."""
+        return self._client
+
+
+async def start_container(client: Any, spec: dict[str, Any], what: str) -> Any:
+    try:
+        return await asyncio.to_thread(client.containers.run, **spec)
+    except Exception as exc:
+        raise GradingInfraError(f"{what} container did not start: {exc}") from exc
+
+
+async def exec_output(client: Any, container_id: str, argv: list[str], timeout_s: float, what: str,
+                      **exec_options: Any) -> tuple[str, int | None]:
+    """Run `argv` in the container; its combined output (decoded) and exit code. Past `timeout_s`: infra error."""
+    exec_id = (await asyncio.to_thread(client.api.exec_create, container_id, argv, stdout=True, stderr=True,
+                                       **exec_options))["Id"]
+
+    def run() -> tuple[str, int | None]:
+        chunks = list(client.api.exec_start(exec_id, stream=True))
+        return b"".join(chunks).decode("utf-8", "replace"), client.api.exec_inspect(exec_id).get("ExitCode")
+
+    try:
+        return await asyncio.wait_for(asyncio.shield(in_own_thread(run)), timeout_s)
+    except TimeoutError as exc:
+        raise GradingInfraError(f"{what} did not finish within {timeout_s:g}s") from exc
+
+
+async def remove_quietly(container: Any, what: str) -> None:
+    """Remove a container; a failure is logged and left to `reap_docker_orphans` (its labels name this process)."""
+    try:
+        await asyncio.to_thread(container.remove, force=True)
+    except Exception as exc:
+        logger.warning("removing %s container failed: %r", what, exc)
