@@ -130,9 +130,9 @@ class VllmIpcWeightTransfer(_VllmControl):
     def send_weights(self, iterator: Iterator[tuple[str, torch.Tensor]]) -> None:
         try:
             from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
-        except ImportError as error:
+        except ImportError as error:  # vLLM 0.26's ipc_engine also imports ray at module level (used for Ray only)
             raise VllmWeightSyncError("--vllm-weight-sync ipc needs vLLM importable in the trainer's environment "
-                                      f"(it runs on the same GPU): {error}") from error
+                                      f"(it runs on the same GPU), and ray with vLLM 0.26: {error}") from error
         stats = {"tensors": 0, "bytes": 0}
 
         def counted():
@@ -143,14 +143,22 @@ class VllmIpcWeightTransfer(_VllmControl):
 
         start = time.perf_counter()
         self._post("start_weight_update", what="starting a weight update", json={"is_checkpoint_format": True})
+        failure: VllmWeightSyncError | None = None
         try:
             IPCWeightTransferEngine.trainer_send_weights(
                 counted(), {"send_mode": "http", "url": self.engine_url, "packed": True})
         except Exception as error:
-            raise VllmWeightSyncError(f"sending weights over CUDA IPC to {self.engine_url} failed: {error}. vLLM must "
-                                      "run on this GPU with VLLM_ALLOW_INSECURE_SERIALIZATION=1") from error
-        finally:
+            failure = VllmWeightSyncError(f"sending weights over CUDA IPC to {self.engine_url} failed: {error}. vLLM "
+                                          "must run on this GPU with VLLM_ALLOW_INSECURE_SERIALIZATION=1")
+            failure.__cause__ = error
+        try:  # every started update is finished, also after a failed send (vLLM refuses a second start otherwise)
             self._post("finish_weight_update", what="finishing the weight update", timeout=self.timeout_s)
+        except VllmWeightSyncError:
+            if failure is None:
+                raise
+            logger.warning("finishing the failed weight update failed too", exc_info=True)
+        if failure is not None:
+            raise failure
         self.version += 1
         self.last_sync = {**stats, "seconds": time.perf_counter() - start, "version": self.version}
         logger.info("weight sync v%d over CUDA IPC: %d tensors, %.1f MB in %.2f s", self.version, stats["tensors"],

@@ -304,3 +304,39 @@ def test_the_worker_follows_trls_adapter_decision_and_lora_insists_on_it():
     # the CLI prints it as one line with the remedy
     line = one_line(refused.value)
     assert line is not None and "--enable-lora" in line and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in line
+
+
+async def test_a_failed_ipc_send_still_finishes_the_update_and_reports_the_send(monkeypatch):
+    """vLLM cannot run here: a stand-in of its ipc_engine module whose producer fails mid-send. The update is still
+    finished on the engine (vLLM refuses a second start otherwise), and the error raised is the send's, not the
+    finish's (the stand-in engine also fails the finish)."""
+    import sys
+    import types
+
+    calls = []
+
+    async def record(request):
+        calls.append(request.path)
+        return web.json_response({}, status=500 if request.path == "/finish_weight_update" else 200)
+
+    class FailingProducer:
+        @staticmethod
+        def trainer_send_weights(iterator, trainer_args):
+            assert trainer_args == {"send_mode": "http", "url": url, "packed": True}
+            next(iterator)
+            raise RuntimeError("cudaIpcGetMemHandle failed")
+
+    module = types.ModuleType("vllm.distributed.weight_transfer.ipc_engine")
+    module.IPCWeightTransferEngine = FailingProducer
+    for name in ("vllm", "vllm.distributed", "vllm.distributed.weight_transfer"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vllm.distributed.weight_transfer.ipc_engine", module)
+    runner, url = await _serve([web.post("/start_weight_update", record), web.post("/finish_weight_update", record)])
+    try:
+        transfer = VllmIpcWeightTransfer(url, timeout_s=5, control_timeout_s=5)
+        with pytest.raises(VllmWeightSyncError, match="cudaIpcGetMemHandle failed"):
+            await asyncio.to_thread(transfer.send_weights, iter([("w", torch.zeros(2)), ("v", torch.ones(2))]))
+        assert calls == ["/start_weight_update", "/finish_weight_update"] and transfer.version == 0
+        transfer.destroy()
+    finally:
+        await runner.cleanup()
