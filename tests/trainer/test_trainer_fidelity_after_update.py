@@ -91,7 +91,7 @@ def test_on_demand_batches_refuse_a_loader_they_would_split_wrongly():
 
 
 TWO_RANK_SCRIPT = """
-import json, torch
+import json, os, torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, IterableDataset
@@ -111,7 +111,9 @@ seen, pulls = [], []
 for batch in loader:
     seen.append(batch["x"].tolist())
     pulls.append(Stream.pulled)
-print("RESULT " + json.dumps({"rank": accelerator.process_index, "seen": seen, "pulls": pulls}), flush=True)
+# One file per rank: both ranks printing to the shared stdout can interleave their lines.
+with open(os.path.join(os.environ["RESULT_DIR"], f"rank{accelerator.process_index}.json"), "w") as out:
+    json.dump({"rank": accelerator.process_index, "seen": seen, "pulls": pulls}, out)
 # Tear gloo down before the interpreter exits: left to exit-time destructors it sometimes aborts rank 0 (SIGABRT,
 # "terminate called without an active exception") after the results are printed.
 accelerator.wait_for_everyone()
@@ -124,6 +126,7 @@ def test_on_demand_batches_dispatch_one_row_per_rank(tmp_path):
     """Two CPU ranks (gloo) under torchrun: rank 0 pulls each batch only when handed out, every rank gets its own row,
     and both stop together when the stream ends (no rank left waiting in a collective)."""
     import json
+    import os
     import socket
     import subprocess
     import sys
@@ -133,14 +136,15 @@ def test_on_demand_batches_dispatch_one_row_per_rank(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(port), str(script)],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
+        capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ, "RESULT_DIR": str(results_dir)},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = {r["rank"]: r for r in (json.loads(line.removeprefix("RESULT ")) for line in
-                                      completed.stdout.splitlines() if line.startswith("RESULT "))}
+    results = {r["rank"]: r for r in (json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json")))}
     assert set(results) == {0, 1}
     for rank in (0, 1):
         assert results[rank]["seen"] == [[[10 * i + rank, -1]] for i in range(4)]

@@ -95,6 +95,30 @@ def kill_recorded(record: SandboxRecord) -> None:
                 pass
 
 
+def kill_processes_mentioning(marker: str) -> int:
+    """SIGKILL every process whose command line contains `marker` (a sandbox's private directory); returns how many.
+
+    What a process-group kill misses: bwrap's pid-1 monitor runs in a session of its own (`--new-session`) and only
+    dies with bwrap through `--die-with-parent`, which a bwrap killed during its own start-up has not armed yet
+    (measured: 1 of 300 starts cancelled at random left bwrap's monitor and the agent running).
+    """
+    needle, killed = marker.encode(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
+
+
 def remove_tree(path: Path) -> None:
     """Remove a directory the sandboxed agent may have made hostile (read-only dirs, odd modes)."""
 
@@ -137,6 +161,7 @@ def reap_orphans(state_dir: str | Path | None = None, *, include_live_owners: bo
             continue
         else:
             kill_recorded(record)
+        kill_processes_mentioning(str(sandbox_dir))
         logger.warning("reaping orphaned sandbox %s", sandbox_dir.name)
         remove_tree(sandbox_dir)
         reaped.append(sandbox_dir.name)

@@ -213,3 +213,41 @@ async def test_cancelled_create_and_exec_leak_nothing(backend, state_dir, task):
             await running
         assert await wait_until(lambda: pids_with("6262.5") == [], timeout=5)
     assert sandbox_dirs(state_dir) == []
+
+
+async def test_starts_cancelled_at_random_points_leave_no_process(backend, state_dir, task):
+    """Cancelling `start` anywhere in bwrap's start-up must not leak bwrap, its monitor or the agent. Before the fix,
+    6 of 150 such cancellations left processes running after destroy() (the spawn lost by asyncio, or bwrap's monitor
+    escaping the process-group kill before --die-with-parent was armed)."""
+    import random
+
+    rng = random.Random(7)
+    for i in range(30):
+        async with await backend.create(task, f"r-cancel-start-{i}") as sb:
+            starting = asyncio.ensure_future(sb.start(["sh", "-c", "sleep 5151.5"]))
+            await asyncio.sleep(rng.uniform(0, 0.03))
+            starting.cancel()
+            try:
+                process = await starting
+            except asyncio.CancelledError:
+                pass
+            else:
+                await process.kill()
+    assert await wait_until(lambda: pids_with("5151.5") == [], timeout=10), pids_with("5151.5")
+    assert sandbox_dirs(state_dir) == []
+
+
+async def test_destroy_kills_what_escaped_the_process_group(backend, task):
+    """A process that mentions the sandbox's directory but is outside every tracked process group (as bwrap's monitor
+    can be) is killed by destroy()."""
+    import subprocess
+
+    sb = await backend.create(task, "r-escaped")
+    escaped = subprocess.Popen(["sh", "-c", "sleep 300", str(sb.root / "escaped")], start_new_session=True)
+    try:
+        assert pids_with(str(sb.root)) == [escaped.pid]
+        await sb.destroy()
+        assert escaped.wait(timeout=10) == -9  # SIGKILL
+    finally:
+        if escaped.poll() is None:
+            escaped.kill()
