@@ -245,7 +245,8 @@ async def test_destroy_kills_what_escaped_the_process_group(backend, task):
     sb = await backend.create(task, "r-escaped")
     escaped = subprocess.Popen(["sh", "-c", "sleep 300", str(sb.root / "escaped")], start_new_session=True)
     try:
-        assert pids_with(str(sb.root)) == [escaped.pid]
+        # Popen returns after the fork; the command line is the new one only once the child has exec'd.
+        assert await wait_until(lambda: pids_with(str(sb.root)) == [escaped.pid], timeout=10)
         await sb.destroy()
         assert escaped.wait(timeout=10) == -9  # SIGKILL
     finally:
