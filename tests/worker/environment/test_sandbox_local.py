@@ -241,9 +241,12 @@ async def test_destroy_kills_what_escaped_the_process_group(backend, task):
     """A process that mentions the sandbox's directory but is outside every tracked process group (as bwrap's monitor
     can be) is killed by destroy()."""
     import subprocess
+    import sys
 
     sb = await backend.create(task, "r-escaped")
-    escaped = subprocess.Popen(["sh", "-c", "sleep 300", str(sb.root / "escaped")], start_new_session=True)
+    # One process (no shell with a child that would outlive it), the sandbox's directory among its arguments.
+    escaped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(sb.root / "escaped")],
+                               start_new_session=True)
     try:
         # Popen returns after the fork; the command line is the new one only once the child has exec'd.
         assert await wait_until(lambda: pids_with(str(sb.root)) == [escaped.pid], timeout=10)
