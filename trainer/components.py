@@ -152,5 +152,6 @@ def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:
         logger.info("TRL syncs LoRA adapters to vLLM; rollouts sample from %s-v<N>", prefix)
         worker.sample_from_adapters(prefix)
     elif script.vllm_weight_sync == "lora":
-        raise VllmWeightSyncError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at {script.vllm_url} was "
-                         "not started with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
+        raise VllmWeightSyncError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at "
+                                  f"{script.vllm_url} was not started with --enable-lora (and "
+                                  "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")

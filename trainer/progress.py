@@ -21,7 +21,8 @@ from intercept_common.run_logging import LOG_FILE, PREFIX, RunLogging, WarningSu
 logger = logging.getLogger(__name__)
 METRICS_LINE = "metrics at step"  # the log-file line carrying one step's full metric dict as JSON
 
-__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback", "quiet_trainer",
+__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback",
+           "quiet_trainer",
            "quiet_trackio_banners", "reward_chart", "reward_summary"]
 
 

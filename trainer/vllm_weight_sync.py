@@ -1,14 +1,15 @@
 """Weight sync from the trainer to a vLLM server, one backend per deployment (`--vllm-weight-sync`, design §5).
 
-| mode   | where vLLM runs                          | what moves                         | who implements it                   |
-| ------ | ---------------------------------------- | ---------------------------------- | ----------------------------------- |
-| `nccl` | other GPUs of this host (or reachable)   | every tensor, NCCL broadcast       | TRL's `WeightTransferClient`        |
-| `ipc`  | the SAME GPU as the trainer (one GPU)    | CUDA IPC handles over HTTP         | [`VllmIpcWeightTransfer`] (+ vLLM)  |
-| `disk` | anywhere that reads a shared directory   | safetensors files, reload by HTTP  | [`VllmDiskWeightTransfer`]          |
-| `lora` | anywhere that reads a shared directory   | the adapter, `/v1/load_lora_adapter` | TRL's adapter sync (`--use-peft`) |
+| mode   | where vLLM runs                       | what moves                           | who implements it            |
+| ------ | ------------------------------------- | ------------------------------------ | ---------------------------- |
+| `nccl` | other GPUs of this host, or reachable | every tensor, NCCL broadcast         | TRL's `WeightTransferClient` |
+| `ipc`  | the SAME GPU as the trainer (one GPU) | CUDA IPC handles over HTTP           | `VllmIpcWeightTransfer`      |
+| `disk` | anywhere reading a shared directory   | safetensors files, reload by HTTP    | `VllmDiskWeightTransfer`     |
+| `lora` | anywhere reading a shared directory   | the adapter, `/v1/load_lora_adapter` | TRL's adapter sync           |
 
 `nccl` needs vLLM on GPUs the trainer does not use (NCCL refuses two ranks on one GPU): on an 8-GPU host e.g. vLLM on
-GPUs 6-7 (`--tensor-parallel-size 2`) and `accelerate launch --num_processes 6` on 0-5. `ipc` and `disk` implement TRL's `WeightTransferProtocol` (init / pause / send_weights / resume / destroy); TRL calls
+GPUs 6-7 (`--tensor-parallel-size 2`) and `accelerate launch --num_processes 6` on 0-5. `ipc` and `disk` implement
+TRL's `WeightTransferProtocol` (init / pause / send_weights / resume / destroy); TRL calls
 `send_weights` from `_sync_weight_merged` with the merged, base-checkpoint-named stream, so a LoRA run works with them
 too (merged weights move). `nccl` and `lora` are TRL's own (`build_trainer` passes `weight_transfer=None`).
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import requests
 import torch
 
-from trainer.weight_transfer import wait_until_healthy
+from trainer.weight_transfer import counting, wait_until_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +135,12 @@ class VllmIpcWeightTransfer(_VllmControl):
             raise VllmWeightSyncError("--vllm-weight-sync ipc needs vLLM importable in the trainer's environment "
                                       f"(it runs on the same GPU), and ray with vLLM 0.26: {error}") from error
         stats = {"tensors": 0, "bytes": 0}
-
-        def counted():
-            for name, tensor in iterator:
-                stats["tensors"] += 1
-                stats["bytes"] += tensor.numel() * tensor.element_size()
-                yield name, tensor
-
         start = time.perf_counter()
         self._post("start_weight_update", what="starting a weight update", json={"is_checkpoint_format": True})
         failure: VllmWeightSyncError | None = None
         try:
             IPCWeightTransferEngine.trainer_send_weights(
-                counted(), {"send_mode": "http", "url": self.engine_url, "packed": True})
+                counting(iterator, stats), {"send_mode": "http", "url": self.engine_url, "packed": True})
         except Exception as error:
             failure = VllmWeightSyncError(f"sending weights over CUDA IPC to {self.engine_url} failed: {error}. vLLM "
                                           "must run on this GPU with VLLM_ALLOW_INSECURE_SERIALIZATION=1")
@@ -168,8 +162,9 @@ class VllmIpcWeightTransfer(_VllmControl):
 class VllmDiskWeightTransfer(_VllmControl):
     """HTTP only: write the weights as safetensors into a directory the engine can read, then ask it to reload.
 
-    For an engine NCCL cannot reach (another host, Modal): a shared filesystem (NFS, a Modal Volume mounted on both
-    sides) carries the bytes, vLLM's `reload_weights` (through `/collective_rpc`) reads them. Each version goes to
+    For an engine NCCL cannot reach (another host, Modal): a filesystem both sides see live (NFS, a shared disk;
+    not a Modal Volume, whose reader must `reload()` first) carries the bytes, vLLM's `reload_weights` (through
+    `/collective_rpc`) reads them. Each version goes to
     `v<N>/` (written under a temporary name, then renamed, so the engine never reads half a version); the previous
     version is kept until the next one is loaded, older ones are deleted.
 
@@ -223,8 +218,8 @@ def write_safetensors_dir(iterator: Iterator[tuple[str, torch.Tensor]], target: 
                           shard_bytes: int) -> dict[str, int]:
     """Stream (name, tensor) pairs into `target/model-0000N.safetensors` shards plus the HF index; atomic rename.
 
-    Tensors are copied to CPU one shard at a time (a model never has to fit in host memory twice); tensors that
-    share storage (tied embeddings) are cloned, as safetensors refuses aliases.
+    Tensors are copied to CPU one shard at a time (a model never has to fit in host memory twice), each into storage
+    of its own: tensors that share storage (tied embeddings) would otherwise reach safetensors, which refuses aliases.
     """
     from safetensors.torch import save_file
 
@@ -250,7 +245,7 @@ def write_safetensors_dir(iterator: Iterator[tuple[str, torch.Tensor]], target: 
         size = tensor.numel() * tensor.element_size()
         if shard and shard_size + size > shard_bytes:
             flush()
-        shard[name] = tensor.detach().to("cpu").contiguous().clone()
+        shard[name] = tensor.detach().to("cpu", copy=True).contiguous()  # its own storage: no alias reaches the file
         shard_size += size
         stats["tensors"] += 1
         stats["bytes"] += size

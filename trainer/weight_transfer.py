@@ -25,6 +25,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def counting(iterator: Iterator[tuple[str, torch.Tensor]], stats: dict[str, int]):
+    """Pass (name, tensor) pairs through, adding each to `stats["tensors"]` and its size to `stats["bytes"]`."""
+    for name, tensor in iterator:
+        stats["tensors"] += 1
+        stats["bytes"] += tensor.numel() * tensor.element_size()
+        yield name, tensor
+
+
 def wait_until_healthy(session: requests.Session, engine_url: str, timeout_s: float,
                        poll_s: float = 0.5) -> str | None:
     """Poll `GET /health` until it answers 200 (None) or `timeout_s` passes (the last problem seen)."""
@@ -95,15 +103,10 @@ class LocalEngineWeightTransfer:
         version = self.version + 1
         stats = {"tensors": 0, "bytes": 0}
 
-        def counted():
-            for name, tensor in iterator:
-                stats["tensors"] += 1
-                stats["bytes"] += tensor.numel() * tensor.element_size()
-                yield name, tensor.detach().to("cpu")
-
         start = time.perf_counter()
         try:
-            push_weights(self.engine_url, counted(), version=version, timeout=self.timeout_s)
+            on_cpu = ((name, tensor.detach().to("cpu")) for name, tensor in counting(iterator, stats))
+            push_weights(self.engine_url, on_cpu, version=version, timeout=self.timeout_s)
         except Exception as error:
             raise WeightTransferError(
                 f"pushing weights version {version} to the local engine at {self.engine_url} failed: {error}"
