@@ -1,17 +1,16 @@
 """Known failures of every `intercept-rl` command as one line with the remedy (the dispatcher prints it, exit 1).
 
-`one_line(exc)` returns the line for a failure a user can fix (engine unreachable, port in use, disk full, Docker
-down, an agent not installed, a bad config file), or None for anything else: an unexpected error is a bug and keeps
-its traceback. Classes from upper layers are recognised by name, so this module imports nothing of ours.
+`one_line(exc)` returns the line for a failure a user can fix, or None for anything else: an unexpected error is a bug
+and keeps its traceback. It decides by type only: every self-explaining error of ours derives from
+`intercept_common.errors.UserError` (its message is the line); the OS's errors (port in use, disk full, no write
+access) and `requests`' connection errors (the engine unreachable) get their remedy here.
 """
 
 from __future__ import annotations
 
 import errno
 
-# Exceptions whose message is already the one line (with its remedy) the user needs.
-SELF_EXPLAINING = ("ConfigFileError", "SandboxUnavailableError", "AgentUnavailableError", "EngineUnavailableError",
-                   "PreflightError", "TaskLoadError", "EngineDiedError", "WeightTransferError", "VllmWeightSyncError")
+from intercept_common.errors import UserError
 
 
 def squash(text: str) -> str:
@@ -27,11 +26,33 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """`requests`' and urllib3's "cannot connect" types (imported here, lazily: not every command has them)."""
+    types: list[type[BaseException]] = []
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+
+        types.append(RequestsConnectionError)  # ConnectTimeout derives from it
+    except ImportError:
+        pass
+    try:
+        from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+        types += [MaxRetryError, NewConnectionError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def one_line(exc: BaseException) -> str | None:
+    connection_errors = _connection_errors()
     for error in _chain(exc):
-        name = type(error).__name__
-        if name in SELF_EXPLAINING:
+        if isinstance(error, UserError):
             return squash(str(error))
+        if isinstance(error, connection_errors):
+            return (f"cannot reach the engine ({squash(str(error))[:200]}): is it running? Start one with "
+                    "`intercept-rl engine --model embedded`, or leave --engine-url / --vllm-url unset to start the "
+                    "local engine")
         if isinstance(error, OSError):
             target = f" {error.filename}" if getattr(error, "filename", None) else ""
             if error.errno == errno.EADDRINUSE:
@@ -42,8 +63,4 @@ def one_line(exc: BaseException) -> str | None:
                         "--output-dir / --out")
             if error.errno in (errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EPERM) and target:
                 return (f"cannot write{target} ({error.strerror}): choose another --output-dir / --out")
-        if name in ("ConnectionError", "ConnectTimeout", "NewConnectionError", "MaxRetryError"):
-            return (f"cannot reach the engine ({squash(str(error))[:200]}): is it running? Start one with "
-                    "`intercept-rl engine --model embedded`, or leave --engine-url / --vllm-url unset to start the "
-                    "local engine")
     return None

@@ -7,10 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
+from intercept_common.errors import UserError
+
 MIN_FREE_MB = 50
 
 
-class PreflightError(RuntimeError):
+class PreflightError(RuntimeError, UserError):
     """A one-line, user-fixable problem found before the run (its message names the remedy)."""
 
 

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `accelerate launch trainer/train_swe_async_grpo
 from transformers import TrainerCallback  # noqa: E402
 
 from intercept_common.cli_errors import squash  # noqa: E402
+from intercept_common.errors import UserError  # noqa: E402
 from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
 from trainer.progress import RunLogging, make_progress_callback, quiet_trackio_banners, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
@@ -228,7 +229,7 @@ def configure_trackio(argv: list[str]) -> str:
     return directory
 
 
-class EngineUnavailableError(RuntimeError):
+class EngineUnavailableError(RuntimeError, UserError):
     """The engine cannot be reached (before the run) or stopped answering (during it); the message has the remedy."""
 
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = run_logging.attach_file(training.output_dir)
         if not verbose:
             quiet_trackio_banners()  # after configure_trackio: importing trackio fixes its directory
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)

@@ -33,6 +33,8 @@ from pathlib import Path
 import requests
 import torch
 
+from intercept_common.errors import UserError
+
 from trainer.weight_transfer import counting, wait_until_healthy
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class VllmWeightSync(StrEnum):
     LORA = "lora"
 
 
-class VllmWeightSyncError(RuntimeError):
+class VllmWeightSyncError(RuntimeError, UserError):
     """vLLM refused or failed a step of a weight sync; training must stop rather than drift silently."""
 
 

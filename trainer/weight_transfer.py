@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import requests
 import torch
 
+from intercept_common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ def wait_until_healthy(session: requests.Session, engine_url: str, timeout_s: fl
     return problem
 
 
-class WeightTransferError(RuntimeError):
+class WeightTransferError(RuntimeError, UserError):
     """The engine refused or failed a pause / push / resume; training must stop rather than drift silently."""
 
 

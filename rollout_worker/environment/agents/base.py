@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from intercept_common.errors import UserError
+
 if TYPE_CHECKING:
     from rollout_worker.types import RolloutEndpoint
 
 
-class AgentUnavailableError(RuntimeError):
+class AgentUnavailableError(RuntimeError, UserError):
     """The agent's install is missing (run scripts/bootstrap.sh) or the spec names no known agent."""
 
 

@@ -7,10 +7,12 @@ only network path the agent gets, its own rollout endpoint (design §7).
 
 from __future__ import annotations
 
+from intercept_common.errors import UserError
+
 
 class SandboxError(RuntimeError):
     """A sandbox could not be created or used (infrastructure failure: the episode is unscorable)."""
 
 
-class SandboxUnavailableError(SandboxError):
+class SandboxUnavailableError(SandboxError, UserError):
     """The backend cannot run at all here (no bwrap binary, no Docker engine, missing optional extra)."""

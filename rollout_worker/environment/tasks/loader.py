@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from intercept_common.errors import UserError
+
 from rollout_worker.environment.tasks.embedded_tasks import LEARNING_DIR, embedded_rows
 from rollout_worker.environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE, RowError, TaskValidationError, task_from_row
 from rollout_worker.types import Task
@@ -21,7 +23,7 @@ logger = logging.getLogger(__name__)
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
 
 
-class TaskLoadError(RuntimeError):
+class TaskLoadError(RuntimeError, UserError):
     """The task source could not be read, or no valid task was left (the message says why)."""
 
 
