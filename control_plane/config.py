@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from intercept_common.errors import ConfigError
+
 
 @dataclass
 class GateConfig:
-    _argument_group_name = "Gate: limits and timings of the interception gate (control_plane.config.GateConfig)"
-
     """Limits and timings of the interception gate.
 
     Every wait the gate performs is bounded by one of these fields, so a silent worker or a stalled client can never
@@ -16,6 +16,7 @@ class GateConfig:
     """
 
     _argument_group_name = "Gate: limits and timings of the interception gate (control_plane.config.GateConfig)"
+    _config_section = "gate"  # its YAML section (intercept_common.config_tree)
 
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,
@@ -84,15 +85,15 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
-            raise ValueError("max_body_bytes must be positive")
+            raise ConfigError("max_body_bytes must be positive")
         timeouts = ("request_timeout_s", "body_timeout_s", "queue_timeout_s", "keepalive_interval_s",
                     "shutdown_timeout_s")
         for name in timeouts:
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
+                raise ConfigError(f"{name} must be positive")
         if self.max_pending_per_rollout < 1 or self.max_pending_total < 1:
-            raise ValueError("max_pending_per_rollout and max_pending_total must be at least 1")
+            raise ConfigError("max_pending_per_rollout and max_pending_total must be at least 1")
         if not self.rollout_requests_per_s > 0 or self.rollout_request_burst < 1:
-            raise ValueError("rollout_requests_per_s must be positive and rollout_request_burst at least 1")
+            raise ConfigError("rollout_requests_per_s must be positive and rollout_request_burst at least 1")
         if self.stream_chunk_chars < 1:
-            raise ValueError("stream_chunk_chars must be at least 1")
+            raise ConfigError("stream_chunk_chars must be at least 1")

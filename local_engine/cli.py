@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 from intercept_common.config_tree import parse_config_tree
 from intercept_common.engine_process import PARENT_PID_ENV
+from intercept_common.errors import ConfigError
 from intercept_common.http_site import start_site
 from local_engine.generation import BatchedGenerator
 from local_engine.server import EngineConfig, EngineServer
@@ -49,9 +50,13 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 def create_engine_server(config: EngineConfig) -> EngineServer:
     """Load the model and tokenizer (offline) and wire them to a generator and the HTTP handlers."""
-    if config.max_batch_size < 1 or config.max_pause_s <= 0:
-        raise ValueError("--max-batch-size must be >= 1 and --max-pause-s > 0")
     model_dir = resolve_model_dir(config.model)
+    # The context length against the model's positions, from its config.json: before the weights load.
+    limit = int(getattr(AutoConfig.from_pretrained(model_dir, local_files_only=True), "max_position_embeddings", 0)
+                or 0)
+    max_model_len = config.max_model_len or limit
+    if max_model_len < 2 or (limit and max_model_len > limit):
+        raise ConfigError(f"--max-model-len {max_model_len} must lie in [2, {limit}] (the model's max positions)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=DTYPES[config.dtype], local_files_only=True, attn_implementation="sdpa"
@@ -59,10 +64,6 @@ def create_engine_server(config: EngineConfig) -> EngineServer:
     threads = config.torch_threads or (1 if model.num_parameters() < SMALL_MODEL_PARAMETERS else 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    max_model_len = config.max_model_len or limit
-    if max_model_len < 2 or (limit and max_model_len > limit):
-        raise ValueError(f"--max-model-len {max_model_len} must lie in [2, {limit}] (the model's max positions)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     generator = BatchedGenerator(
         model,

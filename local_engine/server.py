@@ -24,6 +24,7 @@ from aiohttp import web
 from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedTokenizerBase
 
+from intercept_common.errors import ConfigError
 from intercept_common.openai_errors import openai_error_body
 from local_engine.client import WEIGHTS_VERSION_HEADER
 from local_engine.generation import BatchedGenerator, EngineClosedError, EnginePausedError, WeightUpdateError
@@ -62,6 +63,20 @@ class EngineConfig:
     max_request_bytes: int = field(
         default=16 * 2**30, metadata={"help": "Largest request body accepted (weight pushes are the big ones)."}
     )
+
+    def __post_init__(self) -> None:  # checked while the options are parsed, before a model loads or a port opens
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if not self.max_pause_s > 0:
+            raise ConfigError(f"max_pause_s must be > 0, got {self.max_pause_s}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads must be >= 0 (0 = auto), got {self.torch_threads}")
+        if self.max_request_bytes < 1:
+            raise ConfigError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
 
 
 ENGINE_SERVER: web.AppKey[EngineServer] = web.AppKey("engine_server")

@@ -18,7 +18,8 @@ from typing import Literal
 
 from control_plane import GateConfig
 from intercept_common.cli_errors import squash
-from intercept_common.config_tree import ConfigFileError, build, cli_view, parse_config_tree
+from intercept_common.config_tree import build, cli_view, parse_config_tree
+from intercept_common.errors import ConfigError, UserError
 from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
@@ -58,6 +59,10 @@ class RolloutsArguments:
     out: str = field(default="rollouts.jsonl", metadata={"help": "Where to write the trajectory lines."})
     quiet: bool = field(default=False, metadata={"help": "No per-rollout progress lines."})
 
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
 
 WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)
 GateOptions = cli_view(GateConfig)
@@ -87,19 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     run_logging = RunLogging(verbose=verbose).start()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know AsyncGRPO's sample type is experimental
     try:
+        # The whole configuration first (each view validates as its config does): nothing has started yet.
         (run, task_view, selection, worker_view, budget, grading_view, gate_view), extras = parse_config_tree(
             build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
         if extras.get("agent_options"):
-            raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
+            raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not "
+                              "supported: agents take none")
         options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
-        tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)
+        gate_config = build(GateConfig, gate_view)
         runner = build_episode_runner(options, build(EpisodeConfig, budget), build(GradingConfig, grading_view))
         # What would otherwise end every rollout as infra_error, or fail after the engine started:
         check_agent(options.agent)
         check_sandbox(options.sandbox)
         check_writable(Path(run.out).resolve().parent, what="--out")
+        tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)  # may download: after the checks
         log_path = _attach_log(run_logging, Path(run.out))
-    except (ValueError, FileNotFoundError, RuntimeError, ConfigFileError) as exc:
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)
         return 2
     engine_proc = None
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
                        keep_trajectories=True, drop_zero_variance_groups=False)
         worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
-                              engine_url=engine_url, gate_config=build(GateConfig, gate_view))
+                              engine_url=engine_url, gate_config=gate_config)
         return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet,
                     engine_proc=engine_proc, warnings=None if verbose else run_logging.summary, log_path=log_path)
     finally:
@@ -140,7 +148,7 @@ def _attach_log(run_logging: RunLogging, out: Path) -> Path | None:
         return None
 
 
-class EngineDiedError(RuntimeError):
+class EngineDiedError(RuntimeError, UserError):
     """The local engine exited while rollouts were running."""
 
 

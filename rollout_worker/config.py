@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from intercept_common.errors import ConfigError
+
 from .outcomes import OverlongPolicy
 
 
@@ -18,6 +20,7 @@ class WorkerConfig:
     """
 
     _argument_group_name = "Worker: groups, sampling, budgets (rollout_worker.config.WorkerConfig)"
+    _config_section = "worker"  # its YAML section (intercept_common.config_tree)
 
     served_model_name: str = field(
         default="policy",
@@ -97,16 +100,16 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
-            raise ValueError("num_generations must be >= 1")
+            raise ConfigError("num_generations must be >= 1")
         if self.max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
+            raise ConfigError("max_inflight must be >= 1")
         try:
             self.overlong_policy = OverlongPolicy(self.overlong_policy)
         except ValueError:
-            raise ValueError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}") from None
+            raise ConfigError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}") from None
         if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+            raise ConfigError("temperature must be >= 0")
         if self.budget_grace_s < 0:
-            raise ValueError("budget_grace_s must be >= 0")
+            raise ConfigError("budget_grace_s must be >= 0")
         if self.max_tokens_per_turn < 1 or self.max_turns < 1:
-            raise ValueError("max_tokens_per_turn and max_turns must be >= 1")
+            raise ConfigError("max_tokens_per_turn and max_turns must be >= 1")

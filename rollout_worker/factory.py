@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from control_plane import GateConfig
+from intercept_common.errors import ConfigError
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
@@ -33,15 +34,20 @@ class TaskOptions:
                   "{swebench_id}. SWE-Gym's naming by default; SWE-bench's official images: "
                   "swebench/sweb.eval.x86_64.{swebench_id}:latest."})
 
+    def __post_init__(self) -> None:
+        if self.max_tasks is not None and self.max_tasks < 1:
+            raise ConfigError(f"max_tasks must be >= 1 (unset: every task), got {self.max_tasks}")
+
 
 def load_task_options(options: TaskOptions, seed: int) -> list[Task]:
     """The tasks `options` name, in the seeded order; a clear error when there are none."""
     from .environment.tasks import load_tasks
+    from .environment.tasks.loader import TaskLoadError
 
     tasks = load_tasks(options.tasks, split=options.task_split, max_tasks=options.max_tasks, seed=seed,
                        image_template=options.image_template)
     if not tasks:
-        raise ValueError(f"--tasks {options.tasks!r} yielded no tasks")
+        raise TaskLoadError(f"--tasks {options.tasks!r} yielded no tasks")
     return tasks
 
 
@@ -64,6 +70,11 @@ class EpisodeOptions:
         default_factory=dict,
         metadata={"help": "Fields of the backend's config (YAML `sandbox: {backend: docker, mem_limit: 4g}`)."},
     )
+
+    def __post_init__(self) -> None:  # the backend's name and options, checked here: before anything starts
+        from .environment.sandbox import sandbox_config
+
+        sandbox_config(self.sandbox, **self.sandbox_options)
 
 
 def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None = None,
@@ -116,7 +127,7 @@ def _test_executor(sandbox: str):
     task's pristine `repo_dir` on the host anyway, and a fresh local sandbox has no network and nothing of the
     agent's but its diff."""
     if sandbox not in ("local", "docker"):
-        raise ValueError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
+        raise ConfigError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
     if sandbox == "docker" and shutil.which("bwrap") is None:  # a Docker host without bubblewrap: a fresh container
         from .environment.sandbox.docker_test_executor import DockerTestExecutor
 

@@ -81,28 +81,14 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     """
     from transformers import AutoTokenizer
 
-    from intercept_common.config_tree import build
-    from rollout_worker.config import WorkerConfig
     from rollout_worker.factory import build_episode_runner, build_worker, load_task_options
 
     tasks = load_task_options(script.task_options, training.seed)
     runner = build_episode_runner(script.episode_options, script.episode, script.grading)
     # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
     # the engine samples exactly as the trainer scores.
-    config = build(
-        WorkerConfig, script.worker,
-        served_model_name=served_model_name(script),
-        num_generations=training.num_generations,
-        temperature=training.temperature,
-        top_p=training.top_p,
-        top_k=training.top_k if training.top_k and training.top_k > 0 else -1,
-        max_completion_tokens=training.max_completion_length,
-        max_staleness=training.max_staleness,
-        seed=training.seed,
-        queue_maxsize=training.queue_maxsize,
-        keep_trajectories=keep_trajectories,
-        max_queued_samples=_max_queued_samples(training),
-    )
+    config = worker_config(script, training, served_model_name=served_model_name(script),
+                           keep_trajectories=keep_trajectories, max_queued_samples=_max_queued_samples(training))
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.task_options.tasks,
                 script.episode_options.agent,
                 script.episode_options.sandbox)

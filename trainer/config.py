@@ -20,6 +20,7 @@ from typing import Any
 
 from control_plane import GateConfig
 from intercept_common.config_tree import build, cli_view, load_config_file, parse_config_tree, split_config_flag
+from intercept_common.errors import ConfigError
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
@@ -189,13 +190,13 @@ class SweTrainArguments:
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if self.tree_attention not in ("auto", "torch", "kernel"):
-            raise ValueError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
+            raise ConfigError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
         if self.lora_r < 1:
-            raise ValueError("lora_r must be >= 1")
+            raise ConfigError("lora_r must be >= 1")
         if self.vllm_weight_sync not in ("nccl", "ipc", "disk", "lora"):
-            raise ValueError(f"vllm_weight_sync must be nccl, ipc, disk or lora, got {self.vllm_weight_sync!r}")
+            raise ConfigError(f"vllm_weight_sync must be nccl, ipc, disk or lora, got {self.vllm_weight_sync!r}")
 
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -247,11 +248,11 @@ def parse_train_args(argv: list[str] | None = None):
     argv = list(argv or [])
     preset = _preset_name(argv)
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     (options, task_view, selection, worker, budget, grading, gate, training), extras = parse_config_tree(
         parser, argv, defaults=PRESETS.get(preset or "", {}), extra_keys=("sandbox_options", "agent_options"))
     if extras.get("agent_options"):
-        raise ValueError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
+        raise ConfigError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
     script_args = build(SweTrainArguments, options, task_options=build(TaskOptions, task_view),
                         episode_options=build(EpisodeOptions, selection,
                                               sandbox_options=extras.get("sandbox_options", {})),
@@ -280,25 +281,44 @@ def print_help(full: bool) -> None:
     parser.print_help()
 
 
+def worker_config(script: SweTrainArguments, training, **set_by_the_run: Any) -> WorkerConfig:
+    """The worker's config: its own knobs as parsed; those TRL also defines from TRL's config, so the engine samples
+    exactly as the trainer scores; `set_by_the_run` (served model name, queue bound, ...) for the rest."""
+    return build(
+        WorkerConfig, script.worker,
+        num_generations=training.num_generations,
+        temperature=training.temperature,
+        top_p=training.top_p,
+        top_k=training.top_k if training.top_k and training.top_k > 0 else -1,
+        max_completion_tokens=training.max_completion_length,
+        max_staleness=training.max_staleness,
+        seed=training.seed,
+        queue_maxsize=training.queue_maxsize,
+        **set_by_the_run,
+    )
+
+
 def validate(script_args: SweTrainArguments, training_args) -> None:
-    """Cross-field checks with messages that say which flag to change."""
+    """Cross-field checks with messages that say which flag to change; the worker's whole config included (with
+    TRL's sampling and group values), so a value it rejects fails here, before anything starts."""
+    worker_config(script_args, training_args)
     if not script_args.model_name_or_path:
-        raise ValueError("--model-name-or-path is required (or use --preset cpu-demo)")
+        raise ConfigError("--model-name-or-path is required (or use --preset cpu-demo)")
     if script_args.vllm_url is None and training_args.token_budget is None:
         # Without vLLM, TRL would otherwise block on a vLLM /health that never answers (design §4).
         training_args.token_budget = script_args.max_model_len
     if training_args.trackio_space_id and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # a dashboard Space is private unless the user says otherwise
     if training_args.max_steps is None or training_args.max_steps <= 0:
-        raise ValueError("--max-steps must be > 0: rollouts are a live stream, there are no epochs")
+        raise ConfigError("--max-steps must be > 0: rollouts are a live stream, there are no epochs")
     if script_args.vllm_weight_sync != "nccl" and not script_args.vllm_url:
-        raise ValueError(f"--vllm-weight-sync {script_args.vllm_weight_sync} needs --vllm-url (without it the local "
+        raise ConfigError(f"--vllm-weight-sync {script_args.vllm_weight_sync} needs --vllm-url (without it the local "
                          "engine runs here and syncs over HTTP)")
     if script_args.vllm_weight_sync == "lora" and not script_args.use_peft:
-        raise ValueError("--vllm-weight-sync lora publishes a LoRA adapter: add --use-peft")
+        raise ConfigError("--vllm-weight-sync lora publishes a LoRA adapter: add --use-peft")
     if script_args.use_peft and script_args.lora_target_modules:
         if any("lm_head" in m or "embed_tokens" in m for m in script_args.lora_target_modules):
-            raise ValueError("--lora-target-modules must not include lm_head / embed_tokens (TRL refuses LoRA there)")
+            raise ConfigError("--lora-target-modules must not include lm_head / embed_tokens (TRL refuses LoRA there)")
 
 
 def peft_config_from(script_args: SweTrainArguments):

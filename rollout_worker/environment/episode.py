@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from intercept_common.errors import ConfigError
 from rollout_worker.outcomes import AgentEnd, EpisodeStatus
 from rollout_worker.types import EpisodeResult, RolloutEndpoint, Task
 
@@ -28,6 +29,7 @@ class EpisodeConfig:
     """Budgets and bookkeeping of one sandboxed episode."""
 
     _argument_group_name = "Episode: the agent's budget in its sandbox (environment.episode.EpisodeConfig)"
+    _config_section = "episode"  # its YAML section (intercept_common.config_tree)
 
     agent_wall_time_s: float = field(default=900.0, metadata={"help": "Agent wall-time budget; past it the agent is "
                                                            "killed and its work graded (status `budget`)."})
@@ -37,6 +39,13 @@ class EpisodeConfig:
         metadata={"help": "An agent exiting non-zero on its own is AGENT_ERROR (unscorable); False grades it."},
     )
     file_setup_timeout_s: float = field(default=60.0, metadata={"help": "Bound on writing the agent's files."})
+
+    def __post_init__(self) -> None:
+        for name in ("agent_wall_time_s", "file_setup_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.output_tail_bytes < 0:
+            raise ConfigError(f"output_tail_bytes must be >= 0, got {self.output_tail_bytes}")
 
 
 class SandboxEpisodeRunner:

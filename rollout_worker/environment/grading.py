@@ -63,6 +63,7 @@ class GradingConfig:
     """How the grader turns an agent's repository into a reward."""
 
     _argument_group_name = "Grading: how the agent's work becomes a reward (environment.grading.GradingConfig)"
+    _config_section = "grading"  # its YAML section (intercept_common.config_tree)
 
     reward_mode: Literal["binary", "fraction"] = field(
         default="binary",

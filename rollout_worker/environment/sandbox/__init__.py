@@ -3,7 +3,10 @@ Docker backend (`docker_backend`, optional extra `docker`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from intercept_common.errors import ConfigError
 
 from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
 from rollout_worker.environment.sandbox.bwrap import LocalSandboxConfig, LocalSandboxTestExecutor
@@ -15,17 +18,38 @@ from rollout_worker.types import ExecResult
 __all__ = [
     "ExecResult", "LocalSandbox", "LocalSandboxBackend", "LocalSandboxConfig", "LocalSandboxTestExecutor", "Sandbox",
     "SandboxBackend", "SandboxError", "SandboxProcess", "SandboxUnavailableError", "TestExecutor",
-    "default_state_dir", "get_backend", "reap_orphans",
+    "default_state_dir", "get_backend", "reap_orphans", "sandbox_config",
 ]
 
 
 def get_backend(name: str, **config: Any) -> SandboxBackend:
-    """`local` (bubblewrap) or `docker`; keyword arguments fill that backend's config dataclass."""
-    if name == "local":
-        return LocalSandboxBackend(LocalSandboxConfig(**config))
+    """`local` (bubblewrap) or `docker`; keyword arguments fill that backend's config dataclass (the YAML section
+    `sandbox: {backend: ..., <its fields>}`). An unknown backend or field is a `ConfigError` naming it."""
+    backend_config = sandbox_config(name, **config)
     if name == "docker":
         from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
+
+        return DockerSandboxBackend(backend_config)
+    return LocalSandboxBackend(backend_config)
+
+
+def sandbox_config(name: str, **config: Any) -> Any:
+    """The config dataclass of backend `name` filled with `config`, validated; creates nothing (commands call it to
+    check their configuration before they start anything)."""
+    if name == "local":
+        cls: type = LocalSandboxConfig
+    elif name == "docker":
         from rollout_worker.environment.sandbox.docker_config import DockerSandboxConfig
 
-        return DockerSandboxBackend(DockerSandboxConfig(**config))
-    raise ValueError(f"unknown sandbox backend {name!r}: expected 'local' or 'docker'")
+        cls = DockerSandboxConfig
+    else:
+        raise ConfigError(f"unknown sandbox backend {name!r}: expected 'local' or 'docker'")
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} in section 'sandbox' (backend {name!r}); its options: "
+                          f"{', '.join(sorted(names))}")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"section 'sandbox' (backend {name!r}): {exc}") from exc

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intercept_common.errors import ConfigError
 from intercept_common.install_paths import agent_runtime_paths, agents_venv
 from rollout_worker.environment.sandbox.bwrap import INNER_INIT, sandbox_python
 from rollout_worker.environment.sandbox.registry import process_start_time
@@ -90,7 +91,7 @@ class DockerSandboxConfig:
     def __post_init__(self) -> None:
         uid = self.user.split(":")[0]
         if uid in ("0", "root", ""):
-            raise ValueError("DockerSandboxConfig.user must be a non-root uid:gid (kill() kills every process of it)")
+            raise ConfigError("DockerSandboxConfig.user must be a non-root uid:gid (kill() kills every process of it)")
 
 
 def container_spec(config: DockerSandboxConfig, image: str, relay_dir: Path, sandbox_id: str,
