@@ -9,6 +9,7 @@
 #                                  # start vLLM, probe its logprobs before any training
 #   bash gpu/production.sh train   # gated vs raw vLLM throughput, N AsyncGRPOTrainer steps, probes after
 #   bash gpu/production.sh serve   # (re)start vLLM for $SYNC (stops the running one), probe it before training
+#   bash gpu/production.sh bench   # gated vs raw vLLM only (bench_gate_vs_raw.py), modes interleaved: $MODES
 # One GPU (nvidia-h200): VLLM_GPU=0 TRAIN_GPU=0 VLLM_MEM=0.35 SYNC=ipc (vLLM and the trainer share the GPU; weights
 #   move by CUDA IPC), SYNC=disk (HTTP only: safetensors files + vLLM's reload_weights), SYNC=lora (--use_peft; TRL
 #   publishes adapters, vLLM loads them at runtime: `serve` restarts vLLM with --enable-lora first).
@@ -16,11 +17,14 @@
 #   TRAIN_PROCS=1 (>1: accelerate launch with trainer/accelerate_fsdp2.yaml over TRAIN_GPU's GPUs, e.g. TRAIN_GPU=0,1,2)
 #   AGENT=single-shot|parity (parity: rewards with variance from a random model, see below)
 #   VLLM_MEM=0.80 VLLM_EXTRA="" SKIP_ATTENTION=0 SKIP_GATE_BENCH=0 TRAIN_TIMEOUT=360
+#   VLLM_EAGER=1 (0: vLLM's CUDA graphs + torch.compile, minutes more at start, faster decoding)
+#   bench stage: MODES="raw gated raw gated raw gated" RAW_LOGPROBS=1 (raw chat pays for logprobs like gated)
+#     BENCH_TAG=run (report bench_$BENCH_TAG.json) BENCH_DEADLINE=200 CONCURRENCY=64
 #   SYNC=nccl|ipc|disk|lora (trainer.vllm_weight_sync; train outputs go to /tmp/prod/train_$SYNC)
 # Leaves /tmp/prod (logs, JSON), /tmp/gpu_env.sh, /tmp/vllm.pid; writes summary_<stage>.json and <stage>_logs.tar.gz
 # under $OUT. vLLM stays up between the two stages; kill it by pid ($(cat /tmp/vllm.pid)) when done.
 set -uo pipefail
-stage="${1:?usage: production.sh setup|train}"
+stage="${1:?usage: production.sh setup|train|serve|bench}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 work=/tmp/prod; mkdir -p "$work"
 repo="$PWD"
@@ -69,13 +73,15 @@ start_vllm() {
     disk) flags=(--host 127.0.0.1) ;;
     lora) flags=(--enable-lora --max-lora-rank 16 --max-loras 2 --host 127.0.0.1); envs+=(VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) ;;
   esac
+  local eager=(--enforce-eager)  # the default: no torch.compile / CUDA-graph capture at start
+  [[ "${VLLM_EAGER:-1}" == 0 ]] && eager=()
   env CUDA_VISIBLE_DEVICES="$VLLM_GPU" "${envs[@]}" setsid vllm serve "$model_dir" --served-model-name policy \
     "${flags[@]}" --logprobs-mode processed_logprobs --max-model-len 4096 \
-    --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 --enforce-eager ${VLLM_EXTRA:-} \
+    --dtype bfloat16 --gpu-memory-utilization "${VLLM_MEM:-0.80}" --port 8000 "${eager[@]}" ${VLLM_EXTRA:-} \
     > /tmp/vllm.log 2>&1 < /dev/null &
   echo $! > /tmp/vllm.pid
   echo "$SYNC" > /tmp/vllm.sync
-  say "vLLM pid $(cat /tmp/vllm.pid) starting on GPU $VLLM_GPU (sync $SYNC)"
+  say "vLLM pid $(cat /tmp/vllm.pid) starting on GPU $VLLM_GPU (sync $SYNC, ${eager[*]:-CUDA graphs})"
 }
 
 probe_before() {  # vLLM on the initial weights vs a transformers forward of them: the bf16 noise floor
@@ -94,6 +100,22 @@ if [[ "$stage" == serve ]]; then
   say "vLLM healthy"
   probe_before
   say "serve done"
+  exit 0
+fi
+
+if [[ "$stage" == bench ]]; then  # the running vLLM as it is: gated vs raw, modes interleaved in one run
+  source /tmp/gpu_env.sh
+  wait_health 300 || exit 1
+  grep -iE "prefix caching|cudagraph|CUDA graph|compil" /tmp/vllm.log | head -6
+  tag="${BENCH_TAG:-run}"
+  read -r -a modes <<< "${MODES:-raw gated raw gated raw gated}"
+  logprobs=(); [[ "${RAW_LOGPROBS:-1}" == 1 ]] && logprobs=(--raw-logprobs)
+  deadline="${BENCH_DEADLINE:-200}"
+  timeout $(( deadline + 40 )) python3 gpu/bench_gate_vs_raw.py --model-dir "$(cat /tmp/model_dir)" \
+    --concurrency "${CONCURRENCY:-64}" --modes "${modes[@]}" "${logprobs[@]}" --deadline-s "$deadline" \
+    --out "$work/bench_$tag.json" 2>&1 | grep -v Warning | tail -20
+  cp "$work/bench_$tag.json" "$out/" 2>/dev/null
+  say "bench $tag done"
   exit 0
 fi
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from rollout_worker.types import PromptTooLongError
 from tests.paths import REPO
 
 GPU_DIR = REPO / "gpu"
-SCRIPTS = ["build_model", "check_vllm_engine", "check_vllm_rollout", "bench_tree_attention"]
+SCRIPTS = ["build_model", "check_vllm_engine", "check_vllm_rollout", "bench_tree_attention", "bench_trainer"]
 
 # vLLM 0.26.0's answer to a 2058-token prompt with max_tokens=8 and --max-model-len 2048, verbatim (H100, 2026-11-22).
 VLLM_026_OVERLONG = {"error": {
@@ -39,7 +40,8 @@ def load(name: str):
 def test_script_imports_without_a_gpu_and_parses_its_arguments(name):
     module = load(name)
     parser = module.build_parser()
-    argv = {"build_model": ["--variant", "wide"], "bench_tree_attention": ["--group", "2"]}.get(
+    argv = {"build_model": ["--variant", "wide"], "bench_tree_attention": ["--group", "2"],
+            "bench_trainer": ["--variants", "qwen3-1.7b", "qwen3-8b", "--seq-lens", "8192", "16384"]}.get(
         name, ["--model-dir", "/m", "--dtype", "bfloat16"])
     args = parser.parse_args(argv)
     assert args is not None and callable(module.main)
@@ -70,6 +72,27 @@ def test_tree_attention_bench_is_exact_at_toy_size_on_cpu(tmp_path):
     assert fp32["max_abs_diff_completion"] < 1e-5 and fp32["max_abs_diff_prompt"] < 1e-5
     for candidate in fp32["candidates"].values():
         assert candidate["max_abs_diff_vs_unpacked"] < 1e-5
+
+
+def test_trainer_bench_runs_the_trainers_step_at_toy_size_on_cpu(tmp_path):
+    """gpu/bench_trainer.py on CPU with a toy Qwen3: TRL's packing, tree attention, fused head and the PPO loss run,
+    checkpointing on and off give the same log-probs, and the profile and optimizer parts report."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(GPU_DIR / "bench_trainer.py"), "--device", "cpu", "--variants", "toy", "--vocab", "500",
+         "--seq-lens", "48", "--row-tokens", "200", "--group", "2", "--checkpointing", "on", "off", "--warmup", "0",
+         "--repeats", "1", "--profile", "--optimizer", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    on, off = report["results"]
+    assert (on["checkpointing"], off["checkpointing"]) == ("on", "off")
+    # Two groups of two 48-token samples, each group's 12-token prompt forwarded once (plus TRL's fork token).
+    assert on["samples"] == 4 and on["row_tokens"] < 4 * 48 and on["trained_tokens"] == 4 * 36
+    assert on["tokens_per_s"] > 0 and on["mfu_pct"] is None  # no peak FLOPs for a CPU
+    assert report["logprob_max_abs_diff_vs_tree"] == {"toy/seq48/row200/tree/ckpt-off": 0.0}
+    assert report["profile"]["config"]["checkpointing"] == "on" and "gpu_busy_frac" in report["profile"]
+    assert report["optimizer_ms"]["toy"] > 0
 
 
 async def test_vllm_026_overlong_answer_becomes_prompt_too_long_with_both_numbers():
