@@ -26,6 +26,7 @@ from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
 from .environment.grading import GradingConfig
 from .factory import (
+    ContainerGradingConfig,
     EpisodeOptions,
     TaskOptions,
     build_episode_runner,
@@ -70,18 +71,20 @@ TaskSelection = cli_view(TaskOptions)
 EpisodeSelection = cli_view(EpisodeOptions)
 EpisodeBudget = cli_view(EpisodeConfig)
 GradingOptions = cli_view(GradingConfig)
+ContainerGradingOptions = cli_view(ContainerGradingConfig)
 
 
 def build_parser():
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser((RolloutsArguments, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget,
-                               GradingOptions, GateOptions))
+                               GradingOptions, ContainerGradingOptions, GateOptions))
     parser.prog = "intercept-rl rollouts"
     parser.description = ("Run agents on tasks through the interception gate against an engine, grade them host-side "
                           "and write one JSON line per rollout (token ids, masks, logprobs, reward, advantage, drift, "
                           "timings) plus a summary line on stderr. Options also come from --config FILE.yaml (flat or "
-                          "nested by section: worker, episode, grading, sandbox: {backend, ...}, agent: {name}).")
+                          "nested by section: worker, episode, grading, container_grading, gate, sandbox: {backend, "
+                          "...}, agent: {name}).")
     return parser
 
 
@@ -93,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know AsyncGRPO's sample type is experimental
     try:
         # The whole configuration first (each view validates as its config does): nothing has started yet.
-        (run, task_view, selection, worker_view, budget, grading_view, gate_view), extras = parse_config_tree(
-            build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
+        parsed, extras = parse_config_tree(build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
+        run, task_view, selection, worker_view, budget, grading_view, container_view, gate_view = parsed
         if extras.get("agent_options"):
             raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not "
                               "supported: agents take none")
         options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
         gate_config = build(GateConfig, gate_view)
-        runner = build_episode_runner(options, build(EpisodeConfig, budget), build(GradingConfig, grading_view))
+        grading = build(GradingConfig, grading_view)
+        runner = build_episode_runner(options, build(EpisodeConfig, budget), grading,
+                                      build(ContainerGradingConfig, container_view, grading=grading))
         # What would otherwise end every rollout as infra_error, or fail after the engine started:
         check_agent(options.agent)
         check_sandbox(options.sandbox)

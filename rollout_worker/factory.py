@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -12,6 +13,7 @@ from intercept_common.errors import ConfigError
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
 from .environment.grading import GradingConfig
+from .environment.sandbox.docker_grading_common import ContainerGradingConfig
 from .environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE
 from .types import Task
 
@@ -78,8 +80,11 @@ class EpisodeOptions:
 
 
 def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None = None,
-                         grading: GradingConfig | None = None):
-    """A `SandboxEpisodeRunner` for the selected agent and sandbox, with the episode budgets and grading given."""
+                         grading: GradingConfig | None = None, container_grading: ContainerGradingConfig | None = None):
+    """A `SandboxEpisodeRunner` for the selected agent and sandbox, with the episode budgets and grading given.
+
+    With `--sandbox docker`, the container graders get `container_grading` (its container limits) with `grading` as
+    its shared grading config: one set of grading knobs for every grader."""
     from .environment.agents import get_agent
     from .environment.episode import SandboxEpisodeRunner
     from .environment.grading import FailPassGrader
@@ -92,10 +97,9 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
         # Tasks that come as images (SWE-bench/SWE-Gym rows, Harbor dirs) are graded in a fresh container of their
         # image, like the official harness; tasks with a host repository keep the host grader.
         from .environment.sandbox.docker_grading import ImageAwareGrader, SweBenchContainerGrader
-        from .environment.sandbox.docker_grading_common import ContainerGradingConfig
         from .environment.sandbox.docker_harbor_grading import HarborContainerGrader
 
-        in_container = ContainerGradingConfig(reward_mode=grading.reward_mode, timeout_s=grading.test_timeout_s)
+        in_container = dataclasses.replace(container_grading or ContainerGradingConfig(), grading=grading)
         grader = ImageAwareGrader(grader, SweBenchContainerGrader(in_container), HarborContainerGrader(in_container))
     return SandboxEpisodeRunner(backend, get_agent(options.agent), grader, episode or EpisodeConfig())
 

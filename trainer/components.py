@@ -84,7 +84,7 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     from rollout_worker.factory import build_episode_runner, build_worker, load_task_options
 
     tasks = load_task_options(script.task_options, training.seed)
-    runner = build_episode_runner(script.episode_options, script.episode, script.grading)
+    runner = build_episode_runner(script.episode_options, script.episode, script.grading, script.container_grading)
     # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
     # the engine samples exactly as the trainer scores.
     config = worker_config(script, training, served_model_name=served_model_name(script),

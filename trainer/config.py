@@ -8,8 +8,9 @@ owns it (intercept_common.config_tree). The worker's sampling and group knobs th
 worker's `max_completion_tokens`) are TRL's: the trainer and the engine must agree on them.
 
 Flags (`--learning-rate` or `--learning_rate`) and `--config file.yaml` (flat, or nested by section: `worker`,
-`episode`, `grading`, `sandbox: {backend, ...}`, `agent: {name}`). A `--preset` only changes defaults:
-precedence is flag > config file > preset > built-in default.
+`episode`, `grading`, `container_grading`, `gate`, `sandbox: {backend, ...}`, `agent: {name}`; each section holds only
+its own config's keys, ours and TRL's other options are top-level). A `--preset` only changes defaults: precedence
+is flag > config file > preset > built-in default.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from intercept_common.errors import ConfigError
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.factory import EpisodeOptions, TaskOptions
+from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskOptions
 
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
 WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
@@ -36,6 +37,7 @@ TaskSelection = cli_view(TaskOptions)
 EpisodeSelection = cli_view(EpisodeOptions)
 EpisodeBudget = cli_view(EpisodeConfig)
 GradingOptions = cli_view(GradingConfig)
+ContainerGradingOptions = cli_view(ContainerGradingConfig)
 
 GATE_SECRET_ENV = "INTERCEPT_RL_GATE_SECRET"
 
@@ -182,6 +184,7 @@ class SweTrainArguments:
     worker: Any = field(default_factory=lambda: WorkerOptions())  # WorkerConfig minus what TRL owns
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     grading: GradingConfig = field(default_factory=GradingConfig)
+    container_grading: ContainerGradingConfig = field(default_factory=ContainerGradingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     trackio_dir: str | None = field(
         default=None,
@@ -208,7 +211,7 @@ BASE_DEFAULTS: dict[str, Any] = {"report_to": ["trackio"], "project": "intercept
 TrainOptions = cli_view(SweTrainArguments)
 # The dataclasses `train` parses, in help order; TRL's AsyncGRPOConfig is appended by `make_parser`.
 OUR_DATACLASSES = (TrainOptions, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions,
-                   GateOptions)
+                   ContainerGradingOptions, GateOptions)
 
 
 def make_parser():
@@ -249,14 +252,18 @@ def parse_train_args(argv: list[str] | None = None):
     preset = _preset_name(argv)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    (options, task_view, selection, worker, budget, grading, gate, training), extras = parse_config_tree(
-        parser, argv, defaults=PRESETS.get(preset or "", {}), extra_keys=("sandbox_options", "agent_options"))
+    (options, task_view, selection, worker, budget, grading_view, container_view, gate, training), extras = \
+        parse_config_tree(parser, argv, defaults=PRESETS.get(preset or "", {}),
+                          extra_keys=("sandbox_options", "agent_options"))
     if extras.get("agent_options"):
-        raise ConfigError(f"agent options {sorted(extras['agent_options'])} are not supported: agents take none")
+        raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not supported: "
+                          "agents take none")
+    grading = build(GradingConfig, grading_view)
     script_args = build(SweTrainArguments, options, task_options=build(TaskOptions, task_view),
                         episode_options=build(EpisodeOptions, selection,
                                               sandbox_options=extras.get("sandbox_options", {})),
-                        worker=worker, episode=build(EpisodeConfig, budget), grading=build(GradingConfig, grading),
+                        worker=worker, episode=build(EpisodeConfig, budget), grading=grading,
+                        container_grading=build(ContainerGradingConfig, container_view, grading=grading),
                         gate=build(GateConfig, gate))
     validate(script_args, training)
     return script_args, training
@@ -271,8 +278,8 @@ def print_help(full: bool) -> None:
 
     parser = HfArgumentParser(OUR_DATACLASSES, prog="intercept-rl train")
     parser.description = ("Train with TRL's AsyncGRPOTrainer on agent rollouts. Options also come from --config "
-                          "FILE.yaml (flat, or nested by section: worker, episode, grading, sandbox: {backend, ...}, "
-                          "agent: {name}); precedence: flag > config file > --preset > default. --verbose: the full "
+                          "FILE.yaml (flat, or nested by section: worker, episode, grading, container_grading, gate, "
+                          "sandbox: {backend, ...}, agent: {name}); precedence: flag > config file > --preset > default. --verbose: the full "
                           "log on the terminal too (it always goes to <output_dir>/train.log).")
     parser.epilog = ("TRL's training options (learning_rate, max_steps, num_generations, temperature, "
                      "max_completion_length, max_staleness, weight_sync_steps, token_budget, output_dir, save_steps, "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from intercept_common.errors import ConfigError
 from rollout_worker.environment.tasks.pytest_report import (
     TestOutcomes,
     files_of_tests,
@@ -71,7 +72,9 @@ class GradingConfig:
                   "`fraction`: the fraction of those tests that pass."},
     )
     test_timeout_s: float = field(
-        default=300.0, metadata={"help": "Wall-clock limit of the single test run; past it the episode is unscorable."}
+        default=1800.0,
+        metadata={"help": "Wall-clock limit of the single test run (host or grading container; SWE-bench's harness "
+                  "uses 1800 s); past it the episode is unscorable."},
     )
     test_command: list[str] | None = field(
         default=None,
@@ -86,13 +89,22 @@ class GradingConfig:
         default=10 * 1024 * 1024,
         metadata={"help": "An agent diff larger than this is not applied and scores 0 (scorable)."},
     )
-    git_timeout_s: float = field(default=120.0, metadata={"help": "Limit for each git step (export, diff, apply)."})
+    git_timeout_s: float = field(
+        default=300.0, metadata={"help": "Limit for each git step (export, diff, apply; host or grading container)."})
     keep_patch_chars: int = field(
         default=65536, metadata={"help": "How much of the agent's patch to keep in `details['agent_patch']`."}
     )
     work_root: str | None = field(
         default=None, metadata={"help": "Where grading temp dirs are made (default: the system temp dir)."}
     )
+
+    def __post_init__(self) -> None:
+        for name in ("test_timeout_s", "git_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_patch_bytes < 1 or self.keep_patch_chars < 0:
+            raise ConfigError(f"max_patch_bytes must be >= 1 and keep_patch_chars >= 0, got {self.max_patch_bytes} "
+                              f"and {self.keep_patch_chars}")
 
 
 class SubprocessTestExecutor:

@@ -1,6 +1,7 @@
 """What every one-off grading container shares (the SWE-bench grader, the Harbor verifier, the test executor): the
-grading config, the infrastructure-failure type and its unscorable result, the reaper's labels, a lazily created
-Docker client, and start / exec / remove helpers that bound every wait and never leak a container."""
+container grading config (it has the shared `GradingConfig`), the infrastructure-failure type and its unscorable
+result, the reaper's labels, a lazily created Docker client, and start / exec / remove helpers that bound every wait
+and never leak a container."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from intercept_common.errors import ConfigError
+from rollout_worker.environment.grading import GradingConfig
 from rollout_worker.environment.sandbox.docker_config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
 from rollout_worker.environment.sandbox.docker_io import docker_client, in_own_thread
 from rollout_worker.environment.sandbox.registry import process_start_time
@@ -31,22 +34,82 @@ def unscorable(details: dict[str, Any], reason: str) -> GradeResult:
 
 @dataclass
 class ContainerGradingConfig:
-    """How the container graders grade."""
+    """How the container graders grade: the grading config every grader shares (`grading`: reward mode, test and git
+    timeouts, patch limits, tree filter, work root; one default each) plus what only a grading container has.
 
-    reward_mode: Literal["binary", "fraction"] = field(default="binary", metadata={
-        "help": "`binary`: 1.0 exactly when the official verdict is resolved. `fraction`: share of tests succeeding."})
-    timeout_s: float = field(default=1800.0, metadata={"help": "Limit of the test command; past it: unscorable."})
-    tree_filter: TreeFilter = field(default_factory=TreeFilter, metadata={
-        "help": "Which paths count as tests/test config (never taken from the agent) or junk."})
-    max_patch_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "Larger agent diffs score 0."})
-    git_timeout_s: float = field(default=300.0, metadata={"help": "Limit of each host git step."})
-    keep_patch_chars: int = field(default=65536, metadata={"help": "Agent patch kept in details['agent_patch']."})
+    The graders read the shared knobs through properties under their container-side names (`timeout_s` is
+    `grading.test_timeout_s`; `mem_limit`, `pids_limit`, `cpus` and `engine_timeout_s` are the `container_*` and
+    `docker_timeout_s` fields), so a user's `grading:` section reaches container grading unchanged.
+    """
+
+    _argument_group_name = "Grading containers: limits of the SWE-bench / Harbor grading container (--sandbox docker)"
+    _config_section = "container_grading"  # its YAML section (intercept_common.config_tree)
+
+    grading: GradingConfig = field(default_factory=GradingConfig, metadata={
+        "help": "The grading knobs every grader shares (the `grading:` section)."})
     keep_log_chars: int = field(default=8000, metadata={"help": "Eval log tail kept in details['eval_log_tail']."})
-    mem_limit: str | None = field(default="8g", metadata={"help": "Grading container memory limit."})
-    pids_limit: int | None = field(default=4096, metadata={"help": "Grading container process limit."})
-    cpus: float | None = field(default=None, metadata={"help": "Grading container CPUs (None: unlimited)."})
-    work_root: str | None = field(default=None, metadata={"help": "Where grading temp dirs go (default: tmp)."})
-    engine_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one Docker API call."})
+    container_mem_limit: str | None = field(default="8g", metadata={
+        "help": "Memory limit of a grading container (also its swap limit); unset: unlimited."})
+    container_pids_limit: int | None = field(default=4096, metadata={
+        "help": "Process limit of a grading container; unset: unlimited."})
+    container_cpus: float | None = field(default=None, metadata={
+        "help": "CPUs a grading container may use; unset: unlimited."})
+    docker_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one Docker API call of a grader."})
+
+    def __post_init__(self) -> None:
+        if self.keep_log_chars < 0 or not self.docker_timeout_s > 0:
+            raise ConfigError(f"keep_log_chars must be >= 0 and docker_timeout_s > 0, got {self.keep_log_chars} and "
+                              f"{self.docker_timeout_s}")
+        if (self.container_pids_limit is not None and self.container_pids_limit < 1
+                or self.container_cpus is not None and not self.container_cpus > 0):
+            raise ConfigError(f"container_pids_limit must be >= 1 and container_cpus > 0 when set, got "
+                              f"{self.container_pids_limit} and {self.container_cpus}")
+
+    @property
+    def reward_mode(self) -> str:
+        return self.grading.reward_mode
+
+    @property
+    def timeout_s(self) -> float:
+        """The limit of the test command in the container: the shared `grading.test_timeout_s`."""
+        return self.grading.test_timeout_s
+
+    @property
+    def git_timeout_s(self) -> float:
+        return self.grading.git_timeout_s
+
+    @property
+    def tree_filter(self) -> TreeFilter:
+        return self.grading.tree_filter
+
+    @property
+    def max_patch_bytes(self) -> int:
+        return self.grading.max_patch_bytes
+
+    @property
+    def keep_patch_chars(self) -> int:
+        return self.grading.keep_patch_chars
+
+    @property
+    def work_root(self) -> str | None:
+        return self.grading.work_root
+
+    @property
+    def mem_limit(self) -> str | None:
+        return self.container_mem_limit
+
+    @property
+    def pids_limit(self) -> int | None:
+        return self.container_pids_limit
+
+    @property
+    def cpus(self) -> float | None:
+        return self.container_cpus
+
+    @property
+    def engine_timeout_s(self) -> float:
+        """The Docker API call timeout (`docker_timeout_s`; the Docker SDK calls the daemon the engine)."""
+        return self.docker_timeout_s
 
 
 def container_labels(kind: str) -> dict[str, str]:
