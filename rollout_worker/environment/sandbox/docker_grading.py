@@ -5,13 +5,14 @@
    `.git`), so no host checkout is needed;
 2. the agent's diff is computed on the host exactly as `FailPassGrader` does it (private temp dirs, scrubbed git, test
    files and test config dropped, junk ignored);
-3. a fresh container of the image (`--network none`, limits, labelled for the reaper) gets the diff, the task's test
-   patch and an eval script shaped like the harness's (`tasks.swebench.eval_script`: the harness's patch fallbacks,
-   test files reset, test patch, the repository's test command between the markers, the exit status recorded);
-4. the log is read with the harness's rules (`tasks.swebench.read_log` / `eval_report`): reward 1.0 exactly when the
-   official verdict is "resolved" (`fraction`: the share of FAIL_TO_PASS + PASS_TO_PASS tests that succeed).
-Infrastructure failures (no image, container errors, markers missing, the test patch not applying, a timeout) are
-unscorable, never reward 0. The container and the temp dirs are removed on every path.
+3. a fresh container of the image (`--network none`, limits, labelled for the reaper) gets the diff, applied with the
+   harness's fallbacks, then runs the eval script: the row's own `eval_script` exactly as the harness runs it, or one
+   generated in the harness's shape for classic rows (`tasks.swebench.eval_script`);
+4. the log is graded by the `swebench` package itself (`tasks.swebench.grade_log`): reward 1.0 exactly when the
+   official verdict is "resolved" (`fraction`: the share of FAIL_TO_PASS + PASS_TO_PASS tests that succeed). The log
+   is kept in the record (`details["eval_log"]`) so that `intercept-rl grade` can re-grade it offline.
+Infrastructure failures (no image, container errors, the evidence in `tasks.swebench.INFRA_EVIDENCE`, markers missing)
+are unscorable, never reward 0. The container and the temp dirs are removed on every path.
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ EVAL_DIR = "/tmp/intercept-eval"
 # SWE-bench images keep the task's environment in a conda env; the harness activates it before the tests.
 CONDA_ACTIVATE = ["if [ -f /opt/miniconda3/bin/activate ]; then source /opt/miniconda3/bin/activate; "
                   "conda activate testbed; fi"]
+TIMED_OUT = 124  # `timeout`'s own status when the limit ended the command (a killed shell reads 137 instead)
+
+
+def harness_row(task: Task) -> swb.HarnessRow:
+    """The task as the harness sees it (its extra columns included: version, log_parser, eval_type, eval_script)."""
+    return swb.HarnessRow.from_row({"version": "", **task.extra, "instance_id": task.instance_id, "repo": task.repo,
+                                    "FAIL_TO_PASS": task.FAIL_TO_PASS, "PASS_TO_PASS": task.PASS_TO_PASS})
+
+
+def kept_log(log: str, limit: int) -> str:
+    """The eval log for the record: whole up to `limit` characters, else its head and tail with the cut marked."""
+    if len(log) <= limit:
+        return log
+    half = limit // 2
+    return f"{log[:half]}\n[intercept-rl: {len(log) - 2 * half} characters cut]\n{log[-half:]}"
 
 
 class SweBenchContainerGrader:
@@ -79,69 +95,59 @@ class SweBenchContainerGrader:
         result.details["grading_s"] = round(time.monotonic() - started, 3)
         return result
 
-    def _names(self, task: Task) -> tuple[str, str, str, str]:
-        image = task.image
-        if not image:
-            raise GradingInfraError("task names no image: container grading needs the task's image")
-        workdir = str(task.extra.get("workdir") or swb_workdir())
-        try:
-            parser = swb.parser_for(task.repo, task.extra.get("log_parser") or None)
-        except ValueError as exc:
-            raise GradingInfraError(str(exc)) from exc
-        if task.test_command:
-            test_cmd = shlex.join(task.test_command)
-        else:
-            test_cmd = str(task.extra.get("test_cmd") or swb.REPO_TEST_CMD.get(task.repo, swb.TEST_PYTEST))
-        return image, workdir, parser, test_cmd
-
     async def _grade(self, task: Task, agent_dir: Path, work: Path, details: dict[str, Any]) -> GradeResult:
         cfg = self.config
-        image, workdir, parser, test_cmd = self._names(task)
+        if not task.image:
+            raise GradingInfraError("task names no image: container grading needs the task's image")
         if not task.FAIL_TO_PASS:
             raise GradingInfraError("task has no FAIL_TO_PASS tests")
+        try:
+            row = harness_row(task)
+        except swb.RowError as exc:
+            raise GradingInfraError(f"the task cannot be graded by the harness: {exc}") from exc
         if not agent_dir.is_dir():
             raise GradingInfraError(f"agent repository {agent_dir} does not exist")
+        workdir = str(task.extra.get("workdir") or swb_workdir())
         client = await asyncio.to_thread(lambda: self.docker.client)
 
         base, before, after = work / "base", work / "a", work / "b"
-        await asyncio.to_thread(self._export_base, client, image, workdir, base)
+        await asyncio.to_thread(self._export_base, client, task.image, workdir, base)
         keep = cfg.tree_filter.keeps_source
         await asyncio.to_thread(copy_filtered_tree, base, before, keep)
         skipped = await asyncio.to_thread(copy_filtered_tree, agent_dir, after, keep)
         restored = await asyncio.to_thread(restore_unchanged_test_config, before, after)
         patch = await asyncio.to_thread(git_diff_no_index, work, "a", "b", cfg.git_timeout_s)
+        script, script_source = swb.eval_script(
+            {**task.extra, "repo": task.repo, "test_patch": task.test_patch}, workdir=workdir,
+            base_commit=task.base_commit, test_patch_path=f"{EVAL_DIR}/test.patch", pre=CONDA_ACTIVATE,
+            test_cmd=shlex.join(task.test_command) if task.test_command else task.extra.get("test_cmd") or None)
         details.update(agent_patch=patch[: cfg.keep_patch_chars].decode("utf-8", "replace"),
                        agent_patch_bytes=len(patch), agent_files_skipped=skipped,
-                       test_config_changes_dropped=restored, image=image, log_parser=parser, test_cmd=test_cmd)
+                       test_config_changes_dropped=restored, image=task.image, log_parser=row.log_parser,
+                       log_parser_source=row.log_parser_source, eval_type=row.eval_type,
+                       eval_script_source=script_source)
         if len(patch) > cfg.max_patch_bytes:
             details["reason"] = f"agent patch is {len(patch)} bytes, over max_patch_bytes"
             return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
 
-        test_files = swb.test_patch_files(task.test_patch)
-        script = swb.eval_script(
-            workdir=workdir, base_commit=task.base_commit, test_cmd=test_cmd,
-            directives=list(task.extra.get("test_directives") or swb.test_directives(task.repo, task.test_patch)),
-            test_files=test_files, patch_path=f"{EVAL_DIR}/agent.patch" if patch.strip() else None,
-            test_patch_path=f"{EVAL_DIR}/test.patch", pre=CONDA_ACTIVATE, timeout_s=cfg.timeout_s)
-        files = {"agent.patch": patch, "test.patch": task.test_patch.encode(), "eval.sh": script.encode()}
+        files = {"agent.patch": patch, "test.patch": task.test_patch.encode(), "eval.sh": script.encode(),
+                 "apply.sh": swb.apply_patch_script(workdir, f"{EVAL_DIR}/agent.patch").encode()}
         run_started = time.monotonic()
-        log, exit_code = await self._run_eval(client, image, files)
-        details.update(eval_exit_code=exit_code, test_run_s=round(time.monotonic() - run_started, 3),
-                       eval_log_tail=log[-cfg.keep_log_chars:])
+        log = await self._run_eval(client, task.image, files, apply_patch=bool(patch.strip()))
+        details.update(test_run_s=round(time.monotonic() - run_started, 3),
+                       eval_log=kept_log(log, cfg.keep_log_chars))
 
-        resolved, verdict, report = swb.resolved_from_log(log, task.FAIL_TO_PASS, task.PASS_TO_PASS, parser)
-        details.update(official_resolved=resolved, log_found=verdict.found, test_exit_code=verdict.exit_code)
-        if not verdict.found:
-            if verdict.infra:
-                raise GradingInfraError(f"eval log unusable: {verdict.failure}")
-            details["reason"] = verdict.failure
-            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
-        assert report is not None
-        details.update(tests={t: verdict.status_map.get(t, "MISSING") for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS]},
-                       fail_to_pass={"success": report.f2p_success, "failure": report.f2p_failure},
-                       pass_to_pass={"success": report.p2p_success, "failure": report.p2p_failure},
-                       resolution=report.resolution)
-        reward = float(resolved) if cfg.reward_mode == "binary" else report.fraction()
+        graded = swb.grade_log(log, row)
+        details.update(official_resolved=graded.resolved, test_exit_code=graded.test_exit_code,
+                       tests=graded.tests, fail_to_pass=graded.fail_to_pass, pass_to_pass=graded.pass_to_pass)
+        if graded.infra_hint:
+            details["harness_infra_hint"] = graded.infra_hint  # advisory, as in the harness: the verdict stands
+        if graded.verdict is swb.Verdict.UNSCORABLE:
+            raise GradingInfraError(f"eval log unusable: {graded.reason}")
+        if graded.reason:
+            details["reason"] = graded.reason
+        resolved = graded.verdict is swb.Verdict.RESOLVED
+        reward = float(resolved) if cfg.reward_mode == "binary" else graded.fraction()
         return GradeResult(reward=reward, resolved=resolved, scorable=True, details=details)
 
     def _export_base(self, client: Any, image: str, workdir: str, dest: Path) -> None:
@@ -173,7 +179,9 @@ class SweBenchContainerGrader:
         finally:
             container.remove(force=True)
 
-    async def _run_eval(self, client: Any, image: str, files: dict[str, bytes]) -> tuple[str, int | None]:
+    async def _run_eval(self, client: Any, image: str, files: dict[str, bytes], apply_patch: bool) -> str:
+        """The agent patch applied as the harness applies it, then the eval script under `timeout`; the log graded
+        (the apply output alone when the patch does not apply: the harness then has no test output either)."""
         cfg = self.config
         spec = isolated_spec(image, "grade", mem_limit=cfg.mem_limit, pids_limit=cfg.pids_limit, cpus=cfg.cpus)
         container = await start_container(client, spec, "grading")
@@ -186,8 +194,18 @@ class SweBenchContainerGrader:
                     tar.addfile(info, io.BytesIO(data))
             if not await asyncio.to_thread(container.put_archive, "/tmp", buffer.getvalue()):
                 raise GradingInfraError("copying the eval files into the container failed")
-            return await exec_output(client, container.id, ["bash", f"{EVAL_DIR}/eval.sh"], cfg.timeout_s + 120,
-                                     "eval script")
+            if apply_patch:
+                applied, code = await exec_output(client, container.id, ["bash", f"{EVAL_DIR}/apply.sh"],
+                                                  cfg.git_timeout_s, "patch application")
+                if code != 0:
+                    return applied
+            limit = int(cfg.timeout_s)
+            log, code = await exec_output(client, container.id,
+                                          ["timeout", "-k", "5", str(limit), "bash", f"{EVAL_DIR}/eval.sh"],
+                                          limit + 120, "eval script")
+            if code == TIMED_OUT:  # the harness's own words for a run its timeout cut (swb.INFRA_EVIDENCE)
+                log += f"\n\nTimeout error: {limit} seconds exceeded."
+            return log
         finally:
             await remove_quietly(container, "grading")
 

@@ -1,344 +1,322 @@
-"""SWE-bench / SWE-Gym grading semantics, without the `swebench` package (pure Python, no Docker here).
+"""SWE-bench / SWE-Gym grading by the `swebench` package itself: the harness of record, pinned in locks/project.txt.
 
-Why not the package: `swebench` 5.0.2 imports docker, datasets, modal, unidiff, typer, python-dotenv and tenacity at
-`swebench.harness` import time (454 MB in a fresh venv, measured 2026-11-30), and pins would have to coexist with
-TRL's. What grading needs from it is small and stable, so this module re-implements it, written from the harness's
-documented behaviour (swebench 5.0.2, `harness/grading.py`, `harness/log_parsers/python.py`, `harness/constants`):
+Everything that decides a verdict comes from the package (swebench 5.0.2): the log parser of each repository
+(`PARSER_REGISTRY`, `MAP_REPO_TO_PARSER_*`), how the log is read and turned into a status map (`get_logs_eval`: the
+file read in text mode, the slice between the markers, the fallback to the whole log, the exit-code cross-check), the
+FAIL_TO_PASS / PASS_TO_PASS report with its rule for truncated parametrized ids, and the resolved verdict
+(`get_eval_report`). A row's own `eval_script` (the schema of SWE-bench's current datasets) is run as the harness runs
+it (`make_test_spec`: `parse_eval_script` + `record_test_exit_code`), after the agent's patch is applied with the
+harness's fallbacks (`GIT_APPLY_CMDS`, a clean tree between attempts, the reverse check).
 
-- the eval log's markers (`>>>>> Start Test Output`, `>>>>> End Test Output`, `>>>>> Test Exit Code: N`, and the
-  failure markers `>>>>> Patch Apply Failed`, `>>>>> Reset Failed`, `>>>>> Tests Errored`, `>>>>> Tests Timed Out`);
-- the per-repository log parsers (pytest `-rA` summary lines, with and without option rewriting, and Django's
-  runner), turning the log between the markers into {test id: PASSED | FAILED | SKIPPED | ERROR | XFAIL};
-- the report: a FAIL_TO_PASS test succeeds when PASSED or XFAIL (a truncated parametrized id may prefix-match when
-  all candidates agree), fails when missing, FAILED, ERROR or SKIPPED; a PASS_TO_PASS test is also maintained when
-  SKIPPED; resolved (FULL) iff every FAIL_TO_PASS and PASS_TO_PASS test succeeds.
-
-tests/worker/environment/test_docker_swebench.py checks these functions on logs in the harness's format against verdicts that were
-produced by swebench 5.0.2 itself (and against the package directly when it is importable).
-
-Deliberate differences, both about what the harness cannot tell apart: a log whose markers are missing, whose test
-patch did not apply or whose run timed out is an infrastructure failure here (unscorable), where the harness reports
-"not resolved"; and the agent's changes to test files are dropped before its diff is applied (the harness resets
-only the files the test patch touches).
+What is ours, and why:
+- `INFRA_EVIDENCE`: the markers that make a log unscorable (never reward 0) because they say nothing about the agent.
+  The harness reports such runs "not resolved"; for training that would teach the policy from our failures.
+- An eval script for classic rows that carry none (swebench 5.x dropped its per-repository, per-version spec table:
+  the datasets carry `eval_script` now). It is shaped like the harness's: test files reset to the base commit, the test
+  patch applied, the repository's test command (`REPO_TEST_CMD`) with the test directives taken from the test patch
+  between the harness's markers, the exit status recorded by the package's own `record_test_exit_code`.
+The package is imported on first use (about 3 s: its harness package imports docker, datasets and modal).
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import json
 import re
 import shlex
-from collections.abc import Callable
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-START_TEST_OUTPUT = ">>>>> Start Test Output"
-END_TEST_OUTPUT = ">>>>> End Test Output"
-TEST_EXIT_CODE = ">>>>> Test Exit Code"
-APPLY_PATCH_FAIL = ">>>>> Patch Apply Failed"
-APPLY_PATCH_PASS = ">>>>> Applied Patch"
-RESET_FAILED = ">>>>> Reset Failed"
-TESTS_ERROR = ">>>>> Tests Errored"
-TESTS_TIMEOUT = ">>>>> Tests Timed Out"
-# Ours (not the harness's): the task's own test patch did not apply, so the run says nothing about the agent.
-TEST_PATCH_FAIL = ">>>>> Test Patch Apply Failed"
-STATUSES = ("FAILED", "PASSED", "SKIPPED", "ERROR", "XFAIL")
-PASSING = ("PASSED", "XFAIL")
+# Evidence that a log says nothing about the agent's change: unscorable, never reward 0. One place, documented in
+# docs/containers.md ("What is unscorable"). The harness's own patch-apply failure is not here: that is the agent's.
+TEST_PATCH_FAIL = ">>>>> Test Patch Apply Failed"  # ours: a generated script could not apply the task's test patch
+INFRA_EVIDENCE: tuple[tuple[str, str], ...] = (
+    (TEST_PATCH_FAIL, "the task's test patch did not apply"),
+    (">>>>> Reset Failed", "resetting the test files to the base commit failed"),  # the harness's RESET_FAILED
+    (">>>>> Tests Timed Out", "the test run timed out"),  # the harness's TESTS_TIMEOUT
+    ("Timeout error: ", "the test run timed out"),  # what the harness appends to a log its timeout cut
+)
+MARKERS_MISSING = "the test output markers are missing: the eval script did not run to its end"
+_HARNESS_TIMEOUT = re.compile(r"^Timeout error: \d+ seconds exceeded\.", re.M)
 
-# The harness's patch application, in its order: the first command that succeeds wins.
-GIT_APPLY_CMDS = ["git apply --verbose", "git apply --verbose --3way", "git apply --verbose --reject",
-                  "patch --batch --forward --fuzz=5 -p1 -i"]
-
-# Image names. SWE-bench's official images: `swebench/sweb.eval.x86_64.<id with __ → _1776_>:latest`;
-# SWE-Gym's: `xingyaoww/sweb.eval.x86_64.<id with __ → _s_>`.
-SWE_BENCH_IMAGE_TEMPLATE = "swebench/sweb.eval.x86_64.{swebench_id}:latest"
-SWE_GYM_IMAGE_TEMPLATE = "xingyaoww/sweb.eval.x86_64.{docker_id}"
-
-
-def image_name(instance_id: str, flavor: str = "swe-bench") -> str:
-    """The evaluation image of an instance: `flavor` is `swe-bench` or `swe-gym` (`schema.docker_image_for`)."""
-    from rollout_worker.environment.tasks.schema import docker_image_for
-
-    templates = {"swe-bench": SWE_BENCH_IMAGE_TEMPLATE, "swe-gym": SWE_GYM_IMAGE_TEMPLATE}
-    if flavor not in templates:
-        raise ValueError(f"unknown image flavor {flavor!r}: expected 'swe-bench' or 'swe-gym'")
-    return docker_image_for(instance_id, "", templates[flavor])
-
-
-# -- log parsers ----------------------------------------------------------------------------------------------------
-_SKIP_COUNT = re.compile(r"^\[\d+\]$")
-
-
-def _pytest_lines(log: str):
-    for line in log.split("\n"):
-        status = next((s for s in STATUSES if line.startswith(s)), None)
-        if status is None:
-            continue
-        if status == "FAILED":
-            line = line.replace(" - ", " ")
-        words = line.split()
-        if len(words) <= 1:
-            continue
-        if words[0] == "SKIPPED" and _SKIP_COUNT.match(words[1]):  # `SKIPPED [2] file:line: reason`
-            continue
-        yield words[0], words[1]
-
-
-def parse_pytest(log: str) -> dict[str, str]:
-    """pytest `-rA` short summary lines: `PASSED tests/x.py::test_a`, `FAILED tests/x.py::test_b - msg`, …"""
-    return {name: status for status, name in _pytest_lines(log)}
-
-
-_OPTION = re.compile(r"(.*?)\[(.*)\]")
-
-
-def parse_pytest_options(log: str) -> dict[str, str]:
-    """As `parse_pytest`, but a parametrization that is an absolute path keeps only its last component."""
-    out = {}
-    for status, name in _pytest_lines(log):
-        match = _OPTION.search(name)
-        if match:
-            main, option = match.groups()
-            if option.startswith("/") and not option.startswith("//") and "*" not in option:
-                option = "/" + option.split("/")[-1]
-            name = f"{main}[{option}]"
-        out[name] = status
-    return out
-
-
-def parse_django(log: str) -> dict[str, str]:
-    """Django's runner at verbosity 2: `test_x (app.tests.T) ... ok|skipped|FAIL|ERROR`, `FAIL: …` headers."""
-    out: dict[str, str] = {}
-    previous = None
-    for raw in log.split("\n"):
-        line = raw.strip()
-        if "--version is equivalent to version" in line:
-            out["--version is equivalent to version"] = "PASSED"
-        if " ... " in line:
-            previous = line.split(" ... ")[0]
-        for suffix in (" ... ok", " ... OK", " ...  OK"):
-            if line.endswith(suffix):
-                out[line.rsplit(suffix, 1)[0]] = "PASSED"
-                break
-        if " ... skipped" in line:
-            out[line.split(" ... skipped")[0]] = "SKIPPED"
-        if line.endswith(" ... FAIL"):
-            out[line.split(" ... FAIL")[0]] = "FAILED"
-        if line.startswith("FAIL:") and len(line.split()) > 1:
-            out[line.split()[1].strip()] = "FAILED"
-        if line.endswith(" ... ERROR"):
-            out[line.split(" ... ERROR")[0]] = "ERROR"
-        if line.startswith("ERROR:") and len(line.split()) > 1:
-            out[line.split()[1].strip()] = "ERROR"
-        if line.lstrip().startswith("ok") and previous is not None:
-            out[previous] = "PASSED"  # the test printed between its `...` and its `ok`
-    return out
-
-
-LOG_PARSERS: dict[str, Callable[[str], dict[str, str]]] = {
-    "pytest": parse_pytest, "pytest_options": parse_pytest_options, "django": parse_django,
-}
-# The harness's registry names (a row's `log_parser` may use either form).
-HARNESS_PARSER_NAMES = {f"parse_log_{name}": name for name in LOG_PARSERS}
-# Which parser each repository's instances use; the row's `log_parser` wins. Repositories whose harness parser is a
-# dedicated one not re-implemented here (sympy, matplotlib, seaborn, sphinx, astropy, xarray, …) must name a parser
-# explicitly or are refused (unscorable) rather than graded with the wrong one.
-REPO_PARSER = {"django/django": "django"}
-DEDICATED_PARSER_REPOS = {"sympy/sympy", "matplotlib/matplotlib", "mwaskom/seaborn", "sphinx-doc/sphinx",
-                          "astropy/astropy", "pydata/xarray", "scikit-learn/scikit-learn", "pylint-dev/pylint",
-                          "pylint-dev/astroid", "pallets/flask", "psf/requests", "pyvista/pyvista",
-                          "sqlfluff/sqlfluff", "marshmallow-code/marshmallow", "pvlib/pvlib-python",
-                          "pydicom/pydicom"}
-
-
-def parser_for(repo: str, requested: str | None = None) -> str:
-    """The log parser name for a repository (see `REPO_PARSER`); raises ValueError when none fits."""
-    if requested:
-        name = HARNESS_PARSER_NAMES.get(requested, requested)
-        if name not in LOG_PARSERS:
-            raise ValueError(f"log parser {requested!r} is not implemented (known: {', '.join(LOG_PARSERS)})")
-        return name
-    if repo in DEDICATED_PARSER_REPOS:
-        raise ValueError(f"{repo} uses a dedicated harness log parser; name one of {', '.join(LOG_PARSERS)} in the "
-                         "row's `log_parser` if its log is pytest-shaped")
-    return REPO_PARSER.get(repo, "pytest")
-
-
+# The repository's test command for classic rows without an `eval_script` (SWE-bench's harness commands; the
+# per-version variants of older releases are not reproduced: a row that needs one carries `eval_script` or
+# `test_cmd`). Every other repository runs `TEST_PYTEST`.
 TEST_PYTEST = "pytest --no-header -rA --tb=no -p no:cacheprovider"
-REPO_TEST_CMD = {"django/django": "./tests/runtests.py --verbosity 2 --settings=test_sqlite --parallel 1"}
+REPO_TEST_CMD = {
+    "django/django": "./tests/runtests.py --verbosity 2 --settings=test_sqlite --parallel 1",
+    "sympy/sympy": "PYTHONWARNINGS='ignore::UserWarning,ignore::SyntaxWarning' bin/test -C --verbose",
+    "sphinx-doc/sphinx": "tox --current-env -epy39 -v --",
+    "astropy/astropy": "pytest -rA -vv -o console_output_style=classic --tb=no",
+    "mwaskom/seaborn": "pytest --no-header -rA",
+    "matplotlib/matplotlib": "pytest -rA", "scikit-learn/scikit-learn": "pytest -rA", "pydata/xarray": "pytest -rA",
+    "pylint-dev/pylint": "pytest -rA", "pallets/flask": "pytest -rA", "psf/requests": "pytest -rA",
+    "pytest-dev/pytest": "pytest -rA",
+}
 
 
-# -- the eval log → status map → report -----------------------------------------------------------------------------
+class Verdict(enum.Enum):
+    RESOLVED = "resolved"
+    NOT_RESOLVED = "not_resolved"
+    UNSCORABLE = "unscorable"
+
+
+class RowError(ValueError):
+    """A row cannot be graded as given (a missing field, an unknown parser): one line naming the field."""
+
+
+@functools.cache
+def _harness() -> Any:
+    """The package's modules, imported once (see the module docstring for the cost)."""
+    import types
+
+    from swebench.harness import constants, grading, log_parsers, utils
+    from swebench.harness.log_parsers import c, go, java, javascript, php, python, ruby, rust
+
+    repo_parsers: dict[str, Any] = {}
+    for module in (python, javascript, c, go, java, php, ruby, rust):
+        for name, value in vars(module).items():
+            if name.startswith("MAP_REPO_TO_PARSER"):
+                repo_parsers.update(value)
+    return types.SimpleNamespace(constants=constants, grading=grading, registry=log_parsers.PARSER_REGISTRY,
+                                 repo_parsers=repo_parsers, utils=utils)
+
+
+def parser_names() -> list[str]:
+    """Every parser name a row's `log_parser` may give (`parse_log_django` or `django`)."""
+    return sorted(_harness().registry)
+
+
+def repositories_with_a_parser() -> dict[str, str]:
+    """Each repository in the package's parser maps → the registry name graded by default (a TestSpec names its
+    parser by registry name, so a repository whose map entry is not registered is left out)."""
+    harness = _harness()
+    by_function: dict[Any, str] = {}
+    for name, fn in harness.registry.items():
+        by_function.setdefault(fn, name)
+    named = {}
+    for repo, fn in harness.repo_parsers.items():
+        own = "parse_log_" + repo.split("/")[-1].replace("-", "_").replace(".", "_")  # pallets/flask: parse_log_flask
+        if harness.registry.get(own) is fn:
+            named[repo] = own
+        elif fn in by_function:
+            named[repo] = by_function[fn]
+    return named
+
+
+def parser_for(repo: str, requested: str | None = None) -> tuple[str, str]:
+    """(registry name, where it came from: `row`, `repository` or `default`) for one row; RowError if unknown."""
+    registry = _harness().registry
+    if requested:
+        name = requested if requested.startswith("parse_log_") else f"parse_log_{requested}"
+        if name not in registry:
+            raise RowError(f"log_parser {requested!r} is not one of swebench's parsers "
+                           f"(e.g. parse_log_pytest, parse_log_django; `intercept-rl grade --list-parsers`)")
+        return name, "row"
+    by_repo = repositories_with_a_parser()
+    if repo in by_repo:
+        return by_repo[repo], "repository"
+    return "parse_log_pytest", "default"  # SWE-Gym's repositories (moto, mypy, pandas, …) log pytest's -rA summary
+
+
+def _test_ids(row: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = row.get(key)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise RowError(f"{key} is a string but not a JSON list of test ids ({exc.msg})") from exc
+    if value is None:
+        raise RowError(f"{key} is missing (SWE-bench's schema: a list of test ids, or a JSON string of one)")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise RowError(f"{key} must be a list of test ids")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class HarnessRow:
+    """What the harness needs of one row in SWE-bench's schema to grade a log of it."""
+
+    instance_id: str
+    repo: str
+    version: str
+    fail_to_pass: tuple[str, ...]
+    pass_to_pass: tuple[str, ...]
+    log_parser: str
+    log_parser_source: str
+    eval_type: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> HarnessRow:
+        """Validate a row (a dataset row, or a Task's fields plus `extra`); RowError names the field."""
+        if not isinstance(row, Mapping):
+            raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
+        for key in ("instance_id", "repo"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise RowError(f"{key} is missing or empty")
+        version = row.get("version")
+        if version is None or isinstance(version, (dict, list)):
+            raise RowError("version is missing (SWE-bench's schema names the repository version, e.g. \"3.0\")")
+        requested = row.get("log_parser") or None
+        if requested is not None and not isinstance(requested, str):
+            raise RowError("log_parser must be a string such as parse_log_pytest")
+        parser, source = parser_for(row["repo"], requested)
+        fail_only = row["repo"] in _harness().constants.FAIL_ONLY_REPOS
+        eval_type = row.get("eval_type") or ("fail_only" if fail_only else "pass_and_fail")
+        if eval_type not in ("pass_and_fail", "fail_only"):
+            raise RowError(f"eval_type {eval_type!r} must be pass_and_fail or fail_only")
+        return cls(row["instance_id"], row["repo"], str(version), _test_ids(row, "FAIL_TO_PASS"),
+                   _test_ids(row, "PASS_TO_PASS"), parser, source, eval_type)
+
+    def test_spec(self, eval_script_list: list[str] | None = None) -> Any:
+        from swebench.types import TestSpec
+
+        return TestSpec(instance_id=self.instance_id, image="", eval_script_list=eval_script_list or [],
+                        repo=self.repo, version=self.version, FAIL_TO_PASS=list(self.fail_to_pass),
+                        PASS_TO_PASS=list(self.pass_to_pass), log_parser=self.log_parser, eval_type=self.eval_type)
+
+
 @dataclass
-class LogVerdict:
-    """What an eval log says. `found` False: the harness would report no results (not resolved)."""
+class LogGrade:
+    """The verdict on one eval log, with each listed test's status (`MISSING` when the log does not report it)."""
 
-    status_map: dict[str, str]
-    found: bool
-    failure: str | None = None  # which failure marker / check made `found` False
-    infra: bool = False  # the failure is ours (markers missing, test patch, timeout), not the agent's
-    exit_code: int | None = None
-
-
-# Evidence that a runner executed when nothing was parsed (the Python runners' part of the harness's check).
-_SUITE_RAN = re.compile(r"Executed [1-9]\d* of \d+|[1-9]\d* passing|Tests:\s+[1-9]\d*|^# tests [1-9]\d*", re.M)
-_EXIT_CODE = re.compile(rf"{re.escape(TEST_EXIT_CODE)}:\s*(-?\d+)")
-
-
-def read_log(log: str, parser: str = "pytest") -> LogVerdict:
-    """Turn an eval log into per-test outcomes the way the harness's `get_logs_eval` does."""
-    parse = LOG_PARSERS[parser]
-    match = _EXIT_CODE.search(log)
-    exit_code = int(match.group(1)) if match else None
-    if TEST_PATCH_FAIL in log:
-        return LogVerdict({}, False, "test patch did not apply", infra=True, exit_code=exit_code)
-    if TESTS_TIMEOUT in log:
-        return LogVerdict({}, False, "tests timed out", infra=True, exit_code=exit_code)
-    for marker, why in ((APPLY_PATCH_FAIL, "agent patch did not apply"), (RESET_FAILED, "reset failed"),
-                        (TESTS_ERROR, "tests errored")):
-        if marker in log:
-            return LogVerdict({}, False, why, infra=marker == RESET_FAILED, exit_code=exit_code)
-    if START_TEST_OUTPUT not in log or END_TEST_OUTPUT not in log:
-        return LogVerdict({}, False, "test output markers missing", infra=True, exit_code=exit_code)
-    sliced = log.split(START_TEST_OUTPUT)[1].split(END_TEST_OUTPUT)[0]
-    status_map = parse(sliced) or parse(log)
-    if not status_map and not _SUITE_RAN.search(log):
-        return LogVerdict({}, False, "no test results in the log", exit_code=exit_code)
-    if exit_code not in (None, 0) and status_map and not any(s in ("FAILED", "ERROR") for s in status_map.values()):
-        # Non-zero exit while reporting no failure: the log does not describe the run (e.g. forged PASSED lines).
-        return LogVerdict({}, False, f"test command exited {exit_code} but no test failed", exit_code=exit_code)
-    return LogVerdict(status_map, True, exit_code=exit_code)
-
-
-def _resolve(case: str, sm: dict[str, str]) -> str | None:
-    if case in sm:
-        return case
-    if case.count("[") > case.count("]"):  # a truncated parametrized id: prefix match if the candidates agree
-        matches = [k for k in sm if k.startswith(case)]
-        if matches and len({sm[k] in PASSING for k in matches}) == 1:
-            return matches[0]
-    return None
-
-
-def test_passed(case: str, sm: dict[str, str]) -> bool:
-    key = _resolve(case, sm)
-    return key is not None and sm[key] in PASSING
-
-
-def test_failed(case: str, sm: dict[str, str]) -> bool:
-    key = _resolve(case, sm)
-    return key is None or sm[key] in ("FAILED", "ERROR", "SKIPPED")
-
-
-def test_maintained(case: str, sm: dict[str, str]) -> bool:
-    key = _resolve(case, sm)
-    return test_passed(case, sm) or (key is not None and sm[key] == "SKIPPED")
-
-
-test_passed.__test__ = test_failed.__test__ = test_maintained.__test__ = False  # type: ignore[attr-defined]
-
-
-@dataclass
-class Report:
-    """FAIL_TO_PASS / PASS_TO_PASS successes and failures, and the resolution ("FULL", "PARTIAL", "NO")."""
-
-    f2p_success: list[str] = field(default_factory=list)
-    f2p_failure: list[str] = field(default_factory=list)
-    p2p_success: list[str] = field(default_factory=list)
-    p2p_failure: list[str] = field(default_factory=list)
+    verdict: Verdict
+    reason: str | None = None
+    tests: dict[str, str] = field(default_factory=dict)
+    fail_to_pass: dict[str, list[str]] = field(default_factory=lambda: {"success": [], "failure": []})
+    pass_to_pass: dict[str, list[str]] = field(default_factory=lambda: {"success": [], "failure": []})
+    test_exit_code: int | None = None
+    infra_hint: str | None = None  # the harness's advisory classification of a log without results
 
     @property
-    def resolution(self) -> str:
-        f2p_total = len(self.f2p_success) + len(self.f2p_failure)
-        p2p_total = len(self.p2p_success) + len(self.p2p_failure)
-        f2p = len(self.f2p_success) / f2p_total if f2p_total else 1
-        p2p = len(self.p2p_success) / p2p_total if p2p_total else 1
-        if f2p == 1 and p2p == 1:
-            return "FULL"
-        return "PARTIAL" if 0 < f2p < 1 and p2p == 1 else "NO"
-
-    @property
-    def resolved(self) -> bool:
-        return self.resolution == "FULL"
+    def resolved(self) -> bool | None:
+        return None if self.verdict is Verdict.UNSCORABLE else self.verdict is Verdict.RESOLVED
 
     def fraction(self) -> float:
-        total = len(self.f2p_success) + len(self.f2p_failure) + len(self.p2p_success) + len(self.p2p_failure)
-        return (len(self.f2p_success) + len(self.p2p_success)) / total if total else 0.0
+        succeeded = len(self.fail_to_pass["success"]) + len(self.pass_to_pass["success"])
+        total = succeeded + len(self.fail_to_pass["failure"]) + len(self.pass_to_pass["failure"])
+        return succeeded / total if total else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"resolved": self.resolved, "tests": self.tests}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
-def eval_report(status_map: dict[str, str], fail_to_pass: list[str], pass_to_pass: list[str]) -> Report:
-    """The harness's `get_eval_tests_report` (PASS_AND_FAIL evaluation) for one instance."""
-    report = Report()
-    for case in fail_to_pass:
-        if test_passed(case, status_map):
-            report.f2p_success.append(case)
-        elif test_failed(case, status_map):
-            report.f2p_failure.append(case)
-    for case in pass_to_pass:
-        if test_maintained(case, status_map):
-            report.p2p_success.append(case)
-        elif test_failed(case, status_map):
-            report.p2p_failure.append(case)
-    return report
+def _why_no_results(text: str, exit_code: int | None, status_map: dict[str, str]) -> str:
+    constants = _harness().constants
+    if constants.APPLY_PATCH_FAIL in text:
+        return "the agent's patch did not apply"
+    if constants.TESTS_ERROR in text:
+        return "the tests errored"
+    if exit_code not in (None, 0) and status_map:
+        return f"the test command exited {exit_code} but the log reports no failing test (output not to be trusted)"
+    return "the log holds no test results"
 
 
-def resolved_from_log(log: str, fail_to_pass: list[str], pass_to_pass: list[str],
-                      parser: str = "pytest") -> tuple[bool, LogVerdict, Report | None]:
-    """The official verdict for one eval log: (resolved, what the log said, the report when there were results)."""
-    verdict = read_log(log, parser)
-    if not verdict.found:
-        return False, verdict, None
-    report = eval_report(verdict.status_map, fail_to_pass, pass_to_pass)
-    return report.resolved, verdict, report
+def grade_log(log: str | bytes, row: HarnessRow) -> LogGrade:
+    """Grade one eval log (the output of the eval script, as the harness saves it) with the harness's functions."""
+    text = log.decode("utf-8", "replace") if isinstance(log, bytes) else log
+    harness = _harness()
+    exit_code = harness.grading.parse_test_exit_code(text)
+    for marker, why in INFRA_EVIDENCE:
+        if marker in text and (marker != "Timeout error: " or _HARNESS_TIMEOUT.search(text)):
+            return LogGrade(Verdict.UNSCORABLE, why, test_exit_code=exit_code)
+    constants = harness.constants
+    if constants.START_TEST_OUTPUT not in text or constants.END_TEST_OUTPUT not in text:
+        if constants.APPLY_PATCH_FAIL not in text:
+            return LogGrade(Verdict.UNSCORABLE, MARKERS_MISSING, test_exit_code=exit_code)
+    spec = row.test_spec()
+    with tempfile.TemporaryDirectory(prefix="irl-swb-log-") as tmp:
+        path = Path(tmp) / "test_output.txt"
+        with open(path, "w") as handle:  # written and read back exactly as run_evaluation does (text mode)
+            handle.write(text)
+        status_map, found = harness.grading.get_logs_eval(spec, str(path))
+        prediction = {"instance_id": row.instance_id, "model_patch": "", "model_name_or_path": "intercept-rl"}
+        report = harness.grading.get_eval_report(spec, prediction, str(path), include_tests_status=True)
+    entry = report[row.instance_id]
+    if not found:
+        parsed = harness.registry[row.log_parser](text.split(constants.START_TEST_OUTPUT)[-1], spec)
+        return LogGrade(Verdict.NOT_RESOLVED, _why_no_results(text, exit_code, parsed),
+                        tests={t: "MISSING" for t in (*row.fail_to_pass, *row.pass_to_pass)},
+                        fail_to_pass={"success": [], "failure": list(row.fail_to_pass)},
+                        pass_to_pass={"success": [], "failure": list(row.pass_to_pass)},
+                        test_exit_code=exit_code, infra_hint=entry.get("infra_failure_reason"))
+    statuses = entry["tests_status"]
+    resolve = getattr(harness.grading, "_resolve_case", None)  # truncated ids; pinned by tests/…/test_swebench_grading
+    tests = {}
+    for test in (*row.fail_to_pass, *row.pass_to_pass):
+        key = resolve(test, status_map) if resolve else (test if test in status_map else None)
+        tests[test] = status_map[key] if key is not None else "MISSING"
+    return LogGrade(Verdict.RESOLVED if entry["resolved"] else Verdict.NOT_RESOLVED,
+                    None if entry["resolved"] else "not every FAIL_TO_PASS and PASS_TO_PASS test succeeds",
+                    tests=tests, fail_to_pass=statuses["FAIL_TO_PASS"], pass_to_pass=statuses["PASS_TO_PASS"],
+                    test_exit_code=exit_code)
 
 
-# -- the eval script ------------------------------------------------------------------------------------------------
-_DIFF_FILE = re.compile(r"^diff --git a/(\S+) b/(\S+)", re.M)
+# -- running it: the agent patch, the eval script ------------------------------------------------------------------
+def apply_patch_script(workdir: str, patch_path: str) -> str:
+    """The harness's patch application (run_evaluation): each of GIT_APPLY_CMDS in turn on a clean tree, then the
+    reverse check; prints the harness's APPLY_PATCH_PASS / APPLY_PATCH_FAIL marker and exits non-zero on failure."""
+    from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 
-
-def test_patch_files(test_patch: str) -> list[str]:
-    """Files the test patch touches (the harness's test directives for pytest repositories)."""
-    return list(dict.fromkeys(m.group(2) for m in _DIFF_FILE.finditer(test_patch)))
-
-
-test_patch_files.__test__ = False  # type: ignore[attr-defined]
+    constants, q = _harness().constants, shlex.quote
+    lines = ["#!/bin/bash", f"cd {q(workdir)}", "git config --global --add safe.directory '*'", "first=1"]
+    for cmd in GIT_APPLY_CMDS:
+        lines += ["[ $first = 1 ] || { git checkout -- . ; git clean -fd; } >/dev/null 2>&1; first=0",
+                  f"if {cmd} {q(patch_path)}; then echo {q(constants.APPLY_PATCH_PASS)}; exit 0; fi"]
+    lines += [f"if git apply --check --reverse {q(patch_path)}; then echo {q(constants.APPLY_PATCH_PASS)}; exit 0; fi",
+              f"echo {q(constants.APPLY_PATCH_FAIL)}", "exit 1"]
+    return "\n".join(lines) + "\n"
 
 
 def test_directives(repo: str, test_patch: str) -> list[str]:
-    """What the test command is given: the test patch's files (Django: as dotted test modules under tests/)."""
-    files = [f for f in test_patch_files(test_patch) if f.endswith(".py") or repo != "django/django"]
+    """The harness's test directives: the test patch's files without NON_TEST_EXTS (Django: dotted modules)."""
+    non_test = _harness().constants.NON_TEST_EXTS
+    files = [f for f in re.findall(r"diff --git a/.* b/(.*)", test_patch) if not any(f.endswith(e) for e in non_test)]
     if repo == "django/django":
-        return [f.removeprefix("tests/").removesuffix(".py").replace("/", ".") for f in files]
+        return [f.removesuffix(".py").removeprefix("tests/").replace("/", ".") for f in files]
     return files
 
 
 test_directives.__test__ = False  # type: ignore[attr-defined]
 
 
-def eval_script(*, workdir: str, base_commit: str, test_cmd: str, directives: list[str], test_files: list[str],
-                patch_path: str | None, test_patch_path: str, pre: list[str] | None = None,
-                timeout_s: float | None = None) -> str:
-    """A bash eval script shaped like the harness's: apply the agent patch (the harness's fallbacks), reset the test
-    files to the base commit, apply the test patch, run the tests between the markers, record the exit status,
-    reset the test files again."""
-    q = shlex.quote
-    files = " ".join(q(f) for f in test_files)
-    lines = ["#!/bin/bash", "set -uo pipefail", f"cd {q(workdir)}", "git config --global --add safe.directory '*'",
-             *(pre or [])]
-    if patch_path:
-        attempts = " || ".join(f"{cmd} {q(patch_path)}" for cmd in GIT_APPLY_CMDS)
-        lines += [f"if {attempts}; then echo {q(APPLY_PATCH_PASS)}; else echo {q(APPLY_PATCH_FAIL)}; exit 1; fi"]
-    if files:
-        # Files the test patch creates do not exist at the base commit: remove them instead.
-        lines += [f"for f in {files}; do if git cat-file -e {q(base_commit)}:\"$f\" 2>/dev/null; then "
-                  f"git checkout {q(base_commit)} -- \"$f\" || {{ echo {q(RESET_FAILED)}; exit 1; }}; "
-                  "else rm -f \"$f\"; fi; done"]
-    lines += [f"git apply --verbose {q(test_patch_path)} || {{ echo {q(TEST_PATCH_FAIL)}; exit 1; }}",
-              f"echo {q(START_TEST_OUTPUT)}"]
-    run = f"{test_cmd} {' '.join(q(d) for d in directives)}".strip()
-    if timeout_s:
-        run = f"timeout -s KILL {int(timeout_s)} {run}"
-    lines += [run, "SWEBENCH_TEST_EXIT_CODE=$?"]
-    if timeout_s:
-        lines += [f"if [ $SWEBENCH_TEST_EXIT_CODE -eq 137 ]; then echo {q(TESTS_TIMEOUT)}; fi"]
-    lines += [f"echo {q(END_TEST_OUTPUT)}", f"echo \"{TEST_EXIT_CODE}: $SWEBENCH_TEST_EXIT_CODE\""]
-    if files:
-        lines += [f"for f in {files}; do git checkout {q(base_commit)} -- \"$f\" 2>/dev/null || rm -f \"$f\"; done"]
-    return "\n".join(lines) + "\n"
+def eval_script(row: Mapping[str, Any], *, workdir: str, base_commit: str, test_patch_path: str,
+                test_cmd: str | None = None, pre: list[str] | None = None) -> tuple[str, str]:
+    """(the eval script, where it came from: `row` or `generated`). A row's `eval_script` runs as the harness runs it;
+    otherwise one is generated (see the module docstring)."""
+    harness = _harness()
+    if isinstance(row.get("eval_script"), str) and row["eval_script"].strip():
+        listed = harness.utils.record_test_exit_code(harness.utils.parse_eval_script(row["eval_script"]))
+        return "\n".join(["#!/bin/bash", "set -uxo pipefail", *listed]) + "\n", "row"
+    constants, q = harness.constants, shlex.quote
+    repo, test_patch = str(row.get("repo", "")), str(row.get("test_patch") or "")
+    files = [f for f in re.findall(r"diff --git a/.* b/(.*)", test_patch)]
+    reset = (f"for f in {' '.join(q(f) for f in files)}; do if git cat-file -e {q(base_commit)}:\"$f\" 2>/dev/null; "
+             f"then git checkout {q(base_commit)} -- \"$f\" || {{ echo {q(constants.RESET_FAILED)}; exit 1; }}; "
+             "else rm -f \"$f\"; fi; done") if files else ":"
+    command = test_cmd or REPO_TEST_CMD.get(repo, TEST_PYTEST)
+    lines = [f"cd {q(workdir)}", "git config --global --add safe.directory '*'", *(pre or []), reset]
+    if test_patch.strip():
+        lines.append(f"git apply --verbose {q(test_patch_path)} || {{ echo {q(TEST_PATCH_FAIL)}; exit 1; }}")
+    lines += [f"echo {q(constants.START_TEST_OUTPUT)}",
+              " ".join([command, *(q(d) for d in test_directives(repo, test_patch))]),
+              f"echo {q(constants.END_TEST_OUTPUT)}", reset]
+    listed = harness.utils.record_test_exit_code(lines)
+    return "\n".join(["#!/bin/bash", "set -uo pipefail", *listed]) + "\n", "generated"
+
+
+def image_name(instance_id: str, flavor: str = "swe-bench") -> str:
+    """The evaluation image of an instance: `flavor` is `swe-bench` or `swe-gym` (`schema.docker_image_for`)."""
+    from rollout_worker.environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE, docker_image_for
+
+    templates = {"swe-bench": "swebench/sweb.eval.x86_64.{swebench_id}:latest", "swe-gym": SWE_GYM_IMAGE_TEMPLATE}
+    if flavor not in templates:
+        raise ValueError(f"unknown image flavor {flavor!r}: expected 'swe-bench' or 'swe-gym'")
+    return docker_image_for(instance_id, "", templates[flavor])
