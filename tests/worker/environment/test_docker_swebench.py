@@ -170,3 +170,36 @@ async def test_agent_rollout_in_a_swebench_image_through_the_episode_runner(fixt
             await rollout.close()
     assert (results["oracle"].status, results["oracle"].reward) == (EpisodeStatus.COMPLETED, 1.0), results["oracle"]
     assert (results["noop"].status, results["noop"].reward) == (EpisodeStatus.COMPLETED, 0.0), results["noop"]
+
+
+def _row_eval_script(task) -> str:
+    """An eval.sh in the shape SWE-bench's current datasets ship (their `eval_script` column): set -x trace, the test
+    files reset, the test patch from a heredoc, the markers as `:` commands, pytest -rA, the reset after."""
+    files = " ".join(swb.test_directives(task.repo, task.test_patch))
+    return "\n".join([
+        "#!/bin/bash", "set -uxo pipefail", "cd /testbed", "git config --global --add safe.directory /testbed",
+        f"git checkout {task.base_commit} {files}", "git apply -v - <<'EOF_114329324912'",
+        task.test_patch.rstrip("\n"), "EOF_114329324912", ": '>>>>> Start Test Output'",
+        f"python -m pytest -rA -p no:cacheprovider {files}", ": '>>>>> End Test Output'",
+        f"git checkout {task.base_commit} {files}", ""])
+
+
+async def test_a_rows_own_eval_script_runs_as_the_harness_runs_it(fixture_images, state_dir):
+    """The schema of SWE-bench's current datasets: the row's eval_script is what runs, and the record says so."""
+    client, tasks = fixture_images
+    backend = DockerSandboxBackend(DockerSandboxConfig(state_dir=str(state_dir)), client=client)
+    grader = SweBenchContainerGrader(_config(120), client=client)
+    task = tasks["fixture__mathx-1"]
+    task = replace(task, extra={**task.extra, "eval_script": _row_eval_script(task)})
+    gold = next(p for p in _predictions() if p["instance_id"] == task.instance_id and p["expected_resolved"])
+    for patch, resolved in ((gold["model_patch"], True), ("", False)):
+        sandbox, tree = await _agent_tree(backend, task, patch)
+        try:
+            grade = await grader.grade(task, tree)
+        finally:
+            await sandbox.destroy()
+        assert grade.scorable and grade.resolved is resolved, (grade.details.get("reason"), grade.details["eval_log"])
+        assert grade.details["eval_script_source"] == "row" and "+ : '>>>>> Start Test Output'" in grade.details[
+            "eval_log"]
+        assert grade.details["test_exit_code"] == (0 if resolved else 1)
+    assert [c for c in sandbox_containers(client) if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())] == []
