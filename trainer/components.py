@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from trainer.config import GATE_SECRET_ENV, SweTrainArguments
+from trainer.config import GATE_SECRET_ENV, SweTrainArguments, worker_config
 
 logger = logging.getLogger(__name__)
 

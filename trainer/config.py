@@ -316,6 +316,9 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
         training_args.token_budget = script_args.max_model_len
     if training_args.trackio_space_id and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # a dashboard Space is private unless the user says otherwise
+    if training_args.per_device_train_batch_size < 1 or training_args.gradient_accumulation_steps < 1:
+        raise ConfigError("--per-device-train-batch-size and --gradient-accumulation-steps must be >= 1, got "
+                          f"{training_args.per_device_train_batch_size} and {training_args.gradient_accumulation_steps}")
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ConfigError("--max-steps must be > 0: rollouts are a live stream, there are no epochs")
     if script_args.vllm_weight_sync != "nccl" and not script_args.vllm_url:
