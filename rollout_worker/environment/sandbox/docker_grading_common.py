@@ -47,7 +47,9 @@ class ContainerGradingConfig:
 
     grading: GradingConfig = field(default_factory=GradingConfig, metadata={
         "help": "The grading knobs every grader shares (the `grading:` section)."})
-    keep_log_chars: int = field(default=8000, metadata={"help": "Eval log tail kept in details['eval_log_tail']."})
+    keep_log_chars: int = field(default=200_000, metadata={
+        "help": "Eval log kept in the record (details['eval_log']; past this, its head and tail), so that "
+                "`intercept-rl grade` can re-grade it. Harbor keeps this much of its verifier log's tail."})
     container_mem_limit: str | None = field(default="8g", metadata={
         "help": "Memory limit of a grading container (also its swap limit); unset: unlimited."})
     container_pids_limit: int | None = field(default=4096, metadata={
