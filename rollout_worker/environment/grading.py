@@ -241,6 +241,12 @@ class FailPassGrader:
             raise GradingError(f"test run timed out after {cfg.test_timeout_s:g}s")
 
         outcomes = self._read_outcomes(fresh / report_name, res, tests)
+        if res.exit_code != 0 and not outcomes.failure_reported:
+            # SWE-bench's rule: a failed run whose report shows no failure is not describing that run (forged
+            # PASSED lines, a report rewritten from inside the package). The agent's change caused it: reward 0.
+            details.update(tests={t: outcomes.outcome(t) for t in tests},
+                           reason=f"the test command exited {res.exit_code} but reported no failing test")
+            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
         return self._score(task, outcomes, details)
 
     def _test_command(self, task: Task) -> list[str]:

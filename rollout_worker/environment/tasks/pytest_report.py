@@ -26,6 +26,9 @@ class TestOutcomes:
 
     by_id: dict[str, str] = field(default_factory=dict)
     collection_errors: list[str] = field(default_factory=list)  # test files that failed to import
+    # Whether the run reported any failure or error at all, requested or not (a test failing before and after the
+    # fix is one): a non-zero exit without one means the report does not describe the run (SWE-bench's rule).
+    failure_reported: bool = False
 
     def outcome(self, test_id: str) -> str:
         return self.by_id.get(test_id, "missing")
@@ -80,7 +83,8 @@ def parse_junit_xml(data: bytes, test_ids: list[str]) -> TestOutcomes:
             broken_modules.add(name)
         else:
             _merge(reported, (classname, name), outcome)
-    result = TestOutcomes()
+    result = TestOutcomes(failure_reported=bool(broken_modules) or any(
+        outcome in ("failed", "error") for outcome in reported.values()))
     for test_id in test_ids:
         key = junit_key(test_id)
         if key in reported:
@@ -110,7 +114,8 @@ def parse_summary_lines(output: str, test_ids: list[str]) -> TestOutcomes | None
             _merge(reported, node, _SUMMARY_OUTCOME[status])
     if not seen_any:
         return None
-    result = TestOutcomes()
+    result = TestOutcomes(failure_reported=bool(broken_files) or any(
+        outcome in ("failed", "error") for outcome in reported.values()))
     for test_id in test_ids:
         if test_id in reported:
             result.by_id[test_id] = reported[test_id]

@@ -190,6 +190,18 @@ async def test_unscorable_when_results_cannot_be_parsed(task, tmp_path):
     assert "no parseable test results" in result.details["reason"]
 
 
+@pytest.mark.parametrize("exit_code, reward", [(4, 0.0), (0, 1.0)])
+async def test_forged_summary_lines_in_a_failed_run_score_zero(task, tmp_path, exit_code, reward):
+    """No JUnit report, `PASSED` lines for every task test: trusted only when the run exited 0 (SWE-bench's rule)."""
+    lines = "\n".join(f"PASSED {t}" for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS])
+    forger = [sys.executable, "-c", f"import sys; print({lines!r}); sys.exit({exit_code})"]
+    result = await FailPassGrader(SubprocessTestExecutor(), GradingConfig(test_command=forger)).grade(
+        task, agent_copy(task, tmp_path))
+    assert (result.reward, result.scorable) == (reward, True), result.details
+    if exit_code:
+        assert f"exited {exit_code} but reported no failing test" in result.details["reason"]
+
+
 async def test_unscorable_when_a_patch_does_not_apply(task, grader, tmp_path):
     # the patch's context no longer matches the base file
     bad = dataclasses.replace(task, test_patch=task.test_patch.replace(' parse("[broken', ' parse("[mended', 1))
