@@ -59,6 +59,11 @@ class GradingError(RuntimeError):
     """A grading step failed for reasons outside the agent's control (the episode becomes unscorable)."""
 
 
+class BrokenRun(GradingError):
+    """The test run says nothing (timed out, no parseable results, none of the task's tests): whose fault it is
+    depends on whether the unchanged repository's run says something (`FailPassGrader._unchanged_run_is_usable`)."""
+
+
 @dataclass
 class GradingConfig:
     """How the grader turns an agent's repository into a reward."""
@@ -179,6 +184,7 @@ class FailPassGrader:
     def __init__(self, executor: TestExecutor, config: GradingConfig | None = None):
         self.executor = executor
         self.config = config or GradingConfig()
+        self._baseline_usable: dict[tuple[str, str, str], bool] = {}
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         """Grade the repository the agent left at `agent_repo_dir` (host path; the agent must be dead)."""
@@ -227,20 +233,16 @@ class FailPassGrader:
         if task.test_patch.strip():
             await self._in_thread(git_apply, fresh, task.test_patch, cfg.git_timeout_s, "test_patch")
 
-        report_name = f".irl-junit-{uuid.uuid4().hex}.xml"
-        argv = [*self._test_command(task), "-rA", "-p", "no:cacheprovider", "--rootdir=.", "--tb=short",
-                "--continue-on-collection-errors", f"--junitxml={report_name}", *files_of_tests(tests)]
-        run_started = time.monotonic()
         try:
-            res = await self.executor.run(fresh, argv, cfg.test_timeout_s)
-        except Exception as e:
-            raise GradingError(f"test executor failed: {type(e).__name__}: {e}") from e
-        details.update(test_exit_code=res.exit_code, test_run_s=round(time.monotonic() - run_started, 3),
-                       test_output_tail=(res.stdout + res.stderr)[-4000:])
-        if res.timed_out:
-            raise GradingError(f"test run timed out after {cfg.test_timeout_s:g}s")
-
-        outcomes = self._read_outcomes(fresh / report_name, res, tests)
+            res, outcomes = await self._run_tests(task, fresh, tests, details)
+        except BrokenRun as broken:
+            # Unscorable only on evidence that does not depend on the agent: the same run on the unchanged
+            # repository. If that run is fine, the agent's change broke this one (ended the test process, hung it,
+            # hid every result): its failure, reward 0, as the official harness scores it.
+            if not patch.strip() or not await self._unchanged_run_is_usable(task, base, work, tests):
+                raise GradingError(f"{broken} (the unchanged repository's run fails the same way)") from broken
+            details["reason"] = f"the agent's change broke the test run: {broken} (the unchanged repository's is fine)"
+            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
         if res.exit_code != 0 and not outcomes.failure_reported:
             # SWE-bench's rule: a failed run whose report shows no failure is not describing that run (forged
             # PASSED lines, a report rewritten from inside the package). The agent's change caused it: reward 0.
@@ -248,6 +250,39 @@ class FailPassGrader:
                            reason=f"the test command exited {res.exit_code} but reported no failing test")
             return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
         return self._score(task, outcomes, details)
+
+    async def _run_tests(self, task: Task, tree: Path, tests: list[str],
+                         details: dict[str, Any]) -> tuple[ExecResult, TestOutcomes]:
+        """One test run in `tree`; BrokenRun when it says nothing (timed out, no results, none of the tests)."""
+        cfg = self.config
+        report_name = f".irl-junit-{uuid.uuid4().hex}.xml"
+        argv = [*self._test_command(task), "-rA", "-p", "no:cacheprovider", "--rootdir=.", "--tb=short",
+                "--continue-on-collection-errors", f"--junitxml={report_name}", *files_of_tests(tests)]
+        run_started = time.monotonic()
+        try:
+            res = await self.executor.run(tree, argv, cfg.test_timeout_s)
+        except Exception as e:
+            raise GradingError(f"test executor failed: {type(e).__name__}: {e}") from e
+        details.update(test_exit_code=res.exit_code, test_run_s=round(time.monotonic() - run_started, 3),
+                       test_output_tail=(res.stdout + res.stderr)[-4000:])
+        if res.timed_out:
+            raise BrokenRun(f"test run timed out after {cfg.test_timeout_s:g}s")
+        return res, self._read_outcomes(tree / report_name, res, tests)
+
+    async def _unchanged_run_is_usable(self, task: Task, base: Path, work: Path, tests: list[str]) -> bool:
+        """Whether the task's tests run usably on the base commit plus the test patch (cached per task)."""
+        key = (task.instance_id, task.base_commit, task.test_patch)
+        if key not in self._baseline_usable:
+            tree = work / "unchanged"
+            await self._in_thread(shutil.copytree, base, tree, symlinks=True)
+            if task.test_patch.strip():
+                await self._in_thread(git_apply, tree, task.test_patch, self.config.git_timeout_s, "test_patch")
+            try:
+                await self._run_tests(task, tree, tests, {})
+                self._baseline_usable[key] = True
+            except BrokenRun:
+                self._baseline_usable[key] = False
+        return self._baseline_usable[key]
 
     def _test_command(self, task: Task) -> list[str]:
         return list(self.config.test_command or task.test_command or [sys.executable, "-m", "pytest"])
@@ -263,10 +298,11 @@ class FailPassGrader:
         if outcomes is None:
             outcomes = parse_summary_lines(res.stdout, tests)
         if outcomes is None:
-            raise GradingError(f"no parseable test results (exit code {res.exit_code})")
+            raise BrokenRun(f"no parseable test results (exit code {res.exit_code})")
         if not outcomes.any_reported(tests) and not outcomes.collection_errors:
-            # Nothing we asked for ran and nothing failed to import: the task's ids or the test command are wrong.
-            raise GradingError(f"none of the task's tests were reported (exit code {res.exit_code})")
+            # Nothing we asked for ran and nothing failed to import: the task's ids or the test command are wrong,
+            # or the agent's change hid every test (the unchanged repository's run tells which).
+            raise BrokenRun(f"none of the task's tests were reported (exit code {res.exit_code})")
         return outcomes
 
     def _score(self, task: Task, outcomes: TestOutcomes, details: dict[str, Any]) -> GradeResult:

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.docker_history import history_free_image
 from rollout_worker.environment.sandbox.docker_config import (
     LABEL,
     OWNER_PID_LABEL,
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
     from rollout_worker.types import RolloutEndpoint, Task
 
 logger = logging.getLogger(__name__)
+
+# Bound on cleaning one image's git history (once per image; a Django-sized repository takes seconds: docs/containers.md).
+HISTORY_SCRUB_TIMEOUT_S = 900.0
 
 _SETUP = r"""set -e
 home=$1; workdir=$2; user=$3; owned=$4; shift 4
@@ -168,6 +172,9 @@ class DockerSandbox:
             from rollout_worker.environment.tasks.harbor import build_harbor_image
 
             await asyncio.to_thread(build_harbor_image, self.client, task)
+        if task.image and image == task.image:  # nothing of the future in its repository (docker_history.py)
+            image = await asyncio.to_thread(history_free_image, self.client, image, self._workdir,
+                                            task.base_commit or "", HISTORY_SCRUB_TIMEOUT_S)
         image_path = await asyncio.to_thread(self._image_path, image)
         spec = container_spec(self.config, image, self.relay_dir, self.sandbox_id, self._proxy is not None,
                               image_path)

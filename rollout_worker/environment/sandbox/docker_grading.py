@@ -78,6 +78,7 @@ class SweBenchContainerGrader:
     def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
         self.config = config or ContainerGradingConfig()
         self.docker = LazyDockerClient(client, self.config.engine_timeout_s)
+        self._baseline_usable: dict[tuple[str, str, bytes], bool] = {}
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         started = time.monotonic()
@@ -143,12 +144,26 @@ class SweBenchContainerGrader:
         if graded.infra_hint:
             details["harness_infra_hint"] = graded.infra_hint  # advisory, as in the harness: the verdict stands
         if graded.verdict is swb.Verdict.UNSCORABLE:
-            raise GradingInfraError(f"eval log unusable: {graded.reason}")
+            # Unscorable only when the unchanged repository's run is unusable too: otherwise the agent's change
+            # broke the run (ended the eval script, hung the tests), which the harness scores "not resolved".
+            if not patch.strip() or not await self._unchanged_run_is_usable(client, task, row, files):
+                raise GradingInfraError(f"eval log unusable: {graded.reason} (the unchanged repository's too)")
+            details["reason"] = f"the agent's change broke the test run: {graded.reason}"
+            return GradeResult(reward=0.0, resolved=False, scorable=True, details=details)
         if graded.reason:
             details["reason"] = graded.reason
         resolved = graded.verdict is swb.Verdict.RESOLVED
         reward = float(resolved) if cfg.reward_mode == "binary" else graded.fraction()
         return GradeResult(reward=reward, resolved=resolved, scorable=True, details=details)
+
+    async def _unchanged_run_is_usable(self, client: Any, task: Task, row: swb.HarnessRow,
+                                       files: dict[str, bytes]) -> bool:
+        """Whether the eval script's log of the unchanged repository grades (cached per task and script)."""
+        key = (task.image or "", task.instance_id, files["eval.sh"])
+        if key not in self._baseline_usable:
+            log = await self._run_eval(client, task.image or "", files, apply_patch=False)
+            self._baseline_usable[key] = swb.grade_log(log, row).verdict is not swb.Verdict.UNSCORABLE
+        return self._baseline_usable[key]
 
     def _export_base(self, client: Any, image: str, workdir: str, dest: Path) -> None:
         from docker.errors import ImageNotFound
