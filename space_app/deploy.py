@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intercept_common.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = Path(__file__).resolve().parent
 
@@ -41,7 +43,7 @@ PACKAGE_DIRS = ["control_plane", "rollout_worker", "trainer", "local_engine", "d
 EXCLUDE = ["__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".*", "*.db", "*.log"]
 
 
-class PlanError(RuntimeError):
+class PlanError(RuntimeError, UserError):
     """The plan cannot be made or run (missing token, bad option)."""
 
 

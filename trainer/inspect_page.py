@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from intercept_common.errors import UserError
+
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
-class InspectError(Exception):
+class InspectError(UserError):
     """A one-line, user-facing failure (exit 2)."""
 
 
