@@ -5,6 +5,9 @@
 - `openai_errors`: the one OpenAI/vLLM error body every HTTP server of ours answers with.
 - `loop_thread`: an asyncio loop on a daemon thread, driven from synchronous code with bounded waits.
 - `engine_process`: the local engine as a subprocess (it is reached over HTTP only).
+- `errors`: `UserError`, the base of every failure a user can fix, and `ConfigError`.
+- `cli_errors`: such a failure (and the OS's: port in use, disk full) as one line with its remedy, decided by type.
+- `config_tree`: every command's configuration from flags and `--config file.yaml`, each section to its dataclass.
 
 The layers above (control_plane <- rollout_worker <- trainer; local_engine on its own) may import this; it imports
 none of them (enforced by the import-linter contracts in pyproject.toml).
