@@ -70,6 +70,12 @@ class TreeFilter:
         metadata={"help": "File names that count as tests or test config. pyproject.toml is handled apart: only "
                   "a change to its [tool.pytest] table is dropped."},
     )
+    runner_shadows: tuple[str, ...] = field(
+        default=("pytest.py", "pytest", "_pytest", "py.py", "pluggy.py", "pluggy", "sitecustomize.py",
+                 "usercustomize.py"),
+        metadata={"help": "Names at the repository root that would shadow the test runner (`python -m pytest` puts "
+                  "the working directory first on sys.path): never taken from the agent."},
+    )
     junk: tuple[str, ...] = field(
         default=("[.][gG][iI][tT]", "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".ruff_cache",
                  "*.egg-info", ".irl-junit-*.xml"),
@@ -84,6 +90,8 @@ class TreeFilter:
         parts = rel.split("/")
         dirs = parts if is_dir else parts[:-1]
         if any(d in self.test_dirs for d in dirs):
+            return True
+        if any(fnmatch.fnmatchcase(parts[0], pat) for pat in self.runner_shadows):
             return True
         return not is_dir and any(fnmatch.fnmatchcase(parts[-1], pat) for pat in self.test_files)
 

@@ -45,6 +45,12 @@ def test_tree_filter_separates_source_tests_and_junk():
                 "sub/conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pkg/test/data.json"]:
         assert f.is_test(rel) and not f.keeps_source(rel), rel
     assert not f.keeps_source("tests", is_dir=True) and f.keeps_source("pkg", is_dir=True)
+    # what would shadow the test runner from the repository root is never taken; the same names deeper are source
+    for rel in ["pytest.py", "pytest/__init__.py", "_pytest/main.py", "py.py", "pluggy/__init__.py",
+                "sitecustomize.py", "usercustomize.py"]:
+        assert not f.keeps_source(rel), rel
+    assert not f.keeps_source("_pytest", is_dir=True)
+    assert f.keeps_source("src/_pytest/main.py") and f.keeps_source("src/pytest/__init__.py")
     for rel in [".git", "pkg/__pycache__/x.pyc", "a.egg-info", ".GIT", "sub/.Git/config", ".pytest_cache"]:
         assert f.is_junk(rel) and not f.keeps_source(rel), rel
 
