@@ -24,7 +24,7 @@ from rollout_worker.outcomes import EpisodeStatus
 from rollout_worker.types import Task
 from tests.paths import FIXTURES
 from tests.reliability.conftest import FULL
-from tests.support.docker import docker_client_or_skip
+from tests.support.docker import docker_client_or_skip, remove_history_images
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -144,6 +144,7 @@ def image_task() -> Task:
     # `python -m pytest` puts the working directory first on sys.path: the shadowing attack is live here.
     yield dataclasses.replace(task, extra={**task.extra, "test_cmd": "python -m pytest --no-header -rA --tb=no "
                                            "-p no:cacheprovider"})
+    remove_history_images(client, task.image)
     client.images.remove(task.image, noprune=True)
 
 

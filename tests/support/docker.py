@@ -109,3 +109,11 @@ class PrivateDockerd:
 
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def remove_history_images(client, image: str) -> None:
+    """Remove the history-free images derived from `image` (rollout_worker/environment/sandbox/docker_history.py)."""
+    from rollout_worker.environment.sandbox.docker_history import SOURCE_LABEL
+
+    for derived in client.images.list(filters={"label": f"{SOURCE_LABEL}={image}"}):
+        client.images.remove(derived.id, force=True)

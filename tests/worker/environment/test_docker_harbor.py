@@ -25,7 +25,7 @@ from rollout_worker.environment.tasks.harbor import (
 )
 from rollout_worker.outcomes import EpisodeStatus
 from tests.paths import FIXTURES
-from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 from tests.support.sandboxes import sandbox_dirs
 
 pytestmark = pytest.mark.timeout(600)
@@ -55,6 +55,7 @@ def harbor_image():
     (task,) = load_harbor_tasks(TASKS)
     build_harbor_image(client, task)
     yield client, task
+    remove_history_images(client, task.image)
     client.images.remove(task.image)
 
 
@@ -77,6 +78,7 @@ def _bash(call_id: str, command: str) -> dict:
 
 async def test_harbor_task_end_to_end_with_a_real_agent(harbor_image, state_dir, make_gate):
     client, task = harbor_image
+    remove_history_images(client, task.image)
     client.images.remove(task.image)  # the backend builds a Harbor task's environment itself when it is missing
     backend = DockerSandboxBackend(DockerSandboxConfig(state_dir=str(state_dir)), client=client)
     grader = ImageAwareGrader(host_grader=None, container_grader=None,

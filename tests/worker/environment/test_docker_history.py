@@ -13,9 +13,9 @@ import pytest
 
 from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
 from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_history import SOURCE_LABEL, history_free_image
+from rollout_worker.environment.sandbox.docker_history import history_free_image
 from rollout_worker.types import Task
-from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 from tests.support.sandboxes import sandbox_dirs
 
 pytestmark = pytest.mark.timeout(600)
@@ -63,8 +63,7 @@ def future_image():
                         rm=True, forcerm=True)
     base = _read(client, IMAGE, "/base_commit").strip()
     yield client, base
-    for image in client.images.list(filters={"label": f"{SOURCE_LABEL}={IMAGE}"}):
-        client.images.remove(image.id, force=True)
+    remove_history_images(client, IMAGE)
     client.images.remove(IMAGE, force=True)
 
 

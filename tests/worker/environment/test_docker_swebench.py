@@ -19,7 +19,7 @@ from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.schema import docker_image_for
 from tests.paths import FIXTURES
-from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 from tests.support.sandboxes import sandbox_dirs
 
 pytestmark = pytest.mark.timeout(600)
@@ -60,6 +60,7 @@ def fixture_images():
     assert head.decode().strip() == tasks[0].base_commit  # the image holds the repo at the rows' base commit
     yield client, {t.instance_id: t for t in tasks}
     for task in tasks:
+        remove_history_images(client, task.image)
         client.images.remove(task.image, noprune=True)
     client.images.remove("intercept-rl-fixture/mathx:1")
 
