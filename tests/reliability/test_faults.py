@@ -13,7 +13,9 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -30,13 +32,13 @@ from local_engine.embedded import ensure_tiny_model
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL
+from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE, OWNER_PID_LABEL
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
-from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.docker import PrivateDockerd, docker_client_or_skip, sandbox_containers
 from tests.support.sandboxes import pids_with, sandbox_dirs
 
-from .conftest import scaled
+from .conftest import FULL, scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -130,6 +132,26 @@ def _kill_random_container(rng: random.Random, client) -> int:
 @pytest.mark.parametrize("backend", ["local", "docker"])
 def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_path, monkeypatch, backend):
     client = docker_client_or_skip() if backend == "docker" else None
+    daemon = None
+    if client is not None and FULL and os.geteuid() == 0 and shutil.which("dockerd"):
+        # The full Docker run also restarts dockerd halfway: on a private one (its own socket and data root, the
+        # base image copied in), so that the restart touches nothing else on the machine.
+        daemon = PrivateDockerd(Path(tempfile.mkdtemp(prefix="irl-fdd-", dir="/tmp")))
+        client = daemon.start()
+        save = subprocess.Popen(["docker", "save", DEFAULT_BASE_IMAGE], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "-H", daemon.host, "load", "-q"], stdin=save.stdout, capture_output=True,
+                              timeout=300)
+        save.wait(60)
+        assert load.returncode == 0, load.stderr
+        monkeypatch.setenv("DOCKER_HOST", daemon.host)
+    try:
+        _fault_run(tmp_path, monkeypatch, backend, client, daemon)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
+def _fault_run(tmp_path, monkeypatch, backend, client, daemon) -> None:
     groups = scaled(6, 125)
     state_dir = Path(tempfile.mkdtemp(prefix="irl-flt-"))
     private_tmp = tmp_path / "tmp"
@@ -140,7 +162,7 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
     loop_thread.start()
     worker = None
     records: list[dict] = []
-    kills = 0
+    kills, restarted = 0, None
     try:
         with LocalEngineProcess(str(ensure_tiny_model()), served_model_name="policy", max_model_len=2048) as engine:
             proxy = FaultyEngine(engine.url, seed=7)
@@ -164,6 +186,8 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
                 if rng.random() < 0.08:
                     kills += (_kill_random_container(rng, client) if client is not None
                               else _kill_random_sandbox_processes(rng, str(state_dir)))
+                if daemon is not None and not restarted and len(records) >= groups * 2:
+                    client, restarted = daemon.restart(), time.monotonic()  # every running container dies
             worker.stop()
             loop_thread.run(proxy.stop())
     finally:
@@ -188,7 +212,8 @@ def test_faults_over_many_rollouts_leave_correct_groups_and_nothing_behind(tmp_p
               "sockets": [p for p in state_dir.rglob("*.sock")], "temp dirs": list(private_tmp.iterdir()),
               "containers": [c.name for c in sandbox_containers(client)
                              if c.labels.get(OWNER_PID_LABEL) == str(os.getpid())] if client is not None else []}
-    print(f"\nfaults ({backend}): {len(records)} rollouts, injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
+    print(f"\nfaults ({backend}{', dockerd restarted once' if restarted else ''}): {len(records)} rollouts, "
+          f"injected {dict(proxy.injected)}, {kills} sandbox processes killed; "
           f"statuses {dict(statuses)}; unscorable {failed}; leaks {({k: len(v) for k, v in leaked.items()})}")
     assert not any(leaked.values()), leaked
 
