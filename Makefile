@@ -30,9 +30,13 @@ test: setup
 	bash scripts/docker_up.sh
 	$(PYTEST) -m "slow or not slow" -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
 
-# The full reliability suite (>= 10,000 hostile requests, ...): prints its counts. `make test` runs its quick slice.
+# The full reliability suite (>= 10,000 hostile requests, 500-rollout fault runs, the reward-hacking battery, 32
+# containers at once, the Docker leak run): every full-scale piece in one invocation, ending with one summary table.
+# `make test` runs its quick slice.
 test-reliability: setup
-	RELIABILITY_FULL=1 $(PYTEST) tests/reliability -m "slow or not slow" -p no:cacheprovider -s
+	bash scripts/docker_up.sh
+	RELIABILITY_FULL=1 $(PYTEST) tests/reliability tests/worker/environment/test_docker_leaks.py -m "slow or not slow" \
+	  -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
 
 # The fast default selection (what a bare `pytest` runs).
 test-fast: setup
