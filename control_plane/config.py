@@ -73,13 +73,14 @@ class GateConfig:
         default=5.0,
         metadata={"help": "How long `stop()` waits for in-flight HTTP handlers to finish after failing them."},
     )
-    report_truncation: bool = field(
-        default=True,
+    report_truncation: bool | None = field(
+        default=None,
         metadata={
             "help": "Tell the agent when a reply was cut by the token limit (chat `length`, Anthropic `max_tokens`, "
-            "Responses `incomplete`). False reports such a reply as a normal end of turn, for agents that abort or "
-            "retry a truncated turn (Codex retries a stream that ends without `response.completed`, which would "
-            "re-send the turn); the trajectory is unaffected either way."
+            "Responses `incomplete`, Gemini `MAX_TOKENS`). Unset (the default): as the rollout's agent declares "
+            "(each launcher's `report_truncation`: off for the CLIs that abort or retry a cut turn, codex, "
+            "claude-code, qwen-code; on for the others). true/false: the same for every agent, overriding that. "
+            "Off reports a cut reply as a normal end of turn; the trajectory is unaffected either way."
         },
     )
 

@@ -150,8 +150,10 @@ class RolloutHandle:
     """
 
     def __init__(self, rollout_id: str, base_url: str, api_key: str, model: str,
-                 on_close: Callable[[RolloutHandle], None]) -> None:
+                 on_close: Callable[[RolloutHandle], None], *, report_truncation: bool = True) -> None:
         self._on_close = on_close  # the server forgets the rollout: its URL answers 404 from then on
+        # Whether a reply cut by the token limit is reported as cut to this rollout's agent (`GateConfig`'s help).
+        self.report_truncation = report_truncation
         self.rollout_id = rollout_id
         self.base_url = base_url
         self.api_key = api_key

@@ -1,11 +1,14 @@
 """The interception gate: an aiohttp server standing where an agent expects an OpenAI-compatible endpoint.
 
-Routes (errors are JSON in the route's dialect — Anthropic's shape under …/v1/messages, OpenAI's elsewhere —
+Routes (errors are JSON in the route's dialect — Anthropic's shape under …/v1/messages, Google's under the Gemini
+routes, OpenAI's elsewhere —
 aiohttp's own 404/405/413 included):
     POST /rollout/{rollout_id}/v1/chat/completions   chat call, JSON or SSE, answered by the worker
     POST /rollout/{rollout_id}/v1/messages           the same, spoken as Anthropic Messages (Claude Code)
     POST /rollout/{rollout_id}/v1/messages/count_tokens   an estimate of the prompt's tokens (Anthropic)
     POST /rollout/{rollout_id}/v1/responses          the same, spoken as OpenAI Responses (Codex)
+    POST /rollout/{rollout_id}/{v1beta|v1|v1alpha}/models/{model}:generateContent | :streamGenerateContent (SSE)
+                                                     the same, spoken as the Gemini API (Gemini CLI); and :countTokens
     GET  /rollout/{rollout_id}/v1/models             the served model name
     GET  /healthz                                    liveness + counts (no ids, no secrets)
     GET  /metrics                                    Prometheus text
@@ -25,7 +28,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from intercept_common.http_site import start_site
 
@@ -33,6 +35,7 @@ from .config import GateConfig
 from .dialects import (
     ANTHROPIC_MESSAGES,
     CHAT_COMPLETIONS,
+    GEMINI_GENERATE_CONTENT,
     OPENAI_RESPONSES,
     Answer,
     Dialect,
@@ -41,7 +44,9 @@ from .dialects import (
     dialect_for_path,
 )
 from .dialects.anthropic_request import estimate_input_tokens, parse_messages_body
+from .dialects.gemini import COUNT_TOKENS, METHODS, split_model_call
 from .errors import GateError
+from .http_logging import install_malformed_http_filter
 from .metrics import CLIENT_CLOSED, GateMetrics
 from .rollout import CLIENT_DISCONNECTED, TIMED_OUT, InterceptedRequest, Reply, RolloutHandle
 from .validation import parse_json_body
@@ -49,21 +54,7 @@ from .validation import parse_json_body
 logger = logging.getLogger(__name__)
 
 
-class _MalformedHttpIsNotAnError(logging.Filter):
-    """aiohttp answers a malformed HTTP message (a header flood, a broken request line) with 400 itself, then logs it
-    at ERROR with a traceback. On a public gate that lets any client write tracebacks into our logs at will: such
-    records go down to DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError) and record.levelno >= logging.ERROR:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
-if not any(isinstance(f, _MalformedHttpIsNotAnError) for f in _AIOHTTP_SERVER_LOG.filters):
-    _AIOHTTP_SERVER_LOG.addFilter(_MalformedHttpIsNotAnError())
+install_malformed_http_filter()
 
 ROLLOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LINGER_S = 1.0
@@ -118,6 +109,8 @@ class InterceptionServer:
                                 name=dialect.name.value)
         app.router.add_post("/rollout/{rollout_id}/v1/messages/count_tokens", self._count_tokens,
                             name="anthropic_count_tokens")
+        app.router.add_post(r"/rollout/{rollout_id}/{api_version:v1beta|v1|v1alpha}/models/{model_call:[^:]+:\w+}",
+                            self._gemini, name=GEMINI_GENERATE_CONTENT.name.value)
         app.router.add_get("/rollout/{rollout_id}/v1/models", self._models, name="models", allow_head=False)
         app.router.add_get("/healthz", self._healthz, name="healthz", allow_head=False)
         app.router.add_get("/metrics", self._metrics_text, name="metrics", allow_head=False)
@@ -139,8 +132,12 @@ class InterceptionServer:
             await runner.cleanup()
 
     # -- rollouts -------------------------------------------------------------------------------------------------
-    async def open_rollout(self, rollout_id: str) -> RolloutHandle:
-        """Open a rollout: its own URL (`base_url`, ends in /v1) and key (`api_key`). Ids are single-use."""
+    async def open_rollout(self, rollout_id: str, *, report_truncation: bool | None = None) -> RolloutHandle:
+        """Open a rollout: its own URL (`base_url`, ends in /v1) and key (`api_key`). Ids are single-use.
+
+        `report_truncation`: how this rollout's agent wants a reply the token limit cut (its launcher's declaration;
+        None: reported). `GateConfig.report_truncation`, when set, overrides it for every rollout.
+        """
         if self._url is None or self._runner is None:
             raise RuntimeError("the server is not running: start() it before opening rollouts")
         if not isinstance(rollout_id, str) or not ROLLOUT_ID_PATTERN.match(rollout_id):
@@ -148,8 +145,11 @@ class InterceptionServer:
         if rollout_id in self._used_ids:
             raise ValueError(f"rollout id {rollout_id!r} was already used; rollout ids are single-use")
         self._used_ids.add(rollout_id)
+        if self.config.report_truncation is not None:
+            report_truncation = self.config.report_truncation
         handle = RolloutHandle(rollout_id, f"{self._url}/rollout/{rollout_id}/v1", self._key_for(rollout_id),
-                               self.served_model_name, on_close=self._forget_rollout)
+                               self.served_model_name, on_close=self._forget_rollout,
+                               report_truncation=report_truncation is not False)
         self._rollouts[rollout_id] = handle
         self._metrics.rollouts_opened_total += 1
         return handle
@@ -228,14 +228,16 @@ class InterceptionServer:
         """Authenticate before looking the rollout up, so an unauthenticated caller learns nothing about which ids
         exist: no key / wrong key → 401, then unknown or closed rollout → 404."""
         rollout_id = request.match_info["rollout_id"]
-        key = request.headers.get("x-api-key") or None  # an empty x-api-key must not hide a Bearer token
+        # x-api-key (Anthropic), x-goog-api-key or ?key= (Google); an empty one must not hide a Bearer token
+        key = (request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+               or request.query.get("key") or None)
         if key is None:
             auth = request.headers.get("Authorization", "")
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer" and value.strip():
                 key = value.strip()
         if not key:
-            raise GateError(401, "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
+            raise GateError(401, "missing API key: send 'Authorization: Bearer <key>', 'x-api-key' or 'x-goog-api-key'",
                             code="missing_api_key")
         expected = self._key_for(rollout_id)
         if not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode()):
@@ -251,12 +253,9 @@ class InterceptionServer:
         return rollout
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "status": "ok",
-            "open_rollouts": self.open_rollouts,
-            "pending_requests": self.pending_requests,
-            "uptime_s": round(time.monotonic() - self._started_at, 3),
-        })
+        return web.json_response({"status": "ok", "open_rollouts": self.open_rollouts,
+                                  "pending_requests": self.pending_requests,
+                                  "uptime_s": round(time.monotonic() - self._started_at, 3)})
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(text=self._metrics.render(self.open_rollouts, self.pending_requests),
@@ -265,9 +264,9 @@ class InterceptionServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         self._authorized_rollout(request)
-        model = {"id": self.served_model_name, "object": "model", "created": int(time.time()),
-                 "owned_by": "intercept-rl"}
-        return web.json_response({"object": "list", "data": [model]})
+        card = {"id": self.served_model_name, "object": "model", "created": int(time.time()),
+                "owned_by": "intercept-rl"}
+        return web.json_response({"object": "list", "data": [card]})
 
     # -- chat calls, in every dialect -------------------------------------------------------------------------------
     async def _read_json(self, request: web.Request) -> Any:
@@ -286,7 +285,7 @@ class InterceptionServer:
         """One agent call: translate it (`dialect`), queue it for the worker, answer in the same dialect."""
         rollout = self._authorized_rollout(request)
         body = await self._read_json(request)
-        call = dialect.parse(body, rollout)
+        call = dialect.parse_route(body, rollout, request.match_info)
         chat = call.chat
         req = InterceptedRequest(rollout.rollout_id, body, messages=chat.messages, tools=chat.tools,
                                  stream=chat.stream, include_usage=chat.include_usage, params=chat.params,
@@ -304,7 +303,7 @@ class InterceptionServer:
             outcome = await self._await_outcome(req, None)
             if isinstance(outcome, GateError):
                 return dialect.error_response(outcome)
-            answer = self._answer(req, call, outcome)
+            answer = self._answer(req, call, outcome, rollout)
             dialect.remember(rollout, answer)
             return web.Response(body=dialect.reply_body(answer), content_type="application/json")
         except asyncio.CancelledError:
@@ -317,17 +316,30 @@ class InterceptionServer:
     async def _count_tokens(self, request: web.Request) -> web.Response:
         """Anthropic's `count_tokens`: an estimate (see `estimate_input_tokens`), never sent to the worker."""
         self._authorized_rollout(request)
+        chat = parse_messages_body(await self._read_json(request))
+        return web.json_response({"input_tokens": estimate_input_tokens(chat)})
+
+    async def _gemini(self, request: web.Request) -> web.StreamResponse:
+        """The Gemini routes: `generateContent` and `streamGenerateContent` are calls; `countTokens` an estimate."""
+        method = split_model_call(request.match_info["model_call"])[1]
+        if method not in METHODS:
+            raise GateError(404, f"unknown method {method!r}: expected one of {', '.join(METHODS)}",
+                            code="not_found")
+        if method != COUNT_TOKENS:
+            return await self._call(GEMINI_GENERATE_CONTENT, request)
+        self._authorized_rollout(request)  # and, like Anthropic's count_tokens, an estimate never sent to the worker
         body = await self._read_json(request)
-        return web.json_response({"input_tokens": estimate_input_tokens(parse_messages_body(body))})
+        chat = GEMINI_GENERATE_CONTENT.count_tokens_chat(body, request.match_info["model_call"])
+        return web.json_response({"totalTokens": estimate_input_tokens(chat)})
 
     def _client_left(self, req: InterceptedRequest) -> None:
         if not req.done:
             self._metrics.disconnects_total += 1
         req.settle(None, CLIENT_DISCONNECTED)
 
-    def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: Reply) -> Answer:
+    def _answer(self, req: InterceptedRequest, call: ParsedCall, reply: Reply, rollout: RolloutHandle) -> Answer:
         finish = reply.finish_reason
-        if finish == "length" and not self.config.report_truncation:
+        if finish == "length" and not rollout.report_truncation:
             finish = "stop"  # see GateConfig.report_truncation: the worker already holds the cut turn as sampled
         return Answer(req.id, int(time.time()), self.served_model_name, call, reply.message, finish, reply.usage)
 
@@ -349,7 +361,7 @@ class InterceptionServer:
                 frame = Frame(req.id, int(time.time()), self.served_model_name, call)
                 await response.write(dialect.stream_error(outcome, frame))
             else:
-                answer = self._answer(req, call, outcome)
+                answer = self._answer(req, call, outcome, rollout)
                 dialect.remember(rollout, answer)
                 payload = dialect.stream_body(answer, self.config.stream_chunk_chars)
                 if not response.prepared:

@@ -32,6 +32,7 @@ class DialectName(enum.StrEnum):
     CHAT_COMPLETIONS = "chat_completions"
     ANTHROPIC_MESSAGES = "anthropic_messages"
     OPENAI_RESPONSES = "openai_responses"
+    GEMINI_GENERATE_CONTENT = "gemini_generate_content"
 
 
 @dataclass
@@ -83,6 +84,11 @@ class Dialect:
 
     def parse(self, body: Any, rollout: Any) -> ParsedCall:
         raise NotImplementedError
+
+    def parse_route(self, body: Any, rollout: Any, route: Any) -> ParsedCall:
+        """`parse`, for a dialect that also reads the request's path (`route`: its match info; Gemini names the model
+        and the method there)."""
+        return self.parse(body, rollout)
 
     def reply_body(self, answer: Answer) -> bytes:
         raise NotImplementedError
