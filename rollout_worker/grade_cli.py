@@ -96,9 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             return _bad(f"{what} {path}: no such file")
     try:
         row = swb.HarnessRow.from_row(_read_row(args.instance))
-        log = _read_log(args.log)
     except (swb.RowError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _bad(f"{args.instance if not isinstance(exc, swb.RowError) else 'row'}: {exc}")
+        return _bad(f"row {args.instance}: {exc}")
+    try:
+        log = _read_log(args.log)
+    except swb.RowError as exc:
+        return _bad(f"log {args.log}: {exc}")
     graded = swb.grade_log(log, row)
     if args.json:
         print(json.dumps(graded.as_json()))

@@ -130,11 +130,21 @@ def test_generated_eval_script_uses_the_repository_command_and_directives(tmp_pa
 
 
 def _grade_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed command, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "intercept_rl_cli", "grade", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
 
 
-def test_grade_command_on_logs_of_several_repositories(tmp_path):
+def _grade_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The same dispatcher in this process (the swebench import is paid once, not per call)."""
+    import intercept_rl_cli
+
+    code = intercept_rl_cli.main(["grade", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_grade_command_on_logs_of_several_repositories(tmp_path, capsys):
     picked = ["django:7188-shape", "sympy:f2p-fails", "sphinx:colour-gold", "astropy:id-with-spaces",
               "pytest-dev/pytest:forged-exit-4"]
     for case in (c for c in CASES if c.name in picked):
@@ -142,15 +152,24 @@ def test_grade_command_on_logs_of_several_repositories(tmp_path):
                "FAIL_TO_PASS": json.dumps(case.fail_to_pass), "PASS_TO_PASS": json.dumps(case.pass_to_pass)}
         (tmp_path / "row.json").write_text(json.dumps(row))
         (tmp_path / "log.txt").write_bytes(case.log.encode())
-        proc = _grade_cli("--instance", str(tmp_path / "row.json"), "--log", str(tmp_path / "log.txt"), "--json")
-        assert proc.returncode == (0 if case.resolved else 1), (case.name, proc.stderr)
-        out = json.loads(proc.stdout)
+        code, stdout, stderr = _grade_in_process(capsys, "--instance", str(tmp_path / "row.json"), "--log",
+                                                 str(tmp_path / "log.txt"), "--json")
+        assert code == (0 if case.resolved else 1), (case.name, stderr)
+        out = json.loads(stdout)
         assert out["resolved"] is case.resolved and set(out["tests"]) == {*case.fail_to_pass, *case.pass_to_pass}
         assert ("reason" in out) is (not case.resolved)
-    # a rollout record holding the log grades the same
+    # a rollout record holding the log grades the same, through the installed command
     (tmp_path / "record.json").write_text(json.dumps({"details": {"eval_log": INFRA_LOGS["reset failed"]}}))
     proc = _grade_cli("--instance", str(tmp_path / "row.json"), "--log", str(tmp_path / "record.json"), "--json")
-    assert proc.returncode == 3 and json.loads(proc.stdout)["resolved"] is None
+    assert proc.returncode == 3 and json.loads(proc.stdout)["resolved"] is None, proc.stderr
+    forged = next(c for c in CASES if c.name == "pytest-dev/pytest:forged-exit-4")
+    (tmp_path / "forged.log").write_text(forged.log)
+    (tmp_path / "row.json").write_text(json.dumps({"instance_id": "a__b-1", "repo": forged.repo, "version": "8.0",
+                                                   "FAIL_TO_PASS": list(forged.fail_to_pass),
+                                                   "PASS_TO_PASS": list(forged.pass_to_pass)}))
+    proc = _grade_cli("--instance", str(tmp_path / "row.json"), "--log", str(tmp_path / "forged.log"))
+    assert proc.returncode == 1 and proc.stdout.startswith("a__b-1: NOT RESOLVED (the test command exited 4"), (
+        proc.stdout, proc.stderr)
 
 
 @pytest.mark.parametrize("row, message", [
@@ -161,16 +180,21 @@ def test_grade_command_on_logs_of_several_repositories(tmp_path):
     ({"instance_id": "a", "repo": "a/b", "version": "1", "FAIL_TO_PASS": [], "PASS_TO_PASS": [],
       "log_parser": "nope"}, "not one of swebench's parsers"),
 ])
-def test_grade_command_rejects_bad_rows_in_one_line(tmp_path, row, message):
+def test_grade_command_rejects_bad_rows_in_one_line(tmp_path, capsys, row, message):
     (tmp_path / "row.json").write_text(json.dumps(row))
     (tmp_path / "log.txt").write_text("x")
-    proc = _grade_cli("--instance", str(tmp_path / "row.json"), "--log", str(tmp_path / "log.txt"))
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, _, stderr = _grade_in_process(capsys, "--instance", str(tmp_path / "row.json"), "--log",
+                                        str(tmp_path / "log.txt"))
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
-def test_grade_command_missing_files_and_arguments(tmp_path):
-    proc = _grade_cli("--instance", str(tmp_path / "nope.json"), "--log", str(tmp_path / "nope.log"))
-    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _grade_cli("--log", "x")
-    assert proc.returncode == 2 and "required" in proc.stderr
+def test_grade_command_missing_files_and_arguments(tmp_path, capsys):
+    code, _, stderr = _grade_in_process(capsys, "--instance", str(tmp_path / "nope.json"), "--log",
+                                        str(tmp_path / "nope.log"))
+    assert code == 2 and "no such file" in stderr and "Traceback" not in stderr
+    with pytest.raises(SystemExit) as exited:
+        _grade_in_process(capsys, "--log", "x", "--bogus")
+    assert exited.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    code, _, stderr = _grade_in_process(capsys, "--log", "x")
+    assert code == 2 and "required" in stderr
