@@ -28,7 +28,7 @@ def npm_agent_prefix(name: str) -> Path:
     return Path(os.environ.get("INTERCEPT_RL_NPM_AGENTS", PROJECT_ROOT / ".agents")) / name
 
 
-NPM_AGENTS = ("pi", "qwen-code", "opencode", "claude-code", "codex")
+NPM_AGENTS = ("pi", "qwen-code", "opencode", "claude-code", "codex", "gemini-cli")
 
 
 def agent_runtime_paths() -> list[str]:

@@ -63,9 +63,9 @@ class EpisodeOptions:
     agent: str = field(
         default="mini-swe-agent",
         metadata={"help": "Agent CLI run in each sandbox: mini-swe-agent | pi | qwen-code | opencode | claude-code "
-                  "(Anthropic Messages) | codex (OpenAI Responses) | cmd:<shell command> | single-shot | oracle | noop. "
-                  "qwen-code, claude-code and codex retry or abort a turn cut by the token limit: run them with "
-                  "--report-truncation false (docs/agents.md)."},
+                  "(Anthropic Messages) | codex (OpenAI Responses) | gemini-cli (Gemini API) | cmd:<shell command> | "
+                  "single-shot | oracle | noop. Each declares how it wants a turn the token limit cut "
+                  "(--report-truncation overrides; docs/agents.md)."},
     )
     sandbox: str = field(default="local", metadata={"help": "Sandbox backend: local (bubblewrap) | docker."})
     sandbox_options: dict[str, Any] = field(

@@ -50,6 +50,8 @@ class EpisodeRunner(Protocol):
     rollout must end (overlong prompt, staleness, shutdown): the runner must then kill the agent promptly, still grade
     what it left behind unless told the episode is cancelled, and always clean up its sandbox and processes.
     Raising is allowed; the worker turns an exception into an unscorable INFRA_ERROR episode.
+    Optional: a `report_truncation` attribute (bool | None), how its agent wants a turn the token limit cut; the
+    worker opens each rollout on the gate with it (`GateConfig.report_truncation`, when set, overrides it).
     """
 
     async def run(self, task: Task, endpoint: RolloutEndpoint, stop: asyncio.Event) -> EpisodeResult: ...
@@ -64,7 +66,12 @@ class Grader(Protocol):
 
 
 class AgentLauncher(Protocol):
-    """An agent CLI that can be pointed at a rollout endpoint."""
+    """An agent CLI that can be pointed at a rollout endpoint.
+
+    Optional: a class attribute `report_truncation` (bool): True when the CLI handles a reply the token limit cut
+    that is reported as cut (`length`, `max_tokens`, `incomplete`, `MAX_TOKENS`), False when it aborts or retries
+    such a turn, so the gate reports it as a normal end of turn. A launcher without it gets the gate's default.
+    """
 
     name: str
 

@@ -241,7 +241,9 @@ class RolloutWorker:
         started = time.time()
         stop = asyncio.Event()
         try:
-            handle = await self.gate.open_rollout(rollout_id)
+            # how this agent wants a turn the token limit cut (its launcher declares it; the gate config overrides)
+            handle = await self.gate.open_rollout(
+                rollout_id, report_truncation=getattr(self.episode_runner, "report_truncation", None))
         except BaseException:
             self._inflight.pop(rollout_id, None)
             raise

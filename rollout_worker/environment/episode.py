@@ -59,6 +59,11 @@ class SandboxEpisodeRunner:
         self.grader = grader
         self.config = config or EpisodeConfig()
 
+    @property
+    def report_truncation(self) -> bool | None:
+        """How the agent wants a turn the token limit cut (its launcher's declaration; None: it declares nothing)."""
+        return getattr(self.agent, "report_truncation", None)
+
     async def run(self, task: Task, endpoint: RolloutEndpoint, stop: asyncio.Event) -> EpisodeResult:
         timings: dict[str, float] = {}
         started = time.monotonic()

@@ -1,11 +1,15 @@
-"""Real rollouts of the four big agent CLIs against the local engine on the embedded 64k-position model (slow).
+"""Real rollouts of every agent CLI against the local engine on the embedded 64k-position model (slow), at their
+defaults: the gate as users get it (`GateConfig()`), so each launcher's own `report_truncation` decides how a turn the
+token limit cut is reported (issue #29).
 
 Each agent runs unmodified in a bubblewrap sandbox, through the real gate in its own dialect, answered by the real
-worker (token-exact prompt assembly, TRL's parser) and the local engine; the trajectory is graded host-side. Checked:
-every sampled token is trained, and `old_log_probs` equal a teacher-forced forward of the same model within 1e-5.
-The random model never emits a parseable tool call, so each agent ends after its first turn; no agent may open a
-side conversation (qwen-code's memory subagent did, one fork per episode, until its launcher turned it off). Measured and printed: the agent's first prompt in
-tokens (system prompt + tool schemas + task, rendered by the training template) and the engine's time for it.
+worker (token-exact prompt assembly, TRL's parser) and the local engine; the trajectory is graded host-side. Turns are
+24 tokens, so the random model's replies are cut: no rollout may end as agent_error (codex exited 1 and claude-code
+gave up after 4 cut turns when every cut was reported). Checked: every sampled token is trained, and `old_log_probs`
+equal a teacher-forced forward of the same model within 1e-5. The random model never emits a parseable tool call, so
+each agent ends after its first turn; no agent may open a side conversation (qwen-code's memory subagent did, one fork
+per episode, until its launcher turned it off). Measured and printed: the agent's first prompt in tokens (system
+prompt + tool schemas + task, rendered by the training template) and the engine's time for it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from control_plane import GateConfig
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from local_engine.embedded import LONG_CONTEXT_POSITIONS, ensure_tiny_model
 from rollout_worker.config import WorkerConfig
@@ -82,10 +85,8 @@ def run_agent_rollouts(agent: str, engine_url: str, tmp_path, n: int = 2) -> lis
                           temperature=TEMPERATURE, max_tokens_per_turn=24, max_turns=3, seed=0,
                           keep_trajectories=True)
     runner = build_episode_runner(EpisodeOptions(agent=agent), EpisodeConfig(agent_wall_time_s=240))
-    # Token-cut turns are reported as ends of turn: Codex re-sends a turn whose stream lacks response.completed.
     worker = RolloutWorker(config, tasks=[make_task(tmp_path)], episode_runner=runner, tokenizer=tokenizer,
-                           chat_template=resolve_training_template(tokenizer), engine_url=engine_url,
-                           gate_config=GateConfig(report_truncation=False))
+                           chat_template=resolve_training_template(tokenizer), engine_url=engine_url)
     worker.start()
     try:
         _, records = _drain(worker, 1, timeout=900)
@@ -94,18 +95,40 @@ def run_agent_rollouts(agent: str, engine_url: str, tmp_path, n: int = 2) -> lis
     return records
 
 
+def cut_turns(row: dict, turn_end: int, max_tokens: int) -> int:
+    """Sampled turns of a row (runs of its completion mask) that are `max_tokens` long and do not end the turn."""
+    mask, ids = row["completion_mask"], row["input_ids"]
+    cuts, start = 0, None
+    for i, m in enumerate([*mask, 0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            cuts += i - start == max_tokens and ids[i - 1] != turn_end
+            start = None
+    return cuts
+
+
+# mini-swe-agent rewrites its history after a reply without a tool call (docs/agents.md): it forks by design.
+FORKING = {"mini-swe-agent"}
+
+
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("agent", ["qwen-code", "opencode", "claude-code", "codex"])
-def test_real_agent_rollouts_are_token_exact(agent, engine, model, tmp_path):
+@pytest.mark.parametrize("agent", ["qwen-code", "opencode", "claude-code", "codex", "gemini-cli", "pi",
+                                   "mini-swe-agent"])
+def test_real_agent_rollouts_at_defaults_are_token_exact(agent, engine, model, tmp_path):
     started = time.monotonic()
     records = run_agent_rollouts(agent, engine.url, tmp_path)
+    turn_end = load_qwen3_tokenizer().convert_tokens_to_ids("<|im_end|>")
     assert len(records) == 2
     first_prompts = []
     for rec in records:
         assert rec["status"] in ("completed", "budget"), (rec["status"], rec["agent_output"][-3000:])
         assert rec["scorable"] and rec["turns"] >= 1, rec["agent_output"][-3000:]
+        assert sum(cut_turns(row, turn_end, 24) for row in rec["rows"]) >= 1  # the token limit did cut a turn
         drift = rec["drift"]
-        assert drift["sampled_tokens"] > 0 and drift["forks"] == 0 and len(rec["rows"]) == 1, drift
+        assert drift["sampled_tokens"] > 0, drift
+        if agent not in FORKING:
+            assert drift["forks"] == 0 and len(rec["rows"]) == 1, drift
         assert drift["trained_tokens"] == drift["sampled_tokens"], drift  # 100 % of sampled tokens trained
         for row in rec["rows"]:
             mask = np.array(row["completion_mask"], dtype=bool)

@@ -1,7 +1,8 @@
 """Agent launchers: the shipped agents and `get_agent(spec)`.
 
-Specs: `mini-swe-agent` (alias `mini`), `pi`, `qwen-code`, `opencode`, `claude-code`, `codex`, `cmd:<shell command>`,
-`oracle`, `noop`, `single-shot`. docs/agents.md: each agent's wire format, first-prompt size and how it is tested.
+Specs: `mini-swe-agent` (alias `mini`), `pi`, `qwen-code`, `opencode`, `claude-code`, `codex`, `gemini-cli`,
+`cmd:<shell command>`, `oracle`, `noop`, `single-shot`. docs/agents.md: each agent's wire format, first-prompt size
+and how it is tested.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
 from rollout_worker.environment.agents.claude_code import ClaudeCodeLauncher
 from rollout_worker.environment.agents.codex import CodexLauncher
+from rollout_worker.environment.agents.gemini_cli import GeminiCliLauncher
 from rollout_worker.environment.agents.mini_swe_agent import MiniSweAgentLauncher
 from rollout_worker.environment.agents.opencode import OpencodeLauncher
 from rollout_worker.environment.agents.pi import PiLauncher
@@ -20,13 +22,15 @@ from rollout_worker.types import AgentCommand
 
 __all__ = [
     "AgentCommand", "AgentLauncher", "AgentUnavailableError", "ClaudeCodeLauncher", "CodexLauncher", "CommandAgent",
+    "GeminiCliLauncher",
     "MiniSweAgentLauncher", "NoopAgent", "OpencodeLauncher", "OracleAgent", "PiLauncher", "QwenCodeLauncher",
     "SingleShotAgent", "get_agent", "openai_env",
 ]
 
 _NAMED = {"mini-swe-agent": MiniSweAgentLauncher, "mini": MiniSweAgentLauncher, "pi": PiLauncher,
           "qwen-code": QwenCodeLauncher, "opencode": OpencodeLauncher, "claude-code": ClaudeCodeLauncher,
-          "codex": CodexLauncher, "oracle": OracleAgent, "noop": NoopAgent, "single-shot": SingleShotAgent}
+          "codex": CodexLauncher, "gemini-cli": GeminiCliLauncher, "oracle": OracleAgent, "noop": NoopAgent,
+          "single-shot": SingleShotAgent}
 
 
 def get_agent(spec: str) -> AgentLauncher:

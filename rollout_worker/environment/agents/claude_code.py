@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from intercept_common.install_paths import npm_agent_prefix
 from rollout_worker.environment.agents.base import npm_bin
@@ -53,6 +53,10 @@ class ClaudeCodeLauncher:
                          metadata={"help": "npm prefix holding Claude Code."})
     context_window: int = field(default=65536, metadata={"help": "Context window Claude Code assumes for the model."})
     name: str = "claude-code"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): as an end of turn;
+    # a turn reported as `max_tokens` makes 2.1.332 ask again with the cut reply in its history, and after 4 cut
+    # turns exit 1 ("response exceeded the 128000 output token maximum"): agent_error, unscorable (issue #29).
+    report_truncation: ClassVar[bool] = False
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         claude = npm_bin(self.prefix, "claude", self.name)

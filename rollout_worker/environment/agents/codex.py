@@ -4,8 +4,8 @@ native `codex` binary.
 Wire format: OpenAI Responses (`POST <base>/responses`, `wire_api = "responses"`), always streamed, `store: false`
 (it re-sends the whole input each turn); function tools only (`exec_command`, `write_stdin`, `view_image`,
 `request_user_input`): the gate answers 400 `unsupported_tool` to anything else, so every non-function tool is off.
-Codex treats a stream without `response.completed` as an error and re-sends the turn: run it behind a gate with
-`GateConfig(report_truncation=False)` when turns can be cut by the token limit.
+Codex treats a stream without `response.completed` as an error: the launcher declares `report_truncation = False`,
+so the gate reports a turn the token limit cut as completed (unless the user sets `--report-truncation`).
 
 Configured by `$CODEX_HOME/config.toml` in the sandbox home; the key is only in env (the provider's `env_key`):
 - one provider `intercept` with our `base_url`, `env_key`, `wire_api = "responses"`; no retries (a failed turn ends
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from intercept_common.install_paths import npm_agent_prefix
 from rollout_worker.environment.agents.base import npm_bin
@@ -75,6 +75,10 @@ class CodexLauncher:
                          metadata={"help": "npm prefix holding Codex."})
     context_window: int = field(default=65536, metadata={"help": "Context window Codex assumes for the model."})
     name: str = "codex"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): as an end of turn;
+    # a Responses stream ending `incomplete` makes 0.171.0 exit 1 ("Incomplete response returned, reason:
+    # max_output_tokens"): agent_error, unscorable.
+    report_truncation: ClassVar[bool] = False
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         codex = npm_bin(self.prefix, "codex", self.name)

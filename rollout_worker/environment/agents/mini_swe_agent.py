@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import yaml
 
@@ -32,6 +32,9 @@ class MiniSweAgentLauncher:
     venv: Path = field(default_factory=agents_venv, metadata={"help": "The venv holding mini-swe-agent."})
     base_config: str = field(default="mini.yaml", metadata={"help": "mini's built-in config to start from."})
     name: str = "mini-swe-agent"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): reported;
+    # its configs answer `finish_reason == "length"` with their own "reached the output token limit" prompt.
+    report_truncation: ClassVar[bool] = True
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         mini = self.venv / "bin" / "mini"

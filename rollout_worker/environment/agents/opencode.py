@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from intercept_common.install_paths import npm_agent_prefix
 from rollout_worker.environment.agents.base import npm_bin
@@ -56,6 +56,9 @@ class OpencodeLauncher:
     context_window: int = field(default=65536, metadata={"help": "Context window OpenCode assumes for the model."})
     max_tokens: int = field(default=4096, metadata={"help": "Max output tokens OpenCode asks for per call."})
     name: str = "opencode"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): reported;
+    # a cut turn reported as `length` ends the turn normally (measured, docs/agents.md).
+    report_truncation: ClassVar[bool] = True
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         opencode = npm_bin(self.prefix, "opencode", self.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from intercept_common.install_paths import pi_prefix
 from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
@@ -32,6 +32,10 @@ class PiLauncher:
     context_window: int = field(default=32768, metadata={"help": "Context window pi assumes for the model."})
     max_tokens: int = field(default=4096, metadata={"help": "Max output tokens pi asks for per call."})
     name: str = "pi"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): reported;
+    # pi-ai maps `length` to stopReason "length", which its loop treats as a normal end (only "error" and
+    # "aborted" fail the run).
+    report_truncation: ClassVar[bool] = True
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         pi = self.prefix / "node_modules" / ".bin" / "pi"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from intercept_common.install_paths import npm_agent_prefix
 from rollout_worker.environment.agents.base import npm_bin, openai_env
@@ -43,6 +43,10 @@ class QwenCodeLauncher:
     prefix: Path = field(default_factory=lambda: npm_agent_prefix("qwen-code"),
                          metadata={"help": "npm prefix holding qwen-code."})
     name: str = "qwen-code"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): as an end of turn;
+    # a cut turn reported as `length` makes 0.24.4 re-send the same request ("Retrying provider attempt"):
+    # a fork per retry until the turn budget ends the rollout.
+    report_truncation: ClassVar[bool] = False
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         qwen = npm_bin(self.prefix, "qwen", self.name)

@@ -8,7 +8,7 @@ whose reward a tiny random model can move (the learning proof, the CPU demo) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rollout_worker.environment.agents.base import openai_env
 from rollout_worker.types import AgentCommand
@@ -47,6 +47,9 @@ class SingleShotAgent:
     answer_file: str = "answer.txt"
     max_tokens: int | None = None
     name: str = "single-shot"
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): reported;
+    # it writes whatever text came back; the finish reason does not matter to it.
+    report_truncation: ClassVar[bool] = True
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         if endpoint is None:
