@@ -68,9 +68,9 @@ if ! fresh .venv-agents/.installed "$agents_hash"; then
 fi
 
 # 3. The npm agents, each from its package-lock.json (`npm ci`: exactly the lock, integrity-checked) into a
-#    project-local prefix (no global install). The big agent CLIs (~1.3 GB together) are skipped with
+#    project-local prefix (no global install). The big agent CLIs (~1.4 GB together) are skipped with
 #    INTERCEPT_RL_BIG_AGENTS=0: `make demo` needs none of them; `make setup` and `make test` install them all.
-BIG_NPM_AGENTS=" qwen-code opencode claude-code codex "
+BIG_NPM_AGENTS=" qwen-code opencode claude-code codex gemini-cli "
 for lock_dir in locks/npm/*/; do
   name=$(basename "$lock_dir"); prefix=".agents/$name"
   if [[ "${INTERCEPT_RL_BIG_AGENTS:-1}" == 0 && "$BIG_NPM_AGENTS" == *" $name "* ]]; then continue; fi

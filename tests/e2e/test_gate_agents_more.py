@@ -1,6 +1,6 @@
-"""The four big agent CLIs (qwen-code, OpenCode, Claude Code, Codex), unmodified, in a real bubblewrap sandbox as the
-sandbox user, through the real gate in their own wire format, answered by a scripted responder: each receives a tool
-call, executes it, sends the result back, and finishes on our final answer.
+"""The five big agent CLIs (qwen-code, OpenCode, Claude Code, Codex, Gemini CLI), unmodified, in a real bubblewrap
+sandbox as the sandbox user, through the real gate in their own wire format, answered by a scripted responder: each
+receives a tool call, executes it, sends the result back, and finishes on our final answer.
 
 Also: what each launcher produces (config, env, no secret outside env) and the installs' file modes (bundled binaries
 executable by the sandbox user, uid 65534).
@@ -21,6 +21,7 @@ from rollout_worker.environment.agents import (
     AgentUnavailableError,
     ClaudeCodeLauncher,
     CodexLauncher,
+    GeminiCliLauncher,
     OpencodeLauncher,
     QwenCodeLauncher,
     get_agent,
@@ -28,7 +29,8 @@ from rollout_worker.environment.agents import (
 from rollout_worker.types import RolloutEndpoint
 
 ENDPOINT = RolloutEndpoint("r-1", "http://127.0.0.1:8080/rollout/r-1/v1", "irl-secret-key", "policy")
-BIG_AGENTS = {"qwen-code": "qwen", "opencode": "opencode", "claude-code": "claude", "codex": "codex"}
+BIG_AGENTS = {"qwen-code": "qwen", "opencode": "opencode", "claude-code": "claude", "codex": "codex",
+              "gemini-cli": "gemini"}
 
 
 class _FakeSandbox:
@@ -46,14 +48,16 @@ def _installed(agent: str) -> bool:
     return (npm_agent_prefix(agent) / "node_modules" / ".bin" / BIG_AGENTS[agent]).exists()
 
 
-def test_specs_name_the_four_launchers():
+def test_specs_name_the_five_launchers():
     assert isinstance(get_agent("qwen-code"), QwenCodeLauncher)
     assert isinstance(get_agent("opencode"), OpencodeLauncher)
     assert isinstance(get_agent("claude-code"), ClaudeCodeLauncher)
     assert isinstance(get_agent("codex"), CodexLauncher)
+    assert isinstance(get_agent("gemini-cli"), GeminiCliLauncher)
 
 
-@pytest.mark.parametrize("launcher", [QwenCodeLauncher, OpencodeLauncher, ClaudeCodeLauncher, CodexLauncher])
+@pytest.mark.parametrize("launcher", [QwenCodeLauncher, OpencodeLauncher, ClaudeCodeLauncher, CodexLauncher,
+                                      GeminiCliLauncher])
 def test_missing_install_is_a_clear_error(launcher, task, tmp_path):
     with pytest.raises(AgentUnavailableError, match="bootstrap"):
         launcher(prefix=tmp_path).prepare(_FakeSandbox(), ENDPOINT, task)
@@ -117,6 +121,20 @@ def test_codex_command(task):
     _no_secret_outside_env(command, ENDPOINT.api_key)
 
 
+def test_gemini_cli_command(task):
+    assert _installed("gemini-cli"), "gemini-cli is not installed: run scripts/bootstrap.sh (make test installs it)"
+    command = GeminiCliLauncher().prepare(_FakeSandbox(), ENDPOINT, task)
+    assert command.argv[1:] == ["--yolo", "-m", "policy", "-p", task.problem_statement]
+    settings = json.loads(command.files["/home/agent/.gemini/settings.json"])
+    assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"  # API key: no Google login
+    assert settings["privacy"]["usageStatisticsEnabled"] is False and settings["telemetry"]["enabled"] is False
+    assert settings["general"]["enableAutoUpdate"] is False and settings["general"]["maxAttempts"] == 1
+    assert settings["model"]["skipNextSpeakerCheck"] is True and settings["experimental"]["enableAgents"] is False
+    assert command.env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:8080/rollout/r-1"  # the SDK adds /v1beta/…
+    assert command.env["GEMINI_API_KEY"] == ENDPOINT.api_key and command.env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    _no_secret_outside_env(command, ENDPOINT.api_key)
+
+
 def _elf_executables_without_exec_bit(prefix: Path) -> list[str]:
     bad = []
     for root, _, files in os.walk(prefix / "node_modules"):
@@ -143,7 +161,8 @@ def test_bundled_binaries_are_executable_by_the_sandbox_user(agent):
 
 # -- real agents in a real sandbox, scripted responder -------------------------------------------------------------
 
-SHELL_TOOL = {"qwen-code": "run_shell_command", "opencode": "bash", "claude-code": "Bash", "codex": "exec_command"}
+SHELL_TOOL = {"qwen-code": "run_shell_command", "opencode": "bash", "claude-code": "Bash", "codex": "exec_command",
+              "gemini-cli": "run_shell_command"}
 # `sleep 1`: qwen-code 0.24.4 settles a headless command on the child's `exit` event, before its stdout pipe is
 # drained; under load a fast command's output is then lost ("Output: (empty)", 2 of 7 runs on 2 busy cores). The
 # sleep keeps this test about the gate, not about that race (docs/agents.md).
@@ -160,8 +179,8 @@ async def _run_scripted(agent: str, make_gate, backend, task):  # noqa: F811
     """Run `agent` in a sandbox; answer its first call with one shell tool call and its second with a final text."""
     if not _installed(agent):
         pytest.fail(f"{agent} is not installed: run scripts/bootstrap.sh")
-    gate = await make_gate(report_truncation=False)
-    rollout = await gate.open_rollout(f"r-{agent}")
+    gate = await make_gate()
+    rollout = await gate.open_rollout(f"r-{agent}", report_truncation=get_agent(agent).report_truncation)
     seen = []
     sb = await backend.create(task, rollout.rollout_id, rollout.endpoint)
     async with sb:
@@ -195,7 +214,7 @@ def _assert_round_trip(agent, seen, proc, edited, dialect):
     assert edited == "hi\n", proc.output_tail()
     first, second = seen
     assert first.dialect == dialect and second.dialect == dialect
-    assert first.stream  # every one of the four streams
+    assert first.stream  # every one of the five streams
     assert SHELL_TOOL[agent] in {t["function"]["name"] for t in first.tools}
     # Our tool call came back (id, name, arguments), then its output: the file it read.
     calls = [c for m in second.messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
@@ -241,6 +260,17 @@ async def test_real_codex_in_sandbox(make_gate, backend, task):  # noqa: F811
     assert {t.get("type", "function") for t in seen[0].raw["tools"]} == {"function"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_real_gemini_cli_in_sandbox(make_gate, backend, task):  # noqa: F811
+    seen, proc, edited = await _run_scripted("gemini-cli", make_gate, backend, task)
+    _assert_round_trip("gemini-cli", seen, proc, edited, "gemini_generate_content")
+    assert "All done: the file is written." in proc.output_tail()
+    first = seen[0]
+    assert first.raw["contents"][-1]["role"] == "user" and first.model == "policy"  # the model from the path
+    assert {"google_web_search", "web_fetch"}.isdisjoint(t["function"]["name"] for t in first.tools)
+
+
 @pytest.fixture
 def docker_backend():
     from rollout_worker.environment.sandbox import get_backend
@@ -261,7 +291,8 @@ def docker_backend():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("agent,dialect", [("qwen-code", "chat_completions"), ("opencode", "chat_completions"),
-                                           ("claude-code", "anthropic_messages"), ("codex", "openai_responses")])
+                                           ("claude-code", "anthropic_messages"), ("codex", "openai_responses"),
+                                           ("gemini-cli", "gemini_generate_content")])
 async def test_real_agents_in_docker(agent, dialect, make_gate, docker_backend, task):  # noqa: F811
     """The container twin: the same round trip with the agent in a `--network none` container (non-root user),
     its install bound read-only from the host."""
