@@ -73,17 +73,18 @@ def vllm_weight_transfer(script: SweTrainArguments, training):
 
 
 def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str,
-                         keep_trajectories: bool = False):
+                         keep_trajectories: bool = False, tasks: list | None = None):
     """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples.
 
     Agent, sandbox and reward names become parts in `rollout_worker.factory`, the one place `rollouts` and `train`
     share. `keep_trajectories` makes the worker publish one record per finished rollout on `worker.trajectories`.
+    `tasks`: loaded already (`train` loads them before it starts the engine), else loaded here.
     """
     from transformers import AutoTokenizer
 
     from rollout_worker.factory import build_episode_runner, build_worker, load_task_options
 
-    tasks = load_task_options(script.task_options, training.seed)
+    tasks = tasks if tasks is not None else load_task_options(script.task_options, training.seed)
     runner = build_episode_runner(script.episode_options, script.episode, script.grading, script.container_grading)
     # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
     # the engine samples exactly as the trainer scores.

@@ -351,12 +351,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
+    from rollout_worker.factory import load_task_options
     from trainer import traces
     from trainer.components import build_rollout_worker, follow_adapter_sync, start_engine
 
+    main_process = PartialState().is_main_process
+    # The task source (it may download) before the model and the engine: a source that fails, fails first.
+    tasks = load_task_options(script.task_options, training.seed) if main_process else None
     model_path = resolve_model_path(script.model_name_or_path)
     reporter = make_progress_callback(run_logging.summary if not verbose else None, log_path)
-    if not PartialState().is_main_process:
+    if not main_process:
         # Under `accelerate launch`, only rank 0 owns the engine and the worker; TRL ignores both on other ranks.
         trainer = build_trainer(args, None, None, reporter=reporter)
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
           f"log: {log_path}", flush=True)
     with start_engine(script, training, model_path) as engine:
         worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
-                                      keep_trajectories=True)
+                                      keep_trajectories=True, tasks=tasks)
         load_worker_state(worker, checkpoint)
         collector = traces.install(worker, training.report_to or [], tokenizer=getattr(worker, "tokenizer", None))
         watch_engine(worker, engine.url)
