@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 STAMP := .venv/.installed
 
-.PHONY: setup test test-fast test-reliability demo bench clean lock lock-upgrade doctor
+.PHONY: setup test test-fast test-reliability demo bench clean lock lock-upgrade doctor synth-tasks
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -41,6 +41,14 @@ test-reliability: setup
 # The fast default selection (what a bare `pytest` runs).
 test-fast: setup
 	$(PYTEST) -p no:cacheprovider
+
+# The shipped synthesized task set (issue #24, docs/synth_tasks.md): every package of the committed manifest from its
+# sdist, its task images built locally and cached, every task validated (gold 1.0, no change 0.0); rewrites the rows
+# (tasks.jsonl) and report.json next to the manifest. Packages already in tasks.jsonl are rebuilt too (same seed, same rows).
+SYNTH_DIR := rollout_worker/environment/tasks/synth/shipped
+synth-tasks: setup
+	bash scripts/docker_up.sh
+	.venv/bin/intercept-rl tasks synth --manifest $(SYNTH_DIR)/manifest.toml --out $(SYNTH_DIR) $(SYNTH_ARGS)
 
 # The demo needs none of the big agent CLIs (make setup installs them): a fresh machine starts it sooner.
 demo:

@@ -14,6 +14,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("local_engine.cli", "serve a model with the local engine (the vLLM API subset we use)"),
     "rollouts": ("rollout_worker.cli", "run agents on tasks through the gate, grade them, write trajectories"),
     "train": ("trainer.train_swe_async_grpo", "train with TRL's AsyncGRPOTrainer (`make demo` on a laptop)"),
+    "tasks": ("rollout_worker.environment.tasks.synth.cli", "synthesize validated SWE-bench-format tasks from "
+              "real Python packages (`tasks synth`)"),
     "grade": ("rollout_worker.grade_cli", "grade a saved SWE-bench test log with the official harness (offline)"),
     "inspect": ("trainer.inspect_page", "a token-level HTML page of a run's rollouts (mask, logprobs, versions)"),
     "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
