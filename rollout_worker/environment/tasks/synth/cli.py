@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -97,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     from rollout_worker.environment.sandbox.docker_io import docker_client
 
     client = docker_client(600)  # one line when there is no engine, before any download
+    from rollout_worker.environment.sandbox.docker_backend import reap_docker_orphans
+
+    reap_docker_orphans(client)  # containers a killed earlier build left behind
+
+    def stop(signum, frame):  # SIGTERM unwinds like Ctrl-C: every container this build started is removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
     return asyncio.run(_build(client, manifest, settings, args))
 

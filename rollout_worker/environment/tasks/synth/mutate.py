@@ -26,6 +26,12 @@ _CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
              ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
 
 
+_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Div: "/", ast.Mod: "%",
+           ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>", ast.Pow: "**", ast.BitXor: "^",
+           ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=", ast.In: "in",
+           ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not"}
+
+
 @dataclass(frozen=True)
 class Mutation:
     """One edit of one file: the lines `start..end` (1-based, inclusive) replaced by `new_lines`."""
@@ -80,6 +86,20 @@ class _Walker(ast.NodeVisitor):
         new_line = head + text + tail
         if new_line != line:
             self._add(operator, node.lineno, node.lineno, (new_line,))
+
+    def _swap_between(self, a: ast.AST, b: ast.AST, old: str, new: str, operator: str) -> None:
+        """Swap the operator token between the operands `a` and `b` (one line), leaving every other character."""
+        if a.end_lineno != b.lineno or a.lineno != b.lineno:
+            return
+        line = self.lines[a.lineno - 1]
+        raw = line.encode("utf-8")
+        segment = raw[a.end_col_offset:b.col_offset].decode("utf-8")
+        if " ".join(segment.strip(" ()\t").split()) != old:
+            return
+        core = segment.strip(" ()\t")
+        new_line = (raw[:a.end_col_offset].decode("utf-8") + segment.replace(core, new, 1)
+                    + raw[b.col_offset:].decode("utf-8"))
+        self._add(operator, a.lineno, a.lineno, (new_line,))
 
     def _drop_lines(self, stmt: ast.stmt, body: list[ast.stmt], operator: str) -> None:
         """Remove a statement that owns its lines; `pass` keeps a body that would be empty valid."""
@@ -183,29 +203,25 @@ class _Walker(ast.NodeVisitor):
     def visit_BinOp(self, node: ast.BinOp) -> None:
         swap = _BINOP_SWAP.get(type(node.op))
         if swap and not _is_string_format(node):
-            self._replace_expr(node, ast.BinOp(left=node.left, op=swap(), right=node.right), "operator")
+            self._swap_between(node.left, node.right, _SYMBOL[type(node.op)], _SYMBOL[swap], "operator")
         self.generic_visit(node)
 
     def visit_Compare(self, node: ast.Compare) -> None:
+        operands = [node.left, *node.comparators]
         for i, op in enumerate(node.ops):
-            swap = _CMP_SWAP.get(type(op))
-            if swap:
-                ops = list(node.ops)
-                ops[i] = swap()
-                self._replace_expr(node, ast.Compare(left=node.left, ops=ops, comparators=node.comparators),
-                                   "comparison")
-            if isinstance(op, (ast.Lt, ast.Gt)):
-                ops = list(node.ops)
-                ops[i] = ast.Gt() if isinstance(op, ast.Lt) else ast.Lt()
-                self._replace_expr(node, ast.Compare(left=node.left, ops=ops, comparators=node.comparators),
-                                   "comparison")
+            swaps = [_CMP_SWAP.get(type(op))] + ([ast.Gt if isinstance(op, ast.Lt) else ast.Lt]
+                                                 if isinstance(op, (ast.Lt, ast.Gt)) else [])
+            for swap in swaps:
+                if swap:
+                    self._swap_between(operands[i], operands[i + 1], _SYMBOL[type(op)], _SYMBOL[swap], "comparison")
         for comparator in [node.left, *node.comparators]:
             self._off_by_one(comparator)
         self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
-        other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
-        self._replace_expr(node, ast.BoolOp(op=other, values=node.values), "boolean")
+        old, new = ("and", "or") if isinstance(node.op, ast.And) else ("or", "and")
+        for a, b in zip(node.values, node.values[1:]):
+            self._swap_between(a, b, old, new, "boolean")
         for i in range(len(node.values)):
             rest = node.values[:i] + node.values[i + 1:]
             new = rest[0] if len(rest) == 1 else ast.BoolOp(op=node.op, values=rest)
