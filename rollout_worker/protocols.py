@@ -58,7 +58,8 @@ class EpisodeRunner(Protocol):
 
 
 class Grader(Protocol):
-    """What the runner needs from the grader (rollout_worker.environment.grading.Grader fits)."""
+    """What the runner needs from the grader (`FailPassGrader`, `SweBenchContainerGrader`, `HarborContainerGrader` and
+    `ImageAwareGrader` fit)."""
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         """Grade the repository the agent left. Infrastructure failures are `scorable=False`, never reward 0."""

@@ -9,7 +9,7 @@ each sampled turn tagged with the policy version that produced it. Hovering a to
 log-prob and version. Filters: task, end reason, reward range, trained only.
 
 Fast on long rollouts: the token data rides in the page as JSON and a rollout is rendered only when opened (one
-`innerHTML` per row; a 160k-token rollout renders in well under a second, measured in docs/inspect.md). Open rollouts
+`innerHTML` per row; a 160k-token rollout renders in well under a second, measured in docs/demo.md). Open rollouts
 from the URL: `page.html#open=all` or `#open=3`; the hash also presets the filters
 (`#end=budget&rmin=0.5&trained=1`, `task=…`, `rmax=…`).
 """
