@@ -85,8 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: intercept-rl tasks synth --out DIR [--manifest M | --package NAME==VERSION ...]\n\n"
               "`intercept-rl tasks synth --help` lists the options.")
         return 0
+    if argv[0] == "table" and len(argv) == 2:  # the docs' per-package table of a built set
+        from rollout_worker.environment.tasks.synth.table import markdown
+
+        if not (Path(argv[1]) / "tasks.jsonl").is_file():
+            raise SynthInputError(f"{argv[1]!r} holds no tasks.jsonl")
+        print(markdown(Path(argv[1])), end="")
+        return 0
     if argv[0] != "synth":
-        raise SynthInputError(f"unknown tasks command {argv[0]!r} (known: synth)")
+        raise SynthInputError(f"unknown tasks command {argv[0]!r} (known: synth, table DIR)")
     args = _parser().parse_args(argv[1:])
     manifest = _manifest(args)
     if args.limit is not None and args.limit < 1:

@@ -113,6 +113,9 @@ async def synth_package(client: Any, spec: PackageSpec, settings: SynthSettings,
             else:
                 same_failures[frozenset(failing)] += 1
                 kept.append(_Kept(group, failing, result.messages))
+            logger.info("%s: mutant %d (%s) %s, %d failing, %.1f s", spec.name, report.tried,
+                        "+".join(m.operator for m in group), "kept" if kept and kept[-1].mutations is group else
+                        "dropped", len(failing), result.seconds)
 
         for m in singles:
             if len(kept) >= singles_cap:

@@ -1,0 +1,65 @@
+"""`intercept-rl tasks synth` refuses bad input in one line before it downloads, builds or writes anything
+(issue #24); the shipped manifest loads and the shipped rows load as image tasks in SWE-bench's schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import intercept_rl_cli
+from rollout_worker.environment.tasks import load_tasks
+from rollout_worker.environment.tasks.synth.manifest import SHIPPED_MANIFEST, SHIPPED_ROWS, load_manifest
+
+
+@pytest.mark.parametrize(("args", "manifest", "says"), [
+    (["--package", "toolz"], None, "expected NAME==VERSION"),
+    (["--package", "toolz==1.0.0"], None, "--package needs --source and --tests"),
+    (["--package", "toolz==1.0.0", "--source", "t/*.py", "--tests", "t", "--manifest", "m.toml"], None,
+     "not both"),
+    (["--only", "nope"], None, "'nope' is not in the manifest"),
+    (["--limit", "0"], None, "--limit must be >= 1"),
+    (["--limit", "x"], None, "invalid int value"),
+    ([], "[synth]\nseed = 'x'\n[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\n",
+     "[synth].seed: expected int"),
+    ([], "[[package]]\nname='a'\nversion='latest'\nsource=['a.py']\ntests=['t']\n", "is not a pinned version"),
+    ([], "[[package]]\nname='a'\nversion='1'\ntests=['t']\n", "missing 'source'"),
+    ([], "[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\ncolour='red'\n", "unknown key 'colour'"),
+    ([], "[synth]\nseed = 1\n", "no [[package]] entries"),
+    ([], "not toml [", "not valid TOML"),
+])
+def test_bad_input_is_one_line_before_anything_is_written(tmp_path, capsys, args, manifest, says):
+    out = tmp_path / "out"
+    argv = ["tasks", "synth", "--out", str(out), *args]
+    if manifest is not None:
+        (tmp_path / "m.toml").write_text(manifest)
+        argv += ["--manifest", str(tmp_path / "m.toml")]
+    assert intercept_rl_cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("intercept-rl tasks: ") and says in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_missing_out_and_unknown_subcommand(capsys):
+    assert intercept_rl_cli.main(["tasks", "synth"]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert intercept_rl_cli.main(["tasks", "build"]) == 1
+    assert "unknown tasks command 'build'" in capsys.readouterr().err
+
+
+def test_the_shipped_manifest_and_rows_load():
+    manifest = load_manifest(SHIPPED_MANIFEST)
+    assert len(manifest.packages) >= 8 and manifest.settings.seed == 24
+    if not SHIPPED_ROWS.exists():
+        pytest.skip("no shipped rows yet")
+    rows = [json.loads(line) for line in SHIPPED_ROWS.read_text().splitlines()]
+    tasks = load_tasks(str(SHIPPED_ROWS), image_template=None)
+    assert len(tasks) == len(rows) > 0
+    for task, row in zip(tasks, rows):
+        assert task.image and task.image.startswith("intercept-rl-synth/") and task.repo_dir is None
+        assert task.FAIL_TO_PASS and not set(task.FAIL_TO_PASS) & set(task.PASS_TO_PASS)
+        assert task.test_patch == "" and task.patch.startswith("diff --git ")
+        assert task.extra["test_cmd"].startswith("python -m pytest ")
+        removed = [line[1:].strip() for line in task.patch.splitlines()
+                   if line.startswith(("-", "+")) and not line.startswith(("---", "+++")) and len(line.strip()) > 12]
+        assert not any(line in task.problem_statement for line in removed), task.instance_id  # never the diff
