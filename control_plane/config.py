@@ -79,7 +79,7 @@ class GateConfig:
             "help": "Tell the agent when a reply was cut by the token limit (chat `length`, Anthropic `max_tokens`, "
             "Responses `incomplete`, Gemini `MAX_TOKENS`). Unset (the default): as the rollout's agent declares "
             "(each launcher's `report_truncation`: off for the CLIs that abort or retry a cut turn: codex, "
-            "claude-code, qwen-code, gemini-cli; on for the others). true/false: the same for every agent, overriding "
+            "claude-code, qwen-code; on for the others). true/false: the same for every agent, overriding "
             "that. Off reports a cut reply as a normal end of turn; the trajectory is unaffected either way."
         },
     )

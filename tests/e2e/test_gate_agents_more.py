@@ -128,7 +128,8 @@ def test_gemini_cli_command(task):
     settings = json.loads(command.files["/home/agent/.gemini/settings.json"])
     assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"  # API key: no Google login
     assert settings["privacy"]["usageStatisticsEnabled"] is False and settings["telemetry"]["enabled"] is False
-    assert settings["general"]["enableAutoUpdate"] is False and settings["general"]["maxAttempts"] == 1
+    assert settings["general"]["enableAutoUpdate"] is False and settings["tools"]["exclude"] == [
+        "google_web_search", "web_fetch"]
     assert settings["model"]["skipNextSpeakerCheck"] is True and settings["experimental"]["enableAgents"] is False
     assert command.env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:8080/rollout/r-1"  # the SDK adds /v1beta/…
     assert command.env["GEMINI_API_KEY"] == ENDPOINT.api_key and command.env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"

@@ -25,7 +25,7 @@ from rollout_worker.worker import RolloutWorker
 
 # What each CLI declares, and why (each launcher's comment): False where a reported cut turn made the CLI exit,
 # retry or re-send it (measured, docs/agents.md), True where it carries on.
-DECLARED = {"codex": False, "claude-code": False, "qwen-code": False, "gemini-cli": False, "opencode": True,
+DECLARED = {"codex": False, "claude-code": False, "qwen-code": False, "gemini-cli": True, "opencode": True,
             "pi": True, "mini-swe-agent": True, "single-shot": True}
 
 

@@ -18,8 +18,9 @@ Configured by env and `~/.gemini/settings.json` in the sandbox home; the key is 
   sub-agent is a second conversation: each would be a fork).
 - `tools.exclude = [google_web_search, web_fetch]`: the web tools call the model with Google-hosted tools (the gate
   refuses them) or fetch URLs; the sandbox has no network anyway.
-- `general.maxAttempts = 1`, `general.retryFetchErrors = false`: no retries (a failed turn ends the rollout instead
-  of re-sending it), as for Codex.
+- Retries stay at the CLI's defaults (`general.maxAttempts` 10, up to 4 for a reply it finds invalid): 0.61.0 treats
+  a reply with no text and no call (empty, whitespace, or thoughts only — with `MAX_TOKENS` or `STOP` alike) as an
+  invalid stream and asks again; with retries off that would end the rollout as agent_error instead of a fork.
 - `tools.shell.enableInteractiveShell = false`: commands run through child_process, not node-pty (whose native
   build bootstrap does not run: npm install scripts are off).
 - `GEMINI_CLI_NO_RELAUNCH=true`: one process (it otherwise re-spawns itself with a larger heap).
@@ -44,8 +45,7 @@ if TYPE_CHECKING:
 
 SETTINGS = {
     "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": False}},
-    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False, "maxAttempts": 1,
-                "retryFetchErrors": False},
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
     "privacy": {"usageStatisticsEnabled": False},
     "telemetry": {"enabled": False},
     "model": {"skipNextSpeakerCheck": True, "disableLoopDetection": True},
@@ -63,9 +63,10 @@ class GeminiCliLauncher:
     prefix: Path = field(default_factory=lambda: npm_agent_prefix("gemini-cli"),
                          metadata={"help": "npm prefix holding Gemini CLI."})
     name: str = "gemini-cli"
-    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): as an end of turn;
-    # 0.61.0 turns a MAX_TOKENS reply without text into an error and re-sends the turn with a nudge (a fork).
-    report_truncation: ClassVar[bool] = False
+    # How this CLI wants a turn the token limit cut (GateConfig.report_truncation unset): reported; 0.61.0 ends a
+    # MAX_TOKENS turn that has text like a STOP one (measured: 2 of 2 rollouts completed with 1024-token cut turns
+    # reported), and asks again after a reply with no text whatever the finish reason, so reporting changes nothing.
+    report_truncation: ClassVar[bool] = True
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         gemini = npm_bin(self.prefix, "gemini", self.name)
