@@ -51,8 +51,9 @@ def env_image_tag(spec: PackageSpec, requirements: list[str]) -> str:
     return f"intercept-rl-synth/env-{spec.slug}:{spec.version}-{digest.hexdigest()[:10]}"
 
 
-def task_image_tag(spec: PackageSpec, instance_id: str) -> str:
-    return f"intercept-rl-synth/{spec.slug}:{instance_id.split('__', 1)[-1].lower()}"
+def task_image_tag(spec: PackageSpec, instance_id: str, commit: str) -> str:
+    """The task's tag: its id and its commit (another seed's task of the same id never takes this tag)."""
+    return f"intercept-rl-synth/{spec.slug}:{instance_id.split('__', 1)[-1].lower()}-{commit[:12]}"
 
 
 def image_exists(client: Any, tag: str) -> bool:
@@ -117,19 +118,22 @@ def git_repository(tree: Path, message: str) -> str:
     return git("rev-parse", "HEAD")
 
 
-def build_task_image(client: Any, env_tag: str, mutated_tree: Path, tag: str, message: str, work: Path) -> str:
-    """The task image from a directory holding the mutated source (consumed); its base commit."""
+def build_task_image(client: Any, env_tag: str, mutated_tree: Path, spec: PackageSpec, instance_id: str,
+                     work: Path) -> tuple[str, str]:
+    """The task image from a directory holding the mutated source (consumed): (its tag, its base commit)."""
     context = work / "task-context"
     shutil.rmtree(context, ignore_errors=True)
     context.mkdir(parents=True)
     shutil.move(str(mutated_tree), context / "testbed")
     for junk in list((context / "testbed").rglob("__pycache__")) + list((context / "testbed").rglob("*.py[co]")):
         shutil.rmtree(junk, ignore_errors=True) if junk.is_dir() else junk.unlink(missing_ok=True)
-    commit = git_repository(context / "testbed", message)
-    (context / "Dockerfile").write_text(_TASK_DOCKERFILE.format(env=env_tag))
-    _build(client, context, tag)
+    commit = git_repository(context / "testbed", f"{spec.name} {spec.version}")
+    tag = task_image_tag(spec, instance_id, commit)
+    if not image_exists(client, tag):
+        (context / "Dockerfile").write_text(_TASK_DOCKERFILE.format(env=env_tag))
+        _build(client, context, tag)
     shutil.rmtree(context, ignore_errors=True)
-    return commit
+    return tag, commit
 
 
 # The leak check runs inside a container of the task image: every regular file outside /proc, /sys and /dev whose

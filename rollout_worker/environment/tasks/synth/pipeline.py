@@ -149,8 +149,7 @@ async def _emit(client: Any, spec: PackageSpec, settings: SynthSettings, env: st
         shutil.copytree(tree, copy)
         for p, text in mutated.items():
             (copy / p).write_text(text, encoding="utf-8")
-        tag = images.task_image_tag(spec, instance_id)
-        commit = images.build_task_image(client, env, copy, tag, f"{spec.name} {spec.version}", work)
+        tag, commit = images.build_task_image(client, env, copy, spec, instance_id, work)
         row = rows.make_row(spec, instance_id=instance_id, image=tag, base_commit=commit,
                             patch=rows.revert_patch(mutated, {p: originals[p] for p in touched}),
                             fail_to_pass=sorted(item.failing), pass_to_pass=sorted(reliable - item.failing),
