@@ -47,12 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tests", action="append", default=[], help="test path given to pytest (repeatable)")
     p.add_argument("--import-root", default=".", help="where the package imports from (`src` for src layouts)")
     p.add_argument("--test-dep", action="append", default=[], help="pinned test dependency (repeatable)")
+    p.add_argument("--pytest-arg", action="append", default=[], help="extra pytest argument (repeatable; e.g. "
+                   "--pytest-arg=-o --pytest-arg=addopts= where the package's config wants plugins)")
     p.add_argument("--only", default="", help="comma-separated package names of the manifest to build")
     p.add_argument("--out", type=Path, required=True, help="output directory (tasks.jsonl, report.json)")
     p.add_argument("--limit", type=int, help="tasks kept per package at most (overrides the manifest's numbers)")
     p.add_argument("--seed", type=int, help="mutation seed (default: the manifest's)")
     p.add_argument("--no-validate", action="store_true", help="skip the gold/no-change validation (not for sets "
                    "you ship)")
+    p.add_argument("--images-only", action="store_true", help="only build the images that DIR/tasks.jsonl names "
+                   "and that are missing (from the sdists and the rows' patches; no screening, no validation)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -67,7 +71,8 @@ def _manifest(args: argparse.Namespace) -> Manifest:
             raise SynthInputError("--package needs --source and --tests")
         name, version = args.package.split("==", 1)
         spec = package_from({"name": name, "version": version, "source": args.source, "tests": args.tests,
-                             "import_root": args.import_root, "test_deps": args.test_dep}, "--package")
+                             "import_root": args.import_root, "test_deps": args.test_dep,
+                             "pytest_args": args.pytest_arg}, "--package")
         return Manifest(SynthSettings(), (spec,))
     manifest = load_manifest(args.manifest or SHIPPED_MANIFEST)
     if args.only:
@@ -114,7 +119,24 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    if args.images_only:
+        return _images_only(client, manifest, args.out)
     return asyncio.run(_build(client, manifest, settings, args))
+
+
+def _images_only(client, manifest: Manifest, out: Path) -> int:
+    from rollout_worker.environment.tasks.synth.rebuild import build_missing_images
+
+    if not (out / "tasks.jsonl").is_file():
+        raise SynthInputError(f"--images-only: {out / 'tasks.jsonl'} does not exist")
+    rows = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines() if line.strip()]
+    work = Path(tempfile.mkdtemp(prefix="irl-synth-images-"))
+    try:
+        counts = build_missing_images(client, manifest, rows, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(counts))
+    return 0 if counts["failed"] == 0 else 1
 
 
 async def _build(client, manifest: Manifest, settings: SynthSettings, args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ class PackageSpec:
     exclude: tuple[str, ...] = ()
     import_root: str = "."  # where the package imports from, relative to /testbed (`src` for src layouts)
     test_deps: tuple[str, ...] = ()  # pinned requirements installed from wheels into the image
+    pytest_args: tuple[str, ...] = ()  # extra pytest arguments (e.g. `-o addopts=` where the config wants coverage)
 
     @property
     def slug(self) -> str:
@@ -64,7 +65,7 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 def package_from(data: dict[str, Any], where: str) -> PackageSpec:
-    known = {"name", "version", "source", "tests", "exclude", "import_root", "test_deps"}
+    known = {"name", "version", "source", "tests", "exclude", "import_root", "test_deps", "pytest_args"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SynthInputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -83,7 +84,9 @@ def package_from(data: dict[str, Any], where: str) -> PackageSpec:
                        tests=_strings(data["tests"], f"{where}.tests"),
                        exclude=_strings(data.get("exclude", []), f"{where}.exclude") if data.get("exclude") else (),
                        import_root=root,
-                       test_deps=_strings(data["test_deps"], f"{where}.test_deps") if data.get("test_deps") else ())
+                       test_deps=_strings(data["test_deps"], f"{where}.test_deps") if data.get("test_deps") else (),
+                       pytest_args=_strings(data["pytest_args"], f"{where}.pytest_args")
+                       if data.get("pytest_args") else ())
 
 
 def settings_from(data: dict[str, Any]) -> SynthSettings:

@@ -30,7 +30,8 @@ PYTEST_FLAGS = "--no-header -rA --tb=no -p no:cacheprovider"
 
 def test_command(spec: PackageSpec) -> str:
     """The command that runs the package's suite: the same in screening and in the rows (`test_cmd`)."""
-    return " ".join(["python -m pytest", PYTEST_FLAGS, *(shlex.quote(t) for t in spec.tests)])
+    return " ".join(["python -m pytest", PYTEST_FLAGS, *(shlex.quote(a) for a in spec.pytest_args),
+                     *(shlex.quote(t) for t in spec.tests)])
 
 
 test_command.__test__ = False  # type: ignore[attr-defined]
