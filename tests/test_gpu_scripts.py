@@ -295,3 +295,17 @@ def test_modal_recipe_serves_vllm_with_the_training_flags(monkeypatch):
     monkeypatch.setenv("INTERCEPT_RL_WEIGHT_SYNC", "nccl")
     with pytest.raises(SystemExit, match="disk or lora"):
         load("modal_vllm")
+
+
+def test_production_serves_eager_by_default_and_benches_with_logprobs_on_both_sides():
+    """production.sh: vLLM keeps --enforce-eager unless VLLM_EAGER=0 (CUDA graphs, docs/gpu.md 2026-12-07), and the
+    bench stage compares gated with raw chat that pays for logprobs too, unless RAW_LOGPROBS=0."""
+    script = (GPU_DIR / "production.sh").read_text()
+    assert "local eager=(--enforce-eager)" in script
+    assert '[[ "${VLLM_EAGER:-1}" == 0 ]] && eager=()' in script and '"${eager[@]}"' in script
+    assert 'if [[ "$stage" == bench ]]' in script
+    assert '[[ "${RAW_LOGPROBS:-1}" == 1 ]] && logprobs=(--raw-logprobs)' in script
+    module = load("bench_gate_vs_raw")
+    args = module.build_parser().parse_args(["--model-dir", "/m", "--modes", "raw", "gated", "raw", "gated",
+                                             "--raw-logprobs", "--deadline-s", "130"])
+    assert args.raw_logprobs and args.modes == ["raw", "gated", "raw", "gated"]
