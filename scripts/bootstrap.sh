@@ -19,6 +19,7 @@ need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v git >/dev/null || need_apt+=(git)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)  # the tests lint the shell scripts (space_app/*.sh)
+command -v strace >/dev/null || need_apt+=(strace)  # the offline check of gemini-cli traces its network calls
 if [[ "${INTERCEPT_RL_NO_BROWSER:-0}" != 1 ]] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if ((${#need_apt[@]})); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
