@@ -103,7 +103,8 @@ class SuiteRunner:
         started = time.monotonic()
         cmd = f"cd {WORKDIR} && timeout -k 5 {limit} {test_command(self.spec)}"
         log, code = await exec_output(self.client, self.container.id, ["bash", "-c", cmd], limit + 60, "test run",
-                                      environment={"PYTHONDONTWRITEBYTECODE": "1"})
+                                      # a wide terminal: pytest cuts each summary line's message to its width
+                                      environment={"PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"})
         status, messages = parse(log)
         return RunResult(status=status, messages=messages, exit_code=code,
                          seconds=round(time.monotonic() - started, 2), timed_out=code in (124, 137))
