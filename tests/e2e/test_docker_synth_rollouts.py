@@ -11,7 +11,7 @@ import torch
 from local_engine.embedded import ensure_tiny_model
 from rollout_worker.environment.tasks.synth.manifest import SHIPPED_ROWS
 from tests.e2e.test_rollouts_e2e import _rollouts, _teacher_forced
-from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 
 pytestmark = pytest.mark.slow
 ORACLE_TASKS = 10
@@ -34,6 +34,8 @@ def rows(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in ordered))
     yield path, ordered
     assert [c.name for c in sandbox_containers(client) if c.labels["intercept-rl.sandbox"].startswith("sb-")] == []
+    for row in ordered:  # the history-free images the agents' containers were started from (the task images stay)
+        remove_history_images(client, row["image"])
 
 
 def test_oracle_resolves_synthesized_tasks_and_noop_none(tmp_path, rows):
