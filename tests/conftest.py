@@ -1,5 +1,6 @@
 """Fixtures shared across the test folders (each folder's conftest.py adds its own)."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -69,3 +70,31 @@ def engine(tiny_model_dir):
 
     with LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) as proc:
         yield proc
+
+
+_RESULTS: list[tuple[str, str, float, list[str]]] = []
+
+
+# `make test-reliability`'s summary table (here, not in tests/reliability/conftest.py: a directory's conftest sees only
+# its own tests' reports, and the run includes tests/worker/environment/test_docker_leaks.py).
+def pytest_runtest_logreport(report):
+    """Each test's outcome, time and the figures it printed, for the full run's summary table."""
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        printed = [line.strip() for line in report.capstdout.splitlines() if line.strip()]
+        _RESULTS.append((report.nodeid, report.outcome, report.duration, printed))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """`make test-reliability` ends with one table: every full-scale piece, its outcome, time and figures."""
+    if os.environ.get("RELIABILITY_FULL") != "1" or not _RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("| test | outcome | seconds | figures |")
+    write("|---|---|---|---|")
+    for nodeid, outcome, seconds, printed in _RESULTS:
+        figures = " / ".join(printed[-3:]).replace("|", "\\|")[:600]
+        path, _, name = nodeid.partition("::")
+        write(f"| {path.rsplit('/', 1)[-1]}::{name} | {outcome} | {seconds:.0f} | {figures} |")
+    write(f"total: {sum(r[2] for r in _RESULTS):.0f} s of tests; "
+          f"{sum(r[1] == 'passed' for r in _RESULTS)} passed, {sum(r[1] != 'passed' for r in _RESULTS)} not")
