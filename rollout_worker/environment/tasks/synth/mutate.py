@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 OPERATORS = ("operator", "comparison", "boolean", "off_by_one", "constant", "invert_condition", "drop_condition",
@@ -63,13 +63,13 @@ def overlaps(a: Mutation, b: Mutation) -> bool:
 class _Walker(ast.NodeVisitor):
     """Collects candidate mutations of one module; `scope` tracks the enclosing def/class for `Mutation.function`."""
 
-    def __init__(self, path: str, source: str):
-        self.path, self.source = path, source
+    def __init__(self, path: str, source: str, check: bool = True):
+        self.path, self.source, self.check = path, source, check
         self.lines = source.splitlines(keepends=True)
         self.scope: list[str] = []
         self.found: list[Mutation] = []
         self.skip: set[int] = set()  # ids of nodes never mutated (docstrings, annotations)
-        self.base_dump = ast.dump(ast.parse(source))
+        self.base_dump = ast.dump(ast.parse(source)) if check else ""
 
     # -- text edits ------------------------------------------------------------------------------------------------
     def _replace_expr(self, node: ast.AST, new: ast.AST, operator: str) -> None:
@@ -113,11 +113,8 @@ class _Walker(ast.NodeVisitor):
         self._add(operator, stmt.lineno, stmt.end_lineno, keep)
 
     def _add(self, operator: str, start: int, end: int, new_lines: tuple[str, ...]) -> None:
-        mutated = apply(self.source, [Mutation(self.path, operator, start, end, new_lines, "")])
-        try:
-            if ast.dump(ast.parse(mutated)) == self.base_dump:
-                return
-        except SyntaxError:
+        if self.check and not changes_code(self.source, self.base_dump,
+                                           Mutation(self.path, operator, start, end, new_lines, "")):
             return
         self.found.append(Mutation(self.path, operator, start, end, new_lines, ".".join(self.scope) or "<module>"))
 
@@ -267,6 +264,14 @@ class _Walker(ast.NodeVisitor):
             self._replace_expr(node, ast.BinOp(left=node, op=ast.Add(), right=ast.Constant(1)), "off_by_one")
 
 
+def changes_code(source: str, base_dump: str, mutation: Mutation) -> bool:
+    """Whether the mutation parses and changes the module's AST (`base_dump`: `ast.dump` of the original)."""
+    try:
+        return ast.dump(ast.parse(apply(source, [mutation]))) != base_dump
+    except SyntaxError:
+        return False
+
+
 def _stands_alone(head: str, tail: str) -> bool:
     """Whether an expression between `head` and `tail` on its line is a whole clause (needs no parentheses)."""
     before, after = head.rstrip(), tail.lstrip()
@@ -287,9 +292,10 @@ def _is_string_format(node: ast.BinOp) -> bool:
         isinstance(getattr(node.left, "value", None), str)
 
 
-def candidates(path: str, source: str) -> list[Mutation]:
-    """Every single mutation of one module, in source order (deduplicated by their edit)."""
-    walker = _Walker(path, source)
+def candidates(path: str, source: str, check: bool = True) -> list[Mutation]:
+    """Every single mutation of one module, in source order (deduplicated by their edit). `check=False` leaves the
+    parse check to the caller (`changes_code`, for the ones it uses: a large module has thousands of candidates)."""
+    walker = _Walker(path, source, check)
     walker.visit(ast.parse(source))
     seen, out = set(), []
     for m in sorted(walker.found, key=lambda m: (m.start, m.end, m.operator, m.new_lines)):
@@ -299,8 +305,10 @@ def candidates(path: str, source: str) -> list[Mutation]:
     return out
 
 
-def sample(pool: list[Mutation], count: int, rng: random.Random) -> list[Mutation]:
-    """`count` mutations spread over the operators: round-robin over operator buckets, each shuffled by `rng`."""
+def sample(pool: list[Mutation], count: int, rng: random.Random,
+           ok: Callable[[Mutation], bool] | None = None) -> list[Mutation]:
+    """`count` mutations spread over the operators: round-robin over operator buckets, each shuffled by `rng`; those
+    `ok` refuses are skipped."""
     buckets: dict[str, list[Mutation]] = {}
     for m in pool:
         buckets.setdefault(m.operator, []).append(m)
@@ -310,7 +318,9 @@ def sample(pool: list[Mutation], count: int, rng: random.Random) -> list[Mutatio
     while len(chosen) < count and any(buckets.values()):
         for name in order:
             if buckets[name] and len(chosen) < count:
-                chosen.append(buckets[name].pop())
+                m = buckets[name].pop()
+                if ok is None or ok(m):
+                    chosen.append(m)
     return chosen
 
 

@@ -5,6 +5,7 @@ copies of the unmutated source. Every mutant tried is counted, kept or dropped w
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import logging
 import random
@@ -91,8 +92,10 @@ async def synth_package(client: Any, spec: PackageSpec, settings: SynthSettings,
             raise SynthInputError(f"{spec.name}: no test passes reliably in its image "
                                   f"(exit {first.exit_code}, {len(first.status)} results)")
         timeout = max(30.0, 5 * report.baseline_s)
-        pool = [m for p in files for m in mutate.candidates(p, originals[p])]
-        singles = mutate.sample(pool, settings.max_mutants_tried, rng)
+        pool = [m for p in files for m in mutate.candidates(p, originals[p], check=False)]
+        dumps = {p: ast.dump(ast.parse(originals[p])) for p in files}
+        singles = mutate.sample(pool, settings.max_mutants_tried, rng,
+                                ok=lambda m: mutate.changes_code(originals[m.path], dumps[m.path], m))
         same_failures: Counter = Counter()
 
         async def screen_one(group: list[mutate.Mutation]) -> None:
