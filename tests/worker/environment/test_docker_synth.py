@@ -82,3 +82,22 @@ def test_no_copy_of_the_unmutated_source_in_the_images(synthesized):
                                                      "--count"], network_mode="none", remove=True)
         assert count.decode().strip() == "1"
     assert _mine(client) == []
+
+
+def test_images_are_rebuilt_from_the_rows_alone(synthesized, tmp_path):
+    """What a fresh machine does with committed rows: the missing image rebuilt from the sdist and the row's patch,
+    at the row's tag and base commit."""
+    from rollout_worker.environment.tasks.synth.manifest import Manifest
+    from rollout_worker.environment.tasks.synth.rebuild import build_missing_images
+
+    client, report, _ = synthesized
+    row = report.rows[0]
+    remove_history_images(client, row["image"])
+    client.images.remove(row["image"], noprune=False)
+    counts = build_missing_images(client, Manifest(SETTINGS, (SPEC,)), report.rows, tmp_path)
+    assert counts == {"present": len(report.rows) - 1, "built": 1, "failed": 0}
+    assert images.image_exists(client, row["image"])
+    head = client.containers.run(row["image"], ["git", "-c", "safe.directory=*", "rev-parse", "HEAD"],
+                                 network_mode="none", remove=True)
+    assert head.decode().strip() == row["base_commit"]
+    assert _mine(client) == []
