@@ -61,5 +61,5 @@ def test_the_shipped_manifest_and_rows_load():
         assert task.test_patch == "" and task.patch.startswith("diff --git ")
         assert task.extra["test_cmd"].startswith("python -m pytest ")
         removed = [line[1:].strip() for line in task.patch.splitlines()
-                   if line.startswith(("-", "+")) and not line.startswith(("---", "+++")) and len(line.strip()) > 12]
+                   if line.startswith(("-", "+")) and not line.startswith(("---", "+++")) and len(line[1:].strip()) > 12]
         assert not any(line in task.problem_statement for line in removed), task.instance_id  # never the diff
