@@ -172,7 +172,8 @@ async def _packages(client, manifest, settings, args, work, rows, reports, start
             print(f"intercept-rl tasks synth: {spec.name}: {exc}", file=sys.stderr)
             reports[spec.name] = {"package": spec.name, "version": spec.version, "error": str(exc)}
             continue
-        rows = {k: v for k, v in rows.items() if v.get("synth", {}).get("package") != spec.name}
+        for key in [k for k, v in rows.items() if v.get("synth", {}).get("package") == spec.name]:
+            del rows[key]  # in place: the caller counts the rows
         rows.update({r["instance_id"]: r for r in report.rows})
         reports[spec.name] = report.as_json()
         rows_path.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))

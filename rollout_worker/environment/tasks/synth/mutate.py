@@ -48,9 +48,16 @@ class Mutation:
         return f"{self.path}:{self.start}-{self.end}:{self.operator}:{hash(self.new_lines) & 0xFFFFFFFF:08x}"
 
 
+def lines_of(source: str) -> list[str]:
+    """The lines as the AST numbers them: split at '\n' only (`str.splitlines` also splits at form feeds and
+    Unicode line separators, which would shift every line number after one)."""
+    parts = source.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
 def apply(source: str, mutations: list[Mutation]) -> str:
     """`source` with the mutations (of one file, non-overlapping) applied, bottom-up so line numbers hold."""
-    lines = source.splitlines(keepends=True)
+    lines = lines_of(source)
     for m in sorted(mutations, key=lambda m: m.start, reverse=True):
         lines[m.start - 1:m.end] = list(m.new_lines)
     return "".join(lines)
@@ -65,7 +72,7 @@ class _Walker(ast.NodeVisitor):
 
     def __init__(self, path: str, source: str, check: bool = True):
         self.path, self.source, self.check = path, source, check
-        self.lines = source.splitlines(keepends=True)
+        self.lines = lines_of(source)
         self.scope: list[str] = []
         self.found: list[Mutation] = []
         self.skip: set[int] = set()  # ids of nodes never mutated (docstrings, annotations)
