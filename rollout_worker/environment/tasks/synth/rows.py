@@ -11,20 +11,39 @@ import re
 from typing import Any
 
 from rollout_worker.environment.tasks.synth.manifest import PackageSpec
+from rollout_worker.environment.tasks.synth.mutate import lines_of
 
 MAX_LISTED_FAILURES = 5
 MAX_MESSAGE_CHARS = 240
 
 
+def _range(start: int, stop: int) -> str:
+    length = stop - start
+    return f"{start + 1}" if length == 1 else f"{start + (length > 0)},{length}"
+
+
+def _line(mark: str, line: str) -> str:
+    return mark + line if line.endswith("\n") else f"{mark}{line}\n\\ No newline at end of file\n"
+
+
 def revert_patch(mutated: dict[str, str], original: dict[str, str]) -> str:
-    """A `git apply`-able diff turning the mutated files back into the originals (paths relative to /testbed)."""
+    """A `git apply`-able diff turning the mutated files back into the originals (paths relative to /testbed).
+    Lines split at '\n' only, and no junk heuristic (`difflib.unified_diff`'s can make a one-token change a
+    300-line hunk in a long file)."""
     out = []
     for path in sorted(original):
-        before, after = mutated[path].splitlines(keepends=True), original[path].splitlines(keepends=True)
-        if before == after:
+        a, b = lines_of(mutated[path]), lines_of(original[path])
+        if a == b:
             continue
-        out.append(f"diff --git a/{path} b/{path}\n")
-        out.extend(difflib.unified_diff(before, after, f"a/{path}", f"b/{path}", n=3))
+        out += [f"diff --git a/{path} b/{path}\n", f"--- a/{path}\n", f"+++ b/{path}\n"]
+        for group in difflib.SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(3):
+            out.append(f"@@ -{_range(group[0][1], group[-1][2])} +{_range(group[0][3], group[-1][4])} @@\n")
+            for tag, i1, i2, j1, j2 in group:
+                if tag == "equal":
+                    out += [_line(" ", line) for line in a[i1:i2]]
+                    continue
+                out += [_line("-", line) for line in a[i1:i2]] if tag in ("replace", "delete") else []
+                out += [_line("+", line) for line in b[j1:j2]] if tag in ("replace", "insert") else []
     return "".join(out)
 
 
