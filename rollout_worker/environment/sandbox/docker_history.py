@@ -22,13 +22,13 @@ from typing import Any
 
 from rollout_worker.environment.sandbox.base import SandboxError
 
-SCRUB_VERSION = "1"  # bump when the script changes: derived images are keyed by it
+SCRUB_VERSION = "2"  # bump when the script changes: derived images are keyed by it
 REPOSITORY = "intercept-rl-history"
 SOURCE_LABEL = "intercept-rl.history-of"
 
 _SCRIPT = r"""
 set -eu
-cd "$1"
+cd "$1" 2>/dev/null || { echo no-repository; exit 0; }  # the sandbox makes its workdir: nothing to clean
 base="$2"
 [ -e .git ] || { echo no-git; exit 0; }
 command -v git >/dev/null || { echo "the image has a repository but no git to clean its history" >&2; exit 5; }

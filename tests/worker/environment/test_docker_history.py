@@ -119,3 +119,12 @@ def test_an_image_not_at_its_base_commit_is_refused_clearly(future_image):
     client, _ = future_image
     with pytest.raises(SandboxError, match="not the base commit"):
         history_free_image(client, IMAGE, "/testbed", "v-fixed", 300)  # a later commit, not HEAD
+
+
+def test_an_image_without_the_workdir_or_a_repository_is_used_as_it_is(future_image):
+    """Image tasks whose workdir the sandbox creates (or holds no git repository) start as before."""
+    client, _ = future_image
+    for workdir in ("/nonexistent/repo", "/tmp"):
+        derived = history_free_image(client, "intercept-rl/base:1", workdir, "", 300)
+        assert derived.startswith("intercept-rl-history/")
+    remove_history_images(client, "intercept-rl/base:1")
