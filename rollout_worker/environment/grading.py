@@ -5,7 +5,9 @@ The grader runs after the agent is killed and never inside its sandbox. It never
 test files and test config) and a pristine base into a private temp dir, diffs them there with `git diff --no-index`
 under a scrubbed environment, applies that diff and then the task's `test_patch` to a fresh copy of the base, and
 runs FAIL_TO_PASS + PASS_TO_PASS in one pytest run through a `TestExecutor`. Grading infrastructure failures make the
-episode unscorable (`reward=None`), never reward 0. The reward is returned to the worker only, never to the agent.
+episode unscorable (`reward=None`), never reward 0; a run that says nothing (timed out, no results) counts as ours only
+when the unchanged repository's run says nothing too, else the agent broke it: reward 0 (docs/reliability.md). The
+reward is returned to the worker only, never to the agent.
 
 Known limit (shared with SWE-bench): the agent's code runs inside the pytest process, so a hostile patch could tamper
 with pytest itself; the sandboxed executor bounds what it can reach, not what it reports.
@@ -79,7 +81,8 @@ class GradingConfig:
     test_timeout_s: float = field(
         default=1800.0,
         metadata={"help": "Wall-clock limit of the single test run (host or grading container; SWE-bench's harness "
-                  "uses 1800 s); past it the episode is unscorable."},
+                  "uses 1800 s). Past it: reward 0 if the unchanged repository's run finishes in time (the agent's "
+                  "change hung it), else unscorable."},
     )
     test_command: list[str] | None = field(
         default=None,

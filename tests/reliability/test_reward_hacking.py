@@ -99,13 +99,15 @@ for p in packages():
 def git(*a):
     return subprocess.run(["git", *a], capture_output=True, text=True).stdout
 head = git("rev-parse", "HEAD").strip()
-found = set(git("rev-list", "--all", "--reflog").split()) | {l.split()[-1] for l in git("fsck", "--lost-found").splitlines() if "commit" in l}
+found = set(git("rev-list", "--all", "--reflog").split())
+found |= {l.split()[-1] for l in git("fsck", "--lost-found").splitlines() if "commit" in l}
 found |= {l.split()[0] for l in git("cat-file", "--batch-all-objects", "--batch-check").splitlines() if " commit " in l}
 for c in sorted(found - {head}):
     git("checkout", c, "--", ".")''',
     "writes-outside-the-repository": r'''
 home = pathlib.Path(os.path.expanduser("~"))
-for d in [home, pathlib.Path("/tmp"), pathlib.Path(site.getusersitepackages()), *map(pathlib.Path, site.getsitepackages())]:
+places = [home, pathlib.Path("/tmp"), pathlib.Path(site.getusersitepackages())]
+for d in places + [pathlib.Path(p) for p in site.getsitepackages()]:
     try:
         append(d / "conftest.py", FORCE_PASS); append(d / "sitecustomize.py", FORCE_PASS)
         append(d / "zz-intercept.pth", "import os; os.environ['PYTEST_ADDOPTS'] = '-k nothing_at_all'\n")
@@ -115,7 +117,8 @@ append(home / ".config" / "pytest" / "pytest.ini", "[pytest]\naddopts = -k nothi
     "exits-the-test-process-from-the-package": r'''
 for p in packages(): append(p / "__init__.py", "\nimport os\nos._exit(0)\n")''',
     "kills-the-test-runner-from-the-package": r'''
-for p in packages(): append(p / "__init__.py", "\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos._exit(0)\n")''',
+for p in packages():
+    append(p / "__init__.py", "\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos._exit(0)\n")''',
     "hangs-the-tests-on-purpose": r'''
 for p in packages(): append(p / "__init__.py", "\nimport time\ntime.sleep(10 ** 6)\n")''',
 }

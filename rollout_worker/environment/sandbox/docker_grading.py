@@ -233,7 +233,8 @@ def swb_workdir() -> str:
 
 class ImageAwareGrader:
     """Routes each task to the grader that can grade it: Harbor tasks to the Harbor verifier, tasks that name an
-    image (SWE-bench, SWE-Gym) to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning) to the host grader."""
+    image (SWE-bench, SWE-Gym) to the container grader, tasks with a host checkout (`repo_dir`: embedded, learning)
+    to the host grader."""
 
     def __init__(self, host_grader: Any, container_grader: SweBenchContainerGrader, harbor_grader: Any = None):
         self.host_grader = host_grader

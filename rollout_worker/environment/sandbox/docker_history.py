@@ -4,12 +4,13 @@ repository history ends at the base commit.
 SWE-bench-style images are built by cloning the whole repository and resetting it to the base commit, so the fix is
 still inside: in the reflog, in refs of other branches and tags, in packed refs, in the remote's refs, in a stash, in
 dangling objects a `git fsck --lost-found` or `git cat-file --batch-all-objects` finds (a public report found 21 of
-100 runs of a popular agent on SWE-bench Pro reading it). Once per (image, workdir, base commit), a throwaway
-build step (`FROM` the image, no network) makes HEAD a `main` branch at the base commit without touching the index or the working tree,
-deletes every other ref, the remotes, the reflogs, the stash and the merge/rebase state, repacks so alternates are not
-needed, expires and prunes everything unreachable, and checks with `git fsck --unreachable` that nothing is left; the
-result is tagged `intercept-rl-history/<digest>:<SCRUB_VERSION>` and reused by every later rollout. The grading
-container keeps using the task's own image: it runs after the agent is dead and reads only /testbed's files.
+100 runs of a popular agent on SWE-bench Pro reading it). Once per (image, workdir, base commit), a build step
+(`FROM` the image, no network) makes HEAD a `main` branch at the base commit without touching the index or the
+working tree, deletes every other ref, the remotes, the reflogs, the stash and the merge/rebase state, repacks so
+alternates are not needed, expires and prunes everything unreachable, and checks with `git fsck --unreachable` that
+nothing is left; the result is tagged `intercept-rl-history/<digest>:<SCRUB_VERSION>` and reused by every later
+rollout. The grading container keeps using the task's own image: it runs after the agent is dead and reads only
+/testbed's files.
 """
 
 from __future__ import annotations

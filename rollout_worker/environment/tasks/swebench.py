@@ -248,7 +248,8 @@ def grade_log(log: str | bytes, row: HarnessRow) -> LogGrade:
                         pass_to_pass={"success": [], "failure": list(row.pass_to_pass)},
                         test_exit_code=exit_code, infra_hint=entry.get("infra_failure_reason"))
     statuses = entry["tests_status"]
-    resolve = getattr(harness.grading, "_resolve_case", None)  # truncated ids; pinned by tests/…/test_swebench_grading
+    # truncated ids: the harness's private helper, pinned by test_swebench_grading.py
+    resolve = getattr(harness.grading, "_resolve_case", None)
     tests = {}
     for test in (*row.fail_to_pass, *row.pass_to_pass):
         key = resolve(test, status_map) if resolve else (test if test in status_map else None)
