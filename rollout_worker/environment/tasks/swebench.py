@@ -276,10 +276,15 @@ def apply_patch_script(workdir: str, patch_path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _patch_files(patch: str) -> list[str]:
+    """The files a patch touches, as the harness finds them (`diff --git a/… b/<file>`)."""
+    return re.findall(r"diff --git a/.* b/(.*)", patch)
+
+
 def test_directives(repo: str, test_patch: str) -> list[str]:
     """The harness's test directives: the test patch's files without NON_TEST_EXTS (Django: dotted modules)."""
     non_test = _harness().constants.NON_TEST_EXTS
-    files = [f for f in re.findall(r"diff --git a/.* b/(.*)", test_patch) if not any(f.endswith(e) for e in non_test)]
+    files = [f for f in _patch_files(test_patch) if not any(f.endswith(e) for e in non_test)]
     if repo == "django/django":
         return [f.removesuffix(".py").removeprefix("tests/").replace("/", ".") for f in files]
     return files
@@ -298,7 +303,7 @@ def eval_script(row: Mapping[str, Any], *, workdir: str, base_commit: str, test_
         return "\n".join(["#!/bin/bash", "set -uxo pipefail", *listed]) + "\n", "row"
     constants, q = harness.constants, shlex.quote
     repo, test_patch = str(row.get("repo", "")), str(row.get("test_patch") or "")
-    files = [f for f in re.findall(r"diff --git a/.* b/(.*)", test_patch)]
+    files = _patch_files(test_patch)
     reset = (f"for f in {' '.join(q(f) for f in files)}; do if git cat-file -e {q(base_commit)}:\"$f\" 2>/dev/null; "
              f"then git checkout {q(base_commit)} -- \"$f\" || {{ echo {q(constants.RESET_FAILED)}; exit 1; }}; "
              "else rm -f \"$f\"; fi; done") if files else ":"
