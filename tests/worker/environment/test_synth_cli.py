@@ -25,6 +25,10 @@ from rollout_worker.environment.tasks.synth.manifest import SHIPPED_MANIFEST, SH
     ([], "[[package]]\nname='a'\nversion='latest'\nsource=['a.py']\ntests=['t']\n", "is not a pinned version"),
     ([], "[[package]]\nname='a'\nversion='1'\ntests=['t']\n", "missing 'source'"),
     ([], "[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\ncolour='red'\n", "unknown key 'colour'"),
+    ([], "[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\nsingles=-1\n",
+     "package[0].singles: expected an integer >= 0"),
+    ([], "[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\ncombined='4'\n",
+     "package[0].combined: expected an integer >= 0"),
     ([], "[synth]\nseed = 1\n", "no [[package]] entries"),
     ([], "not toml [", "not valid TOML"),
 ])
@@ -47,9 +51,19 @@ def test_missing_out_and_unknown_subcommand(capsys):
     assert "unknown tasks command 'build'" in capsys.readouterr().err
 
 
+def test_a_package_s_own_selection_overrides_the_manifest_s(tmp_path):
+    (tmp_path / "m.toml").write_text("[synth]\nsingles_per_package = 5\ncombined_per_package = 1\nmax_mutants_tried = 9\n"
+                                     "[[package]]\nname='a'\nversion='1'\nsource=['a.py']\ntests=['t']\n"
+                                     "[[package]]\nname='b'\nversion='1'\nsource=['b.py']\ntests=['t']\nsingles=30\n"
+                                     "combined=0\n")
+    manifest = load_manifest(tmp_path / "m.toml")
+    assert [p.selection(manifest.settings) for p in manifest.packages] == [(5, 1, 9), (30, 0, 9)]
+
+
 def test_the_shipped_manifest_and_rows_load():
     manifest = load_manifest(SHIPPED_MANIFEST)
     assert len(manifest.packages) >= 8 and manifest.settings.seed == 24
+    assert sum(s + c for s, c, _ in (p.selection(manifest.settings) for p in manifest.packages)) >= 200
     if not SHIPPED_ROWS.exists():
         pytest.skip("no shipped rows yet")
     rows = [json.loads(line) for line in SHIPPED_ROWS.read_text().splitlines()]

@@ -33,6 +33,16 @@ class PackageSpec:
     import_root: str = "."  # where the package imports from, relative to /testbed (`src` for src layouts)
     test_deps: tuple[str, ...] = ()  # pinned requirements installed from wheels into the image
     pytest_args: tuple[str, ...] = ()  # extra pytest arguments (e.g. `-o addopts=` where the config wants coverage)
+    # This package's selection where it differs from `[synth]`: a slow suite gets fewer tasks, a fast one more.
+    singles: int | None = None
+    combined: int | None = None
+    max_mutants_tried: int | None = None
+
+    def selection(self, settings: SynthSettings) -> tuple[int, int, int]:
+        """(singles kept, combinations kept, singles screened) at most: this package's own numbers, else `[synth]`'s."""
+        return (settings.singles_per_package if self.singles is None else self.singles,
+                settings.combined_per_package if self.combined is None else self.combined,
+                settings.max_mutants_tried if self.max_mutants_tried is None else self.max_mutants_tried)
 
     @property
     def slug(self) -> str:
@@ -65,7 +75,8 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 def package_from(data: dict[str, Any], where: str) -> PackageSpec:
-    known = {"name", "version", "source", "tests", "exclude", "import_root", "test_deps", "pytest_args"}
+    counts = ("singles", "combined", "max_mutants_tried")
+    known = {"name", "version", "source", "tests", "exclude", "import_root", "test_deps", "pytest_args", *counts}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SynthInputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -80,13 +91,17 @@ def package_from(data: dict[str, Any], where: str) -> PackageSpec:
     root = data.get("import_root", ".")
     if not isinstance(root, str) or root.startswith("/") or ".." in root.split("/"):
         raise SynthInputError(f"{where}.import_root: {root!r} must be a relative path inside the sdist")
+    for key in counts:
+        if key in data and (type(data[key]) is not int or data[key] < 0):
+            raise SynthInputError(f"{where}.{key}: expected an integer >= 0, got {data[key]!r}")
     return PackageSpec(name=name, version=version, source=_strings(data["source"], f"{where}.source"),
                        tests=_strings(data["tests"], f"{where}.tests"),
                        exclude=_strings(data.get("exclude", []), f"{where}.exclude") if data.get("exclude") else (),
                        import_root=root,
                        test_deps=_strings(data["test_deps"], f"{where}.test_deps") if data.get("test_deps") else (),
                        pytest_args=_strings(data["pytest_args"], f"{where}.pytest_args")
-                       if data.get("pytest_args") else ())
+                       if data.get("pytest_args") else (),
+                       **{key: data[key] for key in counts if key in data})
 
 
 def settings_from(data: dict[str, Any]) -> SynthSettings:

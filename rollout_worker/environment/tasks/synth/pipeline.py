@@ -79,9 +79,9 @@ async def synth_package(client: Any, spec: PackageSpec, settings: SynthSettings,
     requirements = [settings.pytest, *spec.test_deps]
     env = images.build_env_image(client, spec, requirements, sdist.fetch_wheels(requirements, pkg_work / "wheels"),
                                  pkg_work)
-    singles_cap = settings.singles_per_package if limit is None else min(limit, settings.singles_per_package)
-    combined_cap = settings.combined_per_package if limit is None else max(0, min(
-        settings.combined_per_package, limit - singles_cap))
+    singles_per_package, combined_per_package, max_tried = spec.selection(settings)
+    singles_cap = singles_per_package if limit is None else min(limit, singles_per_package)
+    combined_cap = combined_per_package if limit is None else max(0, min(combined_per_package, limit - singles_cap))
     rng = random.Random(_seed(settings, spec))
     kept: list[_Kept] = []
     async with screen.SuiteRunner(client, env, spec, tree) as runner:
@@ -94,7 +94,7 @@ async def synth_package(client: Any, spec: PackageSpec, settings: SynthSettings,
         timeout = max(30.0, 5 * report.baseline_s)
         pool = [m for p in files for m in mutate.candidates(p, originals[p], check=False)]
         dumps = {p: ast.dump(ast.parse(originals[p])) for p in files}
-        singles = mutate.sample(pool, settings.max_mutants_tried, rng,
+        singles = mutate.sample(pool, max_tried, rng,
                                 ok=lambda m: mutate.changes_code(originals[m.path], dumps[m.path], m))
         same_failures: Counter = Counter()
 
