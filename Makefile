@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 STAMP := .venv/.installed
 
-.PHONY: setup test test-fast test-reliability demo bench clean lock lock-upgrade doctor synth-tasks
+.PHONY: setup test test-fast test-reliability demo bench clean lock lock-upgrade doctor synth-tasks synth-images
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -49,6 +49,12 @@ SYNTH_DIR := rollout_worker/environment/tasks/synth/shipped
 synth-tasks: setup
 	bash scripts/docker_up.sh
 	.venv/bin/intercept-rl tasks synth --manifest $(SYNTH_DIR)/manifest.toml --out $(SYNTH_DIR) $(SYNTH_ARGS)
+
+# Only the task images the committed rows name (no screening, no validation): what `--tasks synth --sandbox docker`
+# needs on a fresh machine.
+synth-images: setup
+	bash scripts/docker_up.sh
+	.venv/bin/intercept-rl tasks synth --images-only --manifest $(SYNTH_DIR)/manifest.toml --out $(SYNTH_DIR)
 
 # The demo needs none of the big agent CLIs (make setup installs them): a fresh machine starts it sooner.
 demo:

@@ -35,7 +35,7 @@ from .factory import (
     load_tokenizer,
     served_model_name_for,
 )
-from .preflight import check_agent, check_sandbox, check_writable
+from .preflight import check_agent, check_images, check_sandbox, check_writable
 
 # Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
 _WORKER_FIELDS_SET_HERE = ("max_groups", "keep_trajectories", "drop_zero_variance_groups", "max_queued_samples")
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         check_sandbox(options.sandbox)
         check_writable(Path(run.out).resolve().parent, what="--out")
         tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)  # may download: after the checks
+        check_images(options.sandbox, tasks)
         log_path = _attach_log(run_logging, Path(run.out))
     except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)

@@ -26,8 +26,8 @@ class TaskOptions:
 
     tasks: str = field(
         default="embedded",
-        metadata={"help": "embedded | learning | PATH (.json/.jsonl/.parquet, SWE-bench/SWE-Gym rows) | a Harbor task "
-                  "directory | a Hub dataset name."})
+        metadata={"help": "embedded | learning | synth[:PKG,...] (the shipped synthesized tasks, --sandbox docker) | "
+                  "PATH (.json/.jsonl/.parquet, SWE-bench/SWE-Gym rows) | a Harbor task directory | a Hub dataset name."})
     task_split: str = field(default="train", metadata={"help": "Dataset split of hub/parquet tasks."})
     max_tasks: int | None = field(default=None, metadata={"help": "Use at most this many tasks."})
     image_template: str = field(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from intercept_common.errors import UserError
 
+from .types import Task
+
 MIN_FREE_MB = 50
+SYNTH_IMAGE_PREFIX = "intercept-rl-synth/"  # the tag prefix of task images built by `intercept-rl tasks synth`
 
 
 class PreflightError(RuntimeError, UserError):
@@ -27,6 +31,34 @@ def check_sandbox(backend: str, timeout_s: float = 10.0) -> None:
         docker_client(timeout_s).close()
     except SandboxUnavailableError as error:
         raise PreflightError(" ".join(str(error).split())) from None
+
+
+def check_images(backend: str, tasks: Sequence[Task], timeout_s: float = 10.0) -> None:
+    """`--sandbox docker` starts every image task from its image, and no registry is used: an image that is not
+    present would end each of its rollouts as infra_error, so name the missing ones before anything starts."""
+    images = sorted({task.image for task in tasks if task.image})
+    if backend != "docker" or not images:
+        return
+    from docker.errors import ImageNotFound
+
+    from .environment.sandbox.docker_io import docker_client
+
+    client = docker_client(timeout_s)
+    try:
+        missing = []
+        for image in images:
+            try:
+                client.images.get(image)
+            except ImageNotFound:
+                missing.append(image)
+    finally:
+        client.close()
+    if missing:
+        remedy = ("build them with `intercept-rl tasks synth --images-only --out <the set's dir>`, or `make "
+                  "synth-images` for the shipped set" if all(image.startswith(SYNTH_IMAGE_PREFIX) for image in missing)
+                  else "build or load them first")
+        raise PreflightError(f"{len(missing)} of the {len(images)} task images are not present here, e.g. "
+                             f"{missing[0]!r} (no registry is used: {remedy})")
 
 
 def check_agent(spec: str) -> None:

@@ -357,7 +357,15 @@ def main(argv: list[str] | None = None) -> int:
 
     main_process = PartialState().is_main_process
     # The task source (it may download) before the model and the engine: a source that fails, fails first.
-    tasks = load_task_options(script.task_options, training.seed) if main_process else None
+    try:
+        tasks = load_task_options(script.task_options, training.seed) if main_process else None
+        if tasks is not None:
+            from rollout_worker.preflight import check_images
+
+            check_images(script.episode_options.sandbox, tasks)
+    except UserError as error:
+        print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
+        return 2
     model_path = resolve_model_path(script.model_name_or_path)
     reporter = make_progress_callback(run_logging.summary if not verbose else None, log_path)
     if not main_process:

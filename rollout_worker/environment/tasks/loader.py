@@ -1,4 +1,5 @@
-"""Load tasks from the embedded set, a local JSON / JSONL / parquet file or directory, or a Hugging Face Hub dataset.
+"""Load tasks from the embedded set, the shipped synthesized set, a local JSON / JSONL / parquet file or directory, or a
+Hugging Face Hub dataset.
 
 Files and hub datasets all go through `datasets.load_dataset`, so the local path exercises the same code as the hub
 path. Rows are validated one by one (`schema.task_from_row`); bad rows are skipped and counted, or fail the load.
@@ -6,6 +7,7 @@ path. Rows are validated one by one (`schema.task_from_row`); bad rows are skipp
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -75,6 +77,8 @@ def _read_rows(spec: str, config: TaskLoadConfig) -> tuple[Any, Path | None]:
         names = [n for n in spec.partition(":")[2].split(",") if n] or None
         cache = Path(config.embedded_cache_dir) if config.embedded_cache_dir else None
         return embedded_rows(names, cache, root=LEARNING_DIR), None
+    if spec == "synth" or spec.startswith("synth:"):
+        return _shipped_synth_rows(spec), None
 
     import datasets  # heavy; only needed for files and hub datasets
 
@@ -101,6 +105,20 @@ def _read_rows(spec: str, config: TaskLoadConfig) -> tuple[Any, Path | None]:
                             f"{type(e).__name__}: {e}") from e
 
 
+def _shipped_synth_rows(spec: str) -> list[dict[str, Any]]:
+    """`synth` = every shipped synthesized task (tasks/synth/shipped/tasks.jsonl); `synth:toolz,six` = those packages'."""
+    from rollout_worker.environment.tasks.synth.manifest import SHIPPED_ROWS
+
+    rows = [json.loads(line) for line in SHIPPED_ROWS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    shipped = sorted({row["synth"]["package"] for row in rows})
+    wanted = {name for name in spec.partition(":")[2].split(",") if name}
+    unknown = sorted(wanted - set(shipped))
+    if unknown:
+        raise TaskLoadError(f"--tasks {spec}: no shipped synthesized task of {', '.join(unknown)} "
+                            f"(shipped: {', '.join(shipped)})")
+    return [row for row in rows if not wanted or row["synth"]["package"] in wanted]
+
+
 def _harbor_tasks(spec: str) -> list[Task] | None:
     """Harbor task dirs (`tasks.harbor`): a task dir, or a dir of them; None when `spec` is not one."""
     from rollout_worker.environment.tasks.harbor import is_harbor_task, load_harbor_tasks
@@ -114,7 +132,7 @@ def _harbor_tasks(spec: str) -> list[Task] | None:
 
 
 def load_task_report(spec: str, config: TaskLoadConfig | None = None) -> TaskLoadReport:
-    """Load and validate tasks from `spec` ("embedded", "embedded:name1,name2", a path, a Harbor task dir or a dir of
+    """Load and validate tasks from `spec` ("embedded", "embedded:name1,name2", "synth", "synth:pkg1,pkg2", a path, a Harbor task dir or a dir of
     them, or a hub dataset name)."""
     config = config or TaskLoadConfig()
     if config.max_tasks is not None and config.max_tasks < 1:

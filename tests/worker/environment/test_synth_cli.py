@@ -9,7 +9,10 @@ import pytest
 
 import intercept_rl_cli
 from rollout_worker.environment.tasks import load_tasks
+from rollout_worker.environment.tasks.loader import TaskLoadError
 from rollout_worker.environment.tasks.synth.manifest import SHIPPED_MANIFEST, SHIPPED_ROWS, load_manifest
+from tests.support.cli_probe import child_pids
+from tests.support.docker import docker_client_or_skip
 
 
 @pytest.mark.parametrize(("args", "manifest", "says"), [
@@ -77,3 +80,31 @@ def test_the_shipped_manifest_and_rows_load():
         removed = [line[1:].strip() for line in task.patch.splitlines()
                    if line.startswith(("-", "+")) and not line.startswith(("---", "+++")) and len(line[1:].strip()) > 12]
         assert not any(line in task.problem_statement for line in removed), task.instance_id  # never the diff
+
+
+def test_synth_names_the_shipped_set_or_some_of_its_packages():
+    everything = load_tasks("synth", image_template=None)
+    assert len(everything) == len(SHIPPED_ROWS.read_text().splitlines())
+    toolz = load_tasks("synth:toolz,six", image_template=None)
+    assert toolz and {t.extra["synth"]["package"] for t in toolz} == {"toolz", "six"}
+    assert {t.instance_id for t in toolz} < {t.instance_id for t in everything}
+    with pytest.raises(TaskLoadError, match=r"no shipped synthesized task of nope \(shipped: boltons, cachetools"):
+        load_tasks("synth:toolz,nope")
+
+
+@pytest.mark.parametrize("command", ["rollouts", "train"])
+def test_a_task_image_that_is_not_built_is_named_before_anything_starts(tmp_path, capsys, command):
+    """No registry is used: without this check every rollout of such a task would end as an infra error, after the
+    engine started. One line, exit 2, no engine or other process started."""
+    docker_client_or_skip()
+    row = json.loads(SHIPPED_ROWS.read_text().splitlines()[0])
+    row["image"] = "intercept-rl-synth/never-built:" + row["instance_id"].split("__")[-1]
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")
+    out = ["--out", str(tmp_path / "r.jsonl")] if command == "rollouts" else [
+        "--preset", "cpu-demo", "--output-dir", str(tmp_path / "run")]
+    argv = [command, "--sandbox", "docker", "--agent", "oracle", "--tasks", str(tmp_path / "t.jsonl"), *out]
+    assert intercept_rl_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after `datasets`' progress bar for reading the file
+    assert err.startswith(f"intercept-rl {command}: 1 of the 1 task images are not present here"), err
+    assert "intercept-rl tasks synth --images-only" in err and "\n" not in err and "Traceback" not in err
+    assert child_pids() == []
