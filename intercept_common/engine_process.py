@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from intercept_common.errors import UserError
+
 # Set for the engine it starts: the engine exits once this process (its parent) is gone (local_engine.cli).
 PARENT_PID_ENV = "INTERCEPT_RL_ENGINE_PARENT_PID"
 
@@ -21,6 +23,10 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class EngineStartError(RuntimeError, UserError):
+    """The local engine exited during startup or never became healthy; the message holds its log's tail."""
 
 
 class LocalEngineProcess:
@@ -57,7 +63,7 @@ class LocalEngineProcess:
             if (code := self.proc.poll()) is not None:
                 tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"local engine exited with code {code} during startup:\n{tail}")
+                raise EngineStartError(f"local engine exited with code {code} during startup:\n{tail}")
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
@@ -66,7 +72,7 @@ class LocalEngineProcess:
             time.sleep(0.3)
         tail = self.log_tail()
         self.stop()
-        raise TimeoutError(f"local engine did not become healthy within {self.startup_timeout_s:.0f} s:\n{tail}")
+        raise EngineStartError(f"local engine did not become healthy within {self.startup_timeout_s:.0f} s:\n{tail}")
 
     def log_tail(self, n_bytes: int = 4000) -> str:
         if self._log is None:

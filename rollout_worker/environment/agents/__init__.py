@@ -7,6 +7,7 @@ and how it is tested.
 
 from __future__ import annotations
 
+from intercept_common.errors import ConfigError
 from rollout_worker.environment.agents.base import AgentUnavailableError, openai_env
 from rollout_worker.environment.agents.claude_code import ClaudeCodeLauncher
 from rollout_worker.environment.agents.codex import CodexLauncher
@@ -38,9 +39,9 @@ def get_agent(spec: str) -> AgentLauncher:
     if spec.startswith("cmd:"):
         command = spec[len("cmd:"):].strip()
         if not command:
-            raise ValueError("`cmd:` needs a shell command, e.g. cmd:my-agent --task-file $TASK_FILE")
+            raise ConfigError("`cmd:` needs a shell command, e.g. cmd:my-agent --task-file $TASK_FILE")
         return CommandAgent(command)
     try:
         return _NAMED[spec]()
     except KeyError:
-        raise ValueError(f"unknown agent {spec!r}: expected one of {sorted(_NAMED)} or cmd:<shell command>") from None
+        raise ConfigError(f"unknown agent {spec!r}: expected one of {sorted(_NAMED)} or cmd:<shell command>") from None

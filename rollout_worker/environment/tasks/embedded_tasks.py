@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from intercept_common.errors import ConfigError
 from rollout_worker.environment.tasks.trees import run_git
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -72,7 +73,7 @@ def materialize_embedded_repo(name: str, cache_dir: Path | None = None, timeout:
     """Create (once) the single-commit git repo of embedded task `name`; returns (repo_dir, base_commit)."""
     source = root / name / "repo"
     if not source.is_dir():
-        raise ValueError(f"unknown embedded task {name!r}; known: {', '.join(embedded_task_names(root))}")
+        raise ConfigError(f"unknown embedded task {name!r}; known: {', '.join(embedded_task_names(root))}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{name}-{_tree_digest(source)}"
@@ -107,7 +108,7 @@ def embedded_rows(names: list[str] | None = None, cache_dir: Path | None = None,
     known = embedded_task_names(root)
     unknown = [n for n in names or [] if n not in known]
     if unknown:
-        raise ValueError(f"unknown embedded task(s) {unknown}; known: {', '.join(known)}")
+        raise ConfigError(f"unknown embedded task(s) {unknown}; known: {', '.join(known)}")
     rows = []
     for name in names or known:
         folder = root / name

@@ -22,6 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from intercept_common.errors import UserError
 from rollout_worker.types import Task
 
 IMAGE_PREFIX = "intercept-rl-harbor/"
@@ -29,7 +30,7 @@ DEFAULT_WORKDIR = "/app"
 _NAME = re.compile(r"[^a-z0-9_.-]+")
 
 
-class HarborTaskError(ValueError):
+class HarborTaskError(ValueError, UserError):
     """A directory is not a usable Harbor task (the message says which file or field)."""
 
 
