@@ -65,21 +65,30 @@ def docker_image_for(instance_id: str, repo: str, template: str) -> str:
     return template.format(instance_id=instance_id, repo=repo, docker_id=docker_id, swebench_id=swebench_id)
 
 
-def _test_ids(value: Any, name: str, fail: Any) -> list[str]:
-    if value is None:
-        return []
+def parse_test_ids(value: Any) -> list[str]:
+    """SWE-bench's FAIL_TO_PASS / PASS_TO_PASS: a list of test ids, or a JSON string of one (the published datasets
+    store them so). ValueError says what is wrong, without the field's name; None is for the caller to judge."""
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else []
         except json.JSONDecodeError as e:
-            fail(name, f"is a string but not a JSON list of test ids ({e.msg})")
+            raise ValueError(f"is a string but not a JSON list of test ids ({e.msg})") from None
     if not isinstance(value, (list, tuple)):
-        fail(name, f"must be a list of test ids, got {type(value).__name__}")
-    ids = list(value)
-    for i, item in enumerate(ids):
+        raise ValueError(f"must be a list of test ids, got {type(value).__name__}")
+    for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            fail(name, f"item {i} must be a non-empty string, got {item!r}")
-    return ids
+            raise ValueError(f"item {i} must be a non-empty string, got {item!r}")
+    return list(value)
+
+
+def _test_ids(value: Any, name: str, fail: Any) -> list[str]:
+    if value is None:
+        return []
+    try:
+        return parse_test_ids(value)
+    except ValueError as e:
+        fail(name, str(e))
+        raise  # unreachable: `fail` raises
 
 
 def _json_safe(value: Any) -> Any:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollout_worker.environment.tasks.schema import parse_test_ids
+
 # Evidence that a log says nothing about the agent's change: unscorable, never reward 0. One place, documented in
 # docs/containers.md ("What is unscorable"). The harness's own patch-apply failure is not here: that is the agent's.
 TEST_PATCH_FAIL = ">>>>> Test Patch Apply Failed"  # ours: a generated script could not apply the task's test patch
@@ -124,17 +126,12 @@ def parser_for(repo: str, requested: str | None = None) -> tuple[str, str]:
 
 
 def _test_ids(row: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = row.get(key)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as exc:
-            raise RowError(f"{key} is a string but not a JSON list of test ids ({exc.msg})") from exc
-    if value is None:
+    if row.get(key) is None:
         raise RowError(f"{key} is missing (SWE-bench's schema: a list of test ids, or a JSON string of one)")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
-        raise RowError(f"{key} must be a list of test ids")
-    return tuple(value)
+    try:
+        return tuple(parse_test_ids(row[key]))
+    except ValueError as exc:
+        raise RowError(f"{key} {exc}") from None
 
 
 @dataclass(frozen=True)
