@@ -94,6 +94,21 @@ class WorkerConfig:
             "run ahead of the policy (staleness). None: half of queue_maxsize."
         },
     )
+    samples_per_version: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples the trainer trains per policy version (`train` sets it from the batch size and "
+            "weight_sync_steps; None when a token budget makes it unknown). With max_staleness it bounds run-ahead."
+        },
+    )
+    bound_run_ahead: bool = field(
+        default=True,
+        metadata={
+            "help": "Launch a rollout only while everything queued and in flight can still be trained within "
+            "max_staleness versions (needs samples_per_version), so almost nothing generated is dropped as stale. "
+            "False: keep max_inflight rollouts going and let the trainer drop what went stale (the old behaviour)."
+        },
+    )
     keep_trajectories: bool = field(
         default=False, metadata={"help": "Also publish full trajectory records (for `intercept-rl rollouts`)."}
     )
@@ -111,5 +126,9 @@ class WorkerConfig:
             raise ConfigError("temperature must be >= 0")
         if self.budget_grace_s < 0:
             raise ConfigError("budget_grace_s must be >= 0")
+        if self.samples_per_version is not None and self.samples_per_version < 1:
+            raise ConfigError("samples_per_version must be >= 1 (or None)")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError(f"max_staleness must be >= 0, got {self.max_staleness}")
         if self.max_tokens_per_turn < 1 or self.max_turns < 1:
             raise ConfigError("max_tokens_per_turn and max_turns must be >= 1")

@@ -79,6 +79,16 @@ class GroupScheduler(Generic[T]):
     def open_groups(self) -> int:
         return len(self._open)
 
+    @property
+    def held_results(self) -> int:
+        """Finished members waiting in groups that are not complete yet."""
+        return sum(len(group.results) for group in self._open.values())
+
+    @property
+    def group_partly_launched(self) -> bool:
+        """True while the group being filled has launched some but not all of its members."""
+        return self._filling is not None and 0 < self._filling.launched < self.num_generations
+
     def next_slot(self) -> Slot | None:
         """The next rollout to launch, or None when `max_groups` is reached."""
         if self._filling is None or self._filling.launched >= self.num_generations:

@@ -82,6 +82,12 @@ def sample_type() -> type:
     return RolloutSample
 
 
+def turn_tokens(traj: Trajectory) -> list[list[tuple[int, int]]]:
+    """`(policy version, sampled tokens)` per turn, for each sample `build_samples` makes of `traj` (same order)."""
+    return [list(zip(row.model_versions, row.turn_tokens, strict=True)) for row in traj.rows
+            if any(row.completion_mask)]
+
+
 def build_samples(traj: Trajectory, advantage: float, reward_std: float) -> list[Any]:
     """TRL `RolloutSample`s for every row of a trained rollout (one advantage per conversation, like TRL)."""
     RolloutSample = sample_type()

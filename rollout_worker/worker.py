@@ -20,12 +20,13 @@ from control_plane import GateConfig, InterceptionServer
 
 from .config import WorkerConfig
 from .groups import GroupScheduler, Slot, group_advantages
-from .outcomes import EpisodeStatus, decide_outcome
+from .outcomes import EpisodeStatus, TurnEnd, decide_outcome
 from .protocols import EpisodeRunner
+from .run_ahead import RunAheadBound, TrainerFeed
 from .serving.assembly import PromptAssembler
 from .serving.engine_client import EngineClient
 from .serving.turns import TurnServer, TurnState
-from .trajectory import Trajectory, build_samples, sample_type
+from .trajectory import Trajectory, build_samples, sample_type, turn_tokens
 from .types import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,13 @@ class RolloutWorker:
             tasks, config.num_generations, seed=config.seed, max_groups=config.max_groups
         )
         # TRL reads `rollout_buffer` once in its __init__: both queues must exist before start().
-        self.rollout_buffer: queue.Queue = queue.Queue(maxsize=config.queue_maxsize)
         self.metrics_queue: queue.Queue = queue.Queue(maxsize=4096)
+        self.rollout_buffer = TrainerFeed(config.queue_maxsize, lambda: self._model_version, config.max_staleness,
+                                          self._put_metrics)
+        self.run_ahead = (RunAheadBound(config.max_staleness, config.samples_per_version)
+                          if config.bound_run_ahead and config.samples_per_version and config.max_staleness is not None
+                          else None)
+        self._taken_at_version = 0  # rollout_buffer.taken_fresh when the current policy version began
         self.trajectories: queue.Queue = queue.Queue()  # records, when config.keep_trajectories
         self.finished = threading.Event()  # set once max_groups groups are complete (or the loop ended)
         self._model_version = 0
@@ -126,7 +132,14 @@ class RolloutWorker:
             logger.error("rollout worker did not stop within %.0f s", _STOP_TIMEOUT_S)
 
     def update_model_version(self, model_version: int) -> None:
+        self._taken_at_version = self.rollout_buffer.taken_fresh
         self._model_version = int(model_version)
+        loop, wakeup = self._loop, getattr(self, "_wakeup", None)
+        if self.run_ahead is not None and loop is not None and wakeup is not None:
+            try:  # a new version frees run-ahead room: launch now, not at the next 1 s poll
+                loop.call_soon_threadsafe(wakeup.set)
+            except RuntimeError:  # the loop already ended
+                pass
 
     def sample_from_adapters(self, prefix: str) -> None:
         """From now on, sample policy version N from the engine's LoRA adapter `{prefix}-v{N}` (version 0: the base
@@ -202,7 +215,7 @@ class RolloutWorker:
         cfg = self.config
         while not self._stop_requested.is_set():
             self._flush_backlog()
-            while (len(self._inflight) < cfg.max_inflight and not self._buffer_full()
+            while (len(self._inflight) < cfg.max_inflight and not self._buffer_full() and self._run_ahead_allows()
                    and (slot := self.scheduler.next_slot()) is not None):
                 rollout_id = f"g{slot.group_id}-{slot.index}-{uuid.uuid4().hex[:8]}"
                 state = TurnState()
@@ -225,6 +238,15 @@ class RolloutWorker:
             except queue.Full:
                 return
             self._backlog.popleft()
+
+    def _run_ahead_allows(self) -> bool:
+        """Bounded run-ahead (rollout_worker/run_ahead.py): launch only what can be trained within max_staleness."""
+        if self.run_ahead is None:
+            return True
+        pending = (len(self._backlog) + self.rollout_buffer.qsize() + len(self._inflight)
+                   + self.scheduler.held_results)
+        taken = self.rollout_buffer.taken_fresh - self._taken_at_version
+        return self.run_ahead.admits(pending, taken, self.scheduler.group_partly_launched)
 
     def _buffer_full(self) -> bool:
         limit = self.config.max_queued_samples or self.config.queue_maxsize // 2
@@ -298,7 +320,9 @@ class RolloutWorker:
         n_samples = 0
         for traj, advantage in zip(group, adv.advantages, strict=True):
             if advantage is not None:
-                for sample in build_samples(traj, advantage, adv.reward_std):
+                for sample, turns in zip(build_samples(traj, advantage, adv.reward_std), turn_tokens(traj),
+                                         strict=True):
+                    self.rollout_buffer.note_turns(sample, turns)
                     self._backlog.append(sample)
                     n_samples += 1
             if self.config.keep_trajectories:
@@ -312,6 +336,7 @@ class RolloutWorker:
     def _publish_rollout_metrics(self, traj: Trajectory, state: TurnState) -> None:
         self.counters["rollouts"] += 1
         res, stats = traj.result, traj.stats
+        self.rollout_buffer.generated_tokens += int(stats.get("sampled_tokens", 0))
         elapsed = max(time.monotonic() - self._started_at, 1e-9)
         m: dict[str, Any] = {
             "rollout/rollouts_total": 1.0,
@@ -323,6 +348,8 @@ class RolloutWorker:
             "rollout/parse_failures_total": float(state.parse_failures),
             "rollout/overlong_total": float(res.status is EpisodeStatus.OVERLONG),
             "rollout/unscorable_total": float(not res.scorable),
+            # ended by the turn server because the policy moved past max_staleness (it could no longer be trained)
+            "rollout/aborted_stale_total": float(state.ended_by is TurnEnd.STALE),
             "rollout/scorable": (float(res.scorable), 1.0),
         }
         if res.scorable and res.reward is not None:

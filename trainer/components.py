@@ -89,7 +89,8 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     # The worker's own knobs come from its config as parsed; the ones TRL also defines come from TRL's config, so
     # the engine samples exactly as the trainer scores.
     config = worker_config(script, training, served_model_name=served_model_name(script),
-                           keep_trajectories=keep_trajectories, max_queued_samples=_max_queued_samples(training))
+                           keep_trajectories=keep_trajectories, max_queued_samples=_max_queued_samples(training),
+                           samples_per_version=samples_per_version(training))
     logger.info("%d tasks from %s; agent %s in %s sandboxes", len(tasks), script.task_options.tasks,
                 script.episode_options.agent,
                 script.episode_options.sandbox)
@@ -123,6 +124,18 @@ def _max_queued_samples(training) -> int | None:
         return None
     per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
     return max(training.num_generations, per_step * max(1, training.max_staleness))
+
+
+def samples_per_version(training) -> int | None:
+    """How many samples the trainer trains per policy version: the fixed-count micro-batch (all ranks) times the
+    micro-batches per step times the steps between weight syncs. None with a token budget (a step's count varies)."""
+    if training.token_budget:
+        return None
+    from accelerate import PartialState
+
+    per_step = (training.per_device_train_batch_size * PartialState().num_processes
+                * training.gradient_accumulation_steps)
+    return per_step * max(1, int(training.weight_sync_steps or 1))
 
 
 def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:

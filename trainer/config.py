@@ -30,7 +30,7 @@ from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskO
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
 WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
                           "max_staleness", "seed", "queue_maxsize", "keep_trajectories", "max_queued_samples",
-                          "max_groups")
+                          "max_groups", "samples_per_version")
 WorkerOptions = cli_view(WorkerConfig, exclude=WORKER_FIELDS_FROM_TRL)
 GateOptions = cli_view(GateConfig)
 TaskSelection = cli_view(TaskOptions)
@@ -178,6 +178,24 @@ class SweTrainArguments:
             "'torch' (always the fallback), 'kernel' (never patch)."
         },
     )
+    off_policy_correction: str = field(
+        default="none",
+        metadata={
+            "help": "Correct the loss for the policy lag of stale samples (trainer/off_policy.py, formulas there and "
+            "in docs/benchmarks.md): 'none' (TRL's PPO-clip against the behaviour log-probs), 'tis' (truncated "
+            "importance sampling), 'mis-token' / 'mis-seq' (masked IS per token / per sequence), 'decoupled' "
+            "(AReaL's decoupled PPO). Every mode but 'none' costs one extra forward (no gradient) per micro-batch."
+        },
+    )
+    off_policy_is_cap: float = field(
+        default=2.0,
+        metadata={"help": "Upper bound C on the behaviour importance weight π_old/μ: truncated to C ('tis'), or the "
+                  "token/sequence is masked above it ('mis-*', 'decoupled')."},
+    )
+    off_policy_is_floor: float = field(
+        default=0.5,
+        metadata={"help": "'mis-token' / 'mis-seq': tokens / sequences whose weight π_old/μ is below this are masked."},
+    )
     # The rollout side's own configs, composed (filled by `parse_train_args` from their flags and file sections).
     task_options: TaskOptions = field(default_factory=TaskOptions)
     episode_options: EpisodeOptions = field(default_factory=EpisodeOptions)
@@ -198,6 +216,12 @@ class SweTrainArguments:
             raise ConfigError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
         if self.lora_r < 1:
             raise ConfigError("lora_r must be >= 1")
+        from trainer.off_policy import parse_correction
+
+        self.off_policy_correction = parse_correction(str(self.off_policy_correction)).value
+        if not 0 <= self.off_policy_is_floor < self.off_policy_is_cap:
+            raise ConfigError(f"need 0 <= off_policy_is_floor < off_policy_is_cap, got {self.off_policy_is_floor} and "
+                              f"{self.off_policy_is_cap}")
         if self.vllm_weight_sync not in ("nccl", "ipc", "disk", "lora"):
             raise ConfigError(f"vllm_weight_sync must be nccl, ipc, disk or lora, got {self.vllm_weight_sync!r}")
 

@@ -53,7 +53,8 @@ class TrainingRow:
     """One token sequence to train on, aligned position by position.
 
     `completion_mask` is 1 exactly on sampled ids, whose `old_log_probs` are the engine's; prompt, tool results and
-    template glue have mask 0 and log-prob 0. `model_versions` holds the policy version of each sampled turn.
+    template glue have mask 0 and log-prob 0. `model_versions` holds the policy version of each sampled turn and
+    `turn_tokens` how many tokens that turn sampled.
     """
 
     input_ids: list[int]
@@ -62,6 +63,7 @@ class TrainingRow:
     prompt_messages: list[dict]
     completion_messages: list[dict]
     model_versions: list[int]
+    turn_tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -227,6 +229,7 @@ class _Row:
     messages: list[dict] = field(default_factory=list)  # normalized, ending with our last reply
     raw: list[Any] = field(default_factory=list)  # last raw form the agent sent per message; None: not yet echoed
     model_versions: list[int] = field(default_factory=list)
+    turn_tokens: list[int] = field(default_factory=list)
     closed: bool = True
 
 
@@ -395,6 +398,7 @@ class Conversation:
         row.messages = [*plan.commit_state.messages, reply]
         row.raw = [*plan.commit_state.raw, None]
         row.model_versions.append(int(model_version))
+        row.turn_tokens.append(len(completion_ids))
         row.closed = bool(completion_ids) and list(completion_ids[-len(self._assembler.turn_end_ids) :]) == (
             self._assembler.turn_end_ids
         )
@@ -422,6 +426,7 @@ class Conversation:
                 prompt_messages=copy.deepcopy(row.messages[: row.n_prompt_messages]),
                 completion_messages=copy.deepcopy(row.messages[row.n_prompt_messages :]),
                 model_versions=list(row.model_versions),
+                turn_tokens=list(row.turn_tokens),
             )
             for row in self._rows
         ]

@@ -1,0 +1,101 @@
+"""Bounded run-ahead (rollout_worker/run_ahead.py): the admission rule by hand, the trainer feed's counts and metrics
+with real TRL RolloutSamples, and the worker config that turns it on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from intercept_common.errors import ConfigError
+from rollout_worker.config import WorkerConfig
+from rollout_worker.groups import GroupScheduler
+from rollout_worker.run_ahead import RunAheadBound, TrainerFeed, token_staleness_metrics
+from rollout_worker.types import Task
+
+
+def test_staleness_zero_admits_exactly_one_version_of_samples():
+    bound = RunAheadBound(max_staleness=0, samples_per_version=8)
+    assert bound.capacity == 8
+    assert bound.admits(pending=7, taken_this_version=0)  # the 8th rollout of version 0
+    assert not bound.admits(pending=8, taken_this_version=0)
+    # the trainer took the 8 to train at this version: nothing more may start until the weights move
+    assert not bound.admits(pending=0, taken_this_version=8)
+
+
+def test_staleness_two_runs_ahead_two_versions():
+    bound = RunAheadBound(max_staleness=2, samples_per_version=8)
+    assert bound.capacity == 24
+    assert bound.admits(pending=20, taken_this_version=3)  # 20 + 1 <= 24 - 3
+    assert not bound.admits(pending=21, taken_this_version=3)
+
+
+def test_a_started_group_is_always_completed():
+    bound = RunAheadBound(max_staleness=0, samples_per_version=4)
+    assert not bound.admits(pending=4, taken_this_version=0)
+    assert bound.admits(pending=4, taken_this_version=0, group_partly_launched=True)
+    scheduler = GroupScheduler([Task(instance_id="t", repo="r", base_commit="c", problem_statement="x")], num_generations=3)
+    assert not scheduler.group_partly_launched
+    slot = scheduler.next_slot()
+    assert scheduler.group_partly_launched
+    scheduler.finish(slot, "done")
+    assert scheduler.held_results == 1
+    scheduler.next_slot(), scheduler.next_slot()
+    assert not scheduler.group_partly_launched  # all three launched
+
+
+def test_token_staleness_histogram_counts_tokens_per_turn_version():
+    # turns sampled at versions 5 (3 tokens), 4 (2 tokens), 0 (1 token); the trainer is at version 5
+    metrics = token_staleness_metrics([(5, 3), (4, 2), (0, 1)], trainer_version=5)
+    assert metrics["off_policy/token_staleness_0"] == (3.0, 6.0)
+    assert metrics["off_policy/token_staleness_1"] == (2.0, 6.0)
+    assert metrics["off_policy/token_staleness_2"] == (0.0, 6.0)
+    assert metrics["off_policy/token_staleness_4plus"] == (1.0, 6.0)
+    assert metrics["off_policy/token_staleness_mean"] == (0 * 3 + 1 * 2 + 5 * 1, 6.0)
+
+
+def _sample(version, tokens):
+    from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+
+    mask = np.array([0, 0] + [1] * tokens, dtype=np.int64)
+    return RolloutSample(prompt=[], completion=[], input_ids=np.arange(len(mask)), completion_mask=mask,
+                         old_log_probs=np.zeros(len(mask), dtype=np.float32), advantage=1.0, model_version=version,
+                         group_id=0, metrics={})
+
+
+def test_trainer_feed_counts_what_the_trainer_takes_to_train_and_reports_utilisation():
+    published = []
+    version = {"now": 0}
+    feed = TrainerFeed(16, lambda: version["now"], max_staleness=1, publish=published.append)
+    fresh, stale = _sample(0, 3), _sample(0, 5)
+    feed.note_turns(fresh, [(0, 3)])
+    feed.note_turns(stale, [(0, 5)])
+    feed.generated_tokens = 10
+    feed.put(fresh)
+    feed.put(stale)
+    version["now"] = 1
+    assert feed.get_nowait() is fresh  # staleness 1 <= 1: trained
+    version["now"] = 2
+    assert feed.get_nowait() is stale  # staleness 2 > 1: TRL drops it, it fills no slot
+    assert feed.taken_fresh == 1 and feed.trained_tokens == 3
+    assert len(published) == 1
+    assert published[0]["off_policy/token_staleness_1"] == (3.0, 3.0)
+    assert published[0]["off_policy/generation_utilisation"] == (3.0, 10.0)  # a rate: Σ trained ÷ Σ generated
+
+
+def test_worker_config_validates_the_run_ahead_knobs():
+    with pytest.raises(ConfigError, match="samples_per_version"):
+        WorkerConfig(samples_per_version=0)
+    with pytest.raises(ConfigError, match="max_staleness"):
+        WorkerConfig(max_staleness=-1)
+    assert WorkerConfig().bound_run_ahead
+
+
+def test_train_sets_samples_per_version_from_the_batch_and_sync_interval():
+    from trainer.components import samples_per_version
+    from trainer.config import parse_train_args
+
+    _, training = parse_train_args(["--preset", "learning-demo", "--gradient-accumulation-steps", "2",
+                                    "--weight-sync-steps", "3"])
+    assert samples_per_version(training) == 8 * 2 * 3
+    _, training = parse_train_args(["--preset", "cpu-demo", "--token-budget", "512"])
+    assert samples_per_version(training) is None  # a token budget: the count per step varies
