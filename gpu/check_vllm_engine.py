@@ -83,7 +83,7 @@ async def run_checks(args, report: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rollout_worker.serving.engine_client import EngineClient
-    from rollout_worker.types import PromptTooLongError
+    from rollout_worker.protocols import PromptTooLongError
 
     checks = report["checks"]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

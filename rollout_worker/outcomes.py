@@ -1,21 +1,17 @@
-"""How rollouts end, as types, and the one function that decides a rollout's final status.
+"""How rollouts end, as types only (no logic; `final_status.decide_outcome` folds them into a result).
 
 Two parts of the system see a rollout end, each for its own reasons:
 - the turn server (`serving/turns.py`) ends it from the gate's side: a budget, an overlong prompt, a stale policy, a
   failing engine (`TurnEnd`);
 - the episode (`environment/episode.py`) sees the agent's process end: it exited, the worker stopped it, or its wall
   time ran out (`AgentEnd`).
-`decide_outcome` folds both into one `EpisodeStatus` and reward; the record keeps both reasons
+`final_status.decide_outcome` folds both into one `EpisodeStatus` and reward; the record keeps both reasons
 (`details["turn_end"]`, `details["agent_end"]`) so nothing about why a rollout ended is lost.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .types import EpisodeResult
 
 
 class EpisodeStatus(enum.StrEnum):
@@ -61,25 +57,3 @@ class ForkReason(enum.StrEnum):
 class OverlongPolicy(enum.StrEnum):
     EXCLUDE = "exclude"  # unscorable: neither trained nor part of the group baseline
     ZERO = "zero"  # scored 0
-
-
-def decide_outcome(result: EpisodeResult, turn_end: TurnEnd | None, overlong_policy: OverlongPolicy,
-                   engine_error: str | None = None) -> EpisodeResult:
-    """Fold the turn server's reason into the episode's result: the one place a rollout's final status is decided.
-
-    The turn server's reason wins over the agent's (the agent usually stops *because* the gate ended the rollout).
-    """
-    result.details["turn_end"] = turn_end.value if turn_end is not None else None
-    if turn_end is TurnEnd.OVERLONG:
-        result.status = EpisodeStatus.OVERLONG
-        if overlong_policy is OverlongPolicy.ZERO:
-            result.reward, result.resolved, result.scorable = 0.0, False, True
-        else:
-            result.reward, result.scorable = None, False
-    elif turn_end in (TurnEnd.STALE, TurnEnd.ENGINE_ERROR):
-        result.status = EpisodeStatus.CANCELLED if turn_end is TurnEnd.STALE else EpisodeStatus.INFRA_ERROR
-        result.reward, result.scorable = None, False
-        result.details.setdefault("error", engine_error or "rollout went stale")
-    elif turn_end in (TurnEnd.TURNS, TurnEnd.TOKENS) and result.scorable:
-        result.status = EpisodeStatus.BUDGET
-    return result

@@ -6,7 +6,8 @@ Who calls what, and when:
 - the episode runner asks a `SandboxBackend` for a `Sandbox`, an `AgentLauncher` for the command, starts it as a
   `SandboxProcess`, and once the agent is dead asks the `Grader` for a `GradeResult`;
 - graders run the task's tests through a `TestExecutor`.
-Data passed across these seams lives in `rollout_worker.types`; statuses in `rollout_worker.outcomes`.
+What an `Engine` raises is declared beside it (`EngineError`, `PromptTooLongError`, `EngineResponseError`). Data
+passed across these seams lives in `rollout_worker.types`; statuses in `rollout_worker.outcomes`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,29 @@ class Engine(Protocol):
     async def max_model_len(self) -> int:
         """The served model's context length."""
         ...
+
+
+# -- what an Engine raises --------------------------------------------------------------------------------------------
+class EngineError(RuntimeError):
+    """The engine could not produce a completion (after retries, where retrying is allowed)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class PromptTooLongError(EngineError):
+    """The prompt (plus max_tokens) exceeds the engine's `max_model_len` (vLLM's 400 and ours)."""
+
+    def __init__(self, message: str, status: int | None = 400, prompt_tokens: int | None = None,
+                 max_model_len: int | None = None):
+        super().__init__(message, status)
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
+class EngineResponseError(EngineError):
+    """The engine answered 200 but the body lacks what token-exact training needs (ids, logprobs)."""
 
 
 class EpisodeRunner(Protocol):

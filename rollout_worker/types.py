@@ -1,7 +1,8 @@
-"""Data shared across the rollout side: tasks, agent endpoints and episode results.
+"""Data shared across the rollout side: tasks, agent endpoints, episode results, engine completions. Data only.
 
-These are the contracts between the worker (which owns the gate and the engine), the episode runners (sandbox +
-agent + grader) and the task loaders. Keep them small and free of heavy imports.
+These are what the worker (which owns the gate and the engine), the episode runners (sandbox + agent + grader) and
+the task loaders pass each other: dataclasses without behaviour and free of heavy imports. The seams that exchange
+them, and the errors those seams raise, are in `rollout_worker.protocols`; statuses in `rollout_worker.outcomes`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from control_plane import RolloutEndpoint
 from .outcomes import EpisodeStatus
 
 __all__ = [  # RolloutEndpoint is the gate's product, re-exported for the rollout side
-    "AgentCommand", "Completion", "EngineError", "EngineResponseError", "EpisodeResult", "ExecResult", "GradeResult",
-    "PromptTooLongError", "RolloutEndpoint", "Task",
+    "AgentCommand", "Completion", "EpisodeResult", "ExecResult", "GradeResult", "RolloutEndpoint", "Task",
 ]
 
 
@@ -95,29 +95,6 @@ class AgentCommand:
 
     def __repr__(self) -> str:  # env holds the rollout key: never print it
         return f"AgentCommand(argv={self.argv!r}, env_keys={sorted(self.env)!r}, files={sorted(self.files)!r})"
-
-
-# -- the engine contract --------------------------------------------------------------------------------------------
-class EngineError(RuntimeError):
-    """The engine could not produce a completion (after retries, where retrying is allowed)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class PromptTooLongError(EngineError):
-    """The prompt (plus max_tokens) exceeds the engine's `max_model_len` (vLLM's 400 and ours)."""
-
-    def __init__(self, message: str, status: int | None = 400, prompt_tokens: int | None = None,
-                 max_model_len: int | None = None):
-        super().__init__(message, status)
-        self.prompt_tokens = prompt_tokens
-        self.max_model_len = max_model_len
-
-
-class EngineResponseError(EngineError):
-    """The engine answered 200 but the body lacks what token-exact training needs (ids, logprobs)."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from typing import Any
 from control_plane import GateConfig, InterceptionServer
 
 from .config import WorkerConfig
+from .final_status import decide_outcome
 from .groups import GroupScheduler, Slot, group_advantages
-from .outcomes import EpisodeStatus, TurnEnd, decide_outcome
+from .outcomes import EpisodeStatus, TurnEnd
 from .protocols import EpisodeRunner
 from .run_ahead import RunAheadBound, TrainerFeed
 from .serving.assembly import PromptAssembler

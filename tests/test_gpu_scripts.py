@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from rollout_worker.serving.engine_client import EngineClient
-from rollout_worker.types import PromptTooLongError
+from rollout_worker.protocols import PromptTooLongError
 from tests.paths import REPO
 
 GPU_DIR = REPO / "gpu"

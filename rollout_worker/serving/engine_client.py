@@ -20,7 +20,8 @@ import time
 import aiohttp
 import orjson
 
-from ..types import Completion, EngineError, EngineResponseError, PromptTooLongError
+from ..protocols import EngineError, EngineResponseError, PromptTooLongError
+from ..types import Completion
 
 RETRYABLE_STATUSES = frozenset({502, 503})
 # Wordings of "the prompt does not fit the context": vLLM's old and new messages, OpenAI's code, ours (= vLLM's).

@@ -19,7 +19,7 @@ from control_plane import InterceptedRequest, RolloutClosed, RolloutHandle
 
 from ..config import WorkerConfig
 from ..outcomes import TurnEnd
-from ..types import EngineError, PromptTooLongError
+from ..protocols import EngineError, PromptTooLongError
 from .messages import MessageFormatError
 from .parsing import parse_completion
 

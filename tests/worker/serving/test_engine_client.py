@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 from local_engine.background import BackgroundEngine
 from local_engine.cli import create_engine_server
 from local_engine.server import EngineConfig
+from rollout_worker.protocols import EngineError, EngineResponseError, PromptTooLongError
 from rollout_worker.serving.engine_client import EngineClient
-from rollout_worker.types import Completion, EngineError, EngineResponseError, PromptTooLongError
+from rollout_worker.types import Completion
 
 MAX_MODEL_LEN = 256
 
