@@ -6,10 +6,12 @@ demo's `max_staleness 0`, two thirds of all generation was dropped (issue #27). 
 of samples per policy version (`samples_per_version`: the fixed-count batch times the steps between weight syncs), so
 a rollout launched now, at version V, is trained within the bound exactly when everything ahead of it fits:
 
-    pending + 1 <= (max_staleness + 1) * samples_per_version - taken_this_version
+    pending + k <= (max_staleness + 1) * samples_per_version - taken_this_version
 
-where `pending` counts the samples not yet handed to the trainer (queued, waiting in the backlog, held in a partial
-group, or still running: one per rollout, an upper bound for those that end unscorable) and `taken_this_version` the
+where `pending` counts the samples not yet handed to the trainer (queued, waiting in the backlog, and `k` per rollout
+held in a partial group or still running), `k` is the mean number of samples per finished rollout so far, at least
+1 (an agent whose history forks trains one sample per row; unscorable rollouts give none; until the first group
+completes, `k` is unknown and only that group runs), and `taken_this_version` the
 samples the trainer already took for training at the current version (stale ones it drops do not count: they fill no
 slot). A group whose first member was launched is always completed, so a group never waits for members that the
 bound would refuse. Rollouts that fall behind anyway (a slow multi-turn rollout overtaken by faster ones) are aborted
@@ -43,10 +45,13 @@ class RunAheadBound:
         """Samples the trainer takes from now through the last version a rollout started now may be trained at."""
         return (self.max_staleness + 1) * self.samples_per_version
 
-    def admits(self, pending: int, taken_this_version: int, group_partly_launched: bool = False) -> bool:
+    def admits(self, pending: float, taken_this_version: int, group_partly_launched: bool = False,
+               per_rollout: float = 1.0) -> bool:
+        """`pending` in samples; a new rollout adds `per_rollout` samples (the worker's running mean, at least 1:
+        an agent whose history forks trains one sample per row)."""
         if group_partly_launched:
             return True
-        return pending + 1 <= self.capacity - taken_this_version
+        return pending + per_rollout <= self.capacity - taken_this_version
 
 
 def token_staleness_metrics(versions: list[tuple[int, int]], trainer_version: int) -> dict[str, tuple[float, float]]:

@@ -244,10 +244,13 @@ class RolloutWorker:
         """Bounded run-ahead (rollout_worker/run_ahead.py): launch only what can be trained within max_staleness."""
         if self.run_ahead is None:
             return True
-        pending = (len(self._backlog) + self.rollout_buffer.qsize() + len(self._inflight)
-                   + self.scheduler.held_results)
+        if self.counters["groups"] == 0 and self.scheduler.groups_started and not self.scheduler.group_partly_launched:
+            return False  # samples per rollout unknown until a group completes: one group first
+        per_rollout = max(1.0, self.counters["samples"] / max(1, self.counters["groups"] * self.config.num_generations))
+        pending = (len(self._backlog) + self.rollout_buffer.qsize()
+                   + per_rollout * (len(self._inflight) + self.scheduler.held_results))
         taken = self.rollout_buffer.taken_fresh - self._taken_at_version
-        return self.run_ahead.admits(pending, taken, self.scheduler.group_partly_launched)
+        return self.run_ahead.admits(pending, taken, self.scheduler.group_partly_launched, per_rollout)
 
     def _buffer_full(self) -> bool:
         limit = self.config.max_queued_samples or self.config.queue_maxsize // 2

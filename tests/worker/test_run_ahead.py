@@ -33,7 +33,8 @@ def test_a_started_group_is_always_completed():
     bound = RunAheadBound(max_staleness=0, samples_per_version=4)
     assert not bound.admits(pending=4, taken_this_version=0)
     assert bound.admits(pending=4, taken_this_version=0, group_partly_launched=True)
-    scheduler = GroupScheduler([Task(instance_id="t", repo="r", base_commit="c", problem_statement="x")], num_generations=3)
+    task = Task(instance_id="t", repo="r", base_commit="c", problem_statement="x")
+    scheduler = GroupScheduler([task], num_generations=3)
     assert not scheduler.group_partly_launched
     slot = scheduler.next_slot()
     assert scheduler.group_partly_launched
@@ -99,3 +100,49 @@ def test_train_sets_samples_per_version_from_the_batch_and_sync_interval():
     assert samples_per_version(training) == 8 * 2 * 3
     _, training = parse_train_args(["--preset", "cpu-demo", "--token-budget", "512"])
     assert samples_per_version(training) is None  # a token budget: the count per step varies
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_real_worker_launches_only_what_the_trainer_can_train_fresh(engine):
+    """Real worker, gate, engine and scripted openai-SDK agents (4 turns, one fork: 2 samples per rollout). A stand-in
+    trainer takes 4 samples per version at `max_staleness 0`, as TRL's fixed-count batcher would: every sample it takes
+    is of its current version (nothing would be dropped), and the worker never ran ahead of it."""
+    import threading
+    import time
+
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+    from rollout_worker.serving.chat_template import resolve_training_template
+    from rollout_worker.worker import RolloutWorker
+    from tests.worker.test_worker import ScriptedAgentRunner
+
+    tokenizer = load_qwen3_tokenizer()
+    tasks = [Task(instance_id=f"task{i}", repo="demo/repo", base_commit="0" * 40, problem_statement="fix it")
+             for i in range(2)]
+    config = WorkerConfig(num_generations=2, max_inflight=4, temperature=0.9, max_tokens_per_turn=16, seed=0,
+                          max_staleness=0, samples_per_version=4, drop_zero_variance_groups=False)
+    worker = RolloutWorker(config, tasks=tasks, episode_runner=ScriptedAgentRunner(), tokenizer=tokenizer,
+                           chat_template=resolve_training_template(tokenizer), engine_url=engine.url)
+    peak_pending, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            pending = len(worker._inflight) + worker.rollout_buffer.qsize() + len(worker._backlog)
+            peak_pending[0] = max(peak_pending[0], pending)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    worker.start()
+    taken = []
+    try:
+        for version in range(3):
+            for _ in range(4):
+                taken.append((version, worker.rollout_buffer.get(timeout=120)))
+            worker.update_model_version(version + 1)
+    finally:
+        stop.set()
+        worker.stop()
+    assert [sample.model_version for _, sample in taken] == [version for version, _ in taken]
+    assert worker.rollout_buffer.taken_fresh == 12
+    # two rollouts of 2 samples fill a version (the first group runs alone until its samples per rollout are known)
+    assert peak_pending[0] <= 2
