@@ -138,6 +138,31 @@ def table(out: Path, settings: list[str]) -> str:
     return "\n".join(lines)
 
 
+ROLLOUT_BUDGETS = (48, 96, 144, 192)
+SECOND_BUDGETS = (120, 240, 360, 480)
+
+
+def reward_at(steps: list[dict], key: str, budget: float) -> float | None:
+    """The mean reward of the last 3 steps logged within `budget` (of `key`: rollouts generated or seconds)."""
+    within = [s["reward"] for s in steps if s["reward"] is not None and s[key] <= budget]
+    return sum(within[-3:]) / len(within[-3:]) if within else None
+
+
+def curves(out: Path, settings: list[str]) -> str:
+    """Reward vs generated rollouts and vs wall-clock: mean ± spread over seeds at fixed budgets."""
+    head = " | ".join([f"{b} rollouts" for b in ROLLOUT_BUDGETS] + [f"{b} s" for b in SECOND_BUDGETS])
+    lines = [f"| setting | {head} |", "|---" * (1 + len(ROLLOUT_BUDGETS) + len(SECOND_BUDGETS)) + "|"]
+    for setting in settings:
+        runs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{setting}-seed*.json"))]
+        runs = [r for r in runs if summarize(r) is not None]
+        if not runs:
+            continue
+        cells = [_pm([reward_at(r["steps"], "rollouts", b) for r in runs], ".3f") for b in ROLLOUT_BUDGETS]
+        cells += [_pm([reward_at(r["steps"], "t_s", b) for r in runs], ".3f") for b in SECOND_BUDGETS]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"Comma-separated, of: {', '.join(SETTINGS)}")
@@ -164,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{setting} seed {seed}: exit {result['exit']}, {result['wall_s']:.0f} s, "
                       f"load {result['load_avg_1m_at_end']:.1f}, {summary}", flush=True)
     print(table(out, settings))
+    print()
+    print("Reward (mean of the last 3 steps logged) by rollouts generated and by seconds since the command started:")
+    print(curves(out, settings))
     return 0
 
 
