@@ -12,11 +12,8 @@ Code) or OpenAI Responses (`…/v1/responses`, Codex); the worker always receive
     await req.reply({"role": "assistant", "content": "...", "tool_calls": [...]}, finish_reason="tool_calls",
                     usage={"prompt_tokens": 1, "completion_tokens": 2})   # or: await req.fail(400, "...", code=...)
     await rollout.close(); await server.stop()
-
-`BackgroundGate` runs the same server on its own event-loop thread for synchronous callers.
 """
 
-from .background import BackgroundGate
 from .config import GateConfig
 from .dialects import DialectName
 from .endpoint import RolloutEndpoint
@@ -25,7 +22,6 @@ from .rollout import InterceptedRequest, RolloutHandle
 from .server import InterceptionServer
 
 __all__ = [
-    "BackgroundGate",
     "DialectName",
     "GateConfig",
     "GateError",

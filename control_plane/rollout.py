@@ -24,14 +24,15 @@ ROLLOUT_CLOSED = "rollout_closed"
 
 
 def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Futures are not thread-safe: settle them only from the server's loop (use `BackgroundGate.run` elsewhere)."""
+    """Futures are not thread-safe: settle them only from the server's loop (from another thread, hand the
+    coroutine to that loop: `asyncio.run_coroutine_threadsafe`)."""
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if running is not loop:
-        raise RuntimeError("gate objects must be used on the server's event loop; from another thread use "
-                           "BackgroundGate.run(coro)")
+        raise RuntimeError("gate objects must be used on the server's event loop; from another thread hand the "
+                           "coroutine to it with asyncio.run_coroutine_threadsafe")
 
 
 class Reply:

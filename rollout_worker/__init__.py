@@ -6,7 +6,7 @@ implementation sits behind each. A run wires them like this (what `factory.build
     from rollout_worker.config import WorkerConfig
     from rollout_worker.environment.agents import get_agent             # AgentLauncher: pi, mini-swe-agent, cmd:...
     from rollout_worker.environment.episode import SandboxEpisodeRunner  # EpisodeRunner
-    from rollout_worker.environment.grading import FailPassGrader        # Grader (over a TestExecutor)
+    from rollout_worker.environment.grading.host import FailPassGrader        # Grader (over a TestExecutor)
     from rollout_worker.environment.sandbox import LocalSandboxTestExecutor, get_backend  # SandboxBackend
     from rollout_worker.factory import build_worker
 

@@ -24,7 +24,7 @@ from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
-from .environment.grading import GradingConfig
+from .environment.grading.host import GradingConfig
 from .factory import (
     ContainerGradingConfig,
     EpisodeOptions,

@@ -12,8 +12,8 @@ from intercept_common.errors import ConfigError, UserError
 
 from .config import WorkerConfig
 from .environment.episode import EpisodeConfig
-from .environment.grading import GradingConfig
-from .environment.sandbox.docker_grading_common import ContainerGradingConfig
+from .environment.grading.container_common import ContainerGradingConfig
+from .environment.grading.host import GradingConfig
 from .environment.tasks.schema import SWE_GYM_IMAGE_TEMPLATE
 from .types import Task
 
@@ -87,7 +87,7 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
     its shared grading config: one set of grading knobs for every grader."""
     from .environment.agents import get_agent
     from .environment.episode import SandboxEpisodeRunner
-    from .environment.grading import FailPassGrader
+    from .environment.grading.host import FailPassGrader
     from .environment.sandbox import get_backend
 
     backend = get_backend(options.sandbox, **options.sandbox_options)
@@ -96,8 +96,8 @@ def build_episode_runner(options: EpisodeOptions, episode: EpisodeConfig | None 
     if options.sandbox == "docker":
         # Tasks that come as images (SWE-bench/SWE-Gym rows, Harbor dirs) are graded in a fresh container of their
         # image, like the official harness; tasks with a host repository keep the host grader.
-        from .environment.sandbox.docker_grading import ImageAwareGrader, SweBenchContainerGrader
-        from .environment.sandbox.docker_harbor_grading import HarborContainerGrader
+        from .environment.grading.harbor_container import HarborContainerGrader
+        from .environment.grading.swebench_container import ImageAwareGrader, SweBenchContainerGrader
 
         in_container = dataclasses.replace(container_grading or ContainerGradingConfig(), grading=grading)
         grader = ImageAwareGrader(grader, SweBenchContainerGrader(in_container), HarborContainerGrader(in_container))
@@ -137,7 +137,7 @@ def _test_executor(sandbox: str):
     if sandbox not in ("local", "docker"):
         raise ConfigError(f"unknown sandbox backend {sandbox!r}: expected 'local' or 'docker'")
     if sandbox == "docker" and shutil.which("bwrap") is None:  # a Docker host without bubblewrap: a fresh container
-        from .environment.sandbox.docker_test_executor import DockerTestExecutor
+        from .environment.sandbox.docker.executor import DockerTestExecutor
 
         return DockerTestExecutor()
     from .environment.sandbox import LocalSandboxTestExecutor

@@ -25,7 +25,7 @@ def check_sandbox(backend: str, timeout_s: float = 10.0) -> None:
     if backend != "docker":
         return
     from .environment.sandbox import SandboxUnavailableError
-    from .environment.sandbox.docker_io import docker_client
+    from .environment.sandbox.docker.client import docker_client
 
     try:
         docker_client(timeout_s).close()
@@ -41,7 +41,7 @@ def check_images(backend: str, tasks: Sequence[Task], timeout_s: float = 10.0) -
         return
     from docker.errors import ImageNotFound
 
-    from .environment.sandbox.docker_io import docker_client
+    from .environment.sandbox.docker.client import docker_client
 
     client = docker_client(timeout_s)
     try:

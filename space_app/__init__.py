@@ -7,8 +7,9 @@
 * `preflight.py`: can this container sandbox model-written code (bubblewrap)? Refuses to start otherwise unless the
   user opts in loudly.
 * `lock_filter.py`: the project lock without torch's own CUDA runtime (the base image provides torch).
-* `remote_sandbox.py`: a remote sandbox backend skeleton (untested against any provider) for containers where
-  bubblewrap cannot start.
+
+A remote sandbox backend for containers where bubblewrap cannot start exists only as a test-only skeleton
+(tests/support/remote_sandbox.py, untested against any provider; docs/space.md).
 
 See docs/space.md.
 """

@@ -37,7 +37,7 @@ ACCELERATE_CONFIG="${INTERCEPT_RL_ACCELERATE_CONFIG:-$APP_DIR/trainer/accelerate
 PAUSE_WHEN_DONE="${INTERCEPT_RL_PAUSE_WHEN_DONE:-0}"
 KEEP_SERVING="${INTERCEPT_RL_KEEP_SERVING:-1}"
 # The gate's loopback port, proxied by the status page at /rollout/..., and the public origin sandboxes outside the
-# Space would reach it at (space_app/remote_sandbox.py; SPACE_HOST is set by the Spaces runtime).
+# Space would reach it at (remote sandboxes, docs/space.md; SPACE_HOST is set by the Spaces runtime).
 export INTERCEPT_RL_GATE_PORT="${INTERCEPT_RL_GATE_PORT:-8001}"
 if [[ -n "${SPACE_HOST:-}" ]]; then
   export INTERCEPT_RL_PUBLIC_URL="https://${SPACE_HOST}"

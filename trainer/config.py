@@ -24,7 +24,7 @@ from intercept_common.config_tree import build, cli_view, load_config_file, pars
 from intercept_common.errors import ConfigError
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
-from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskOptions
 
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.

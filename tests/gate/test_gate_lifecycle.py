@@ -10,7 +10,8 @@ import aiohttp
 import openai
 import pytest
 
-from control_plane import BackgroundGate, GateConfig, InterceptionServer, RolloutClosed
+from control_plane import GateConfig, InterceptionServer, RolloutClosed
+from tests.support.background_gate import BackgroundGate
 
 BODY = {"model": "policy", "messages": [{"role": "user", "content": "hi"}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}

@@ -8,7 +8,8 @@ import json
 import openai
 import pytest
 
-from control_plane import BackgroundGate, GateConfig, RolloutClosed
+from control_plane import GateConfig, RolloutClosed
+from tests.support.background_gate import BackgroundGate
 
 LONG_TEXT = "I will inspect the repository first. " * 5  # > stream_chunk_chars: content arrives in several deltas
 ARGS_BASH = json.dumps({"command": "ls -la && grep -rn 'def main' src/ | head -50", "timeout": 30})

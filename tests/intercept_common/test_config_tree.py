@@ -19,7 +19,7 @@ from intercept_common.config_tree import (
 from intercept_common.errors import ConfigError, UserError
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
-from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.factory import EpisodeOptions
 
 WorkerOptions = cli_view(WorkerConfig)

@@ -9,7 +9,8 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from control_plane import BackgroundGate, GateConfig, RolloutClosed, RolloutHandle
+from control_plane import GateConfig, RolloutClosed, RolloutHandle
+from tests.support.background_gate import BackgroundGate
 
 TOOL_REPLY = {"content": "checking", "tool_calls": [{"id": "call_1", "function": {
     "name": "bash", "arguments": {"command": "ls"}}}]}

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL, DockerSandboxConfig
 from tests.reliability.conftest import scaled
 from tests.support.docker import docker_client_or_skip, sandbox_containers, socket_files
 from tests.support.sandboxes import make_task, sandbox_dirs

@@ -31,8 +31,8 @@ from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from local_engine.embedded import ensure_tiny_model
 from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
-from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE, OWNER_PID_LABEL
+from rollout_worker.environment.grading.host import GradingConfig
+from rollout_worker.environment.sandbox.docker.config import DEFAULT_BASE_IMAGE, OWNER_PID_LABEL
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.factory import EpisodeOptions, build_episode_runner, build_worker
 from tests.support.docker import PrivateDockerd, docker_client_or_skip, sandbox_containers

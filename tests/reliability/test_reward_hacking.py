@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from rollout_worker.environment.grading import GradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.factory import EpisodeOptions, build_episode_runner
 from rollout_worker.outcomes import EpisodeStatus

@@ -1,4 +1,4 @@
-"""space_app/remote_sandbox.py's plumbing, offline, on an in-process fake machine (NOT a sandbox: test only).
+"""tests/support/remote_sandbox.py's plumbing, offline, on an in-process fake machine (NOT a sandbox: test only).
 
 What this proves: the backend and sandbox satisfy rollout_worker's protocols, upload the task's repository, hand the
 agent the public gate URL with the rollout's own key, bring the agent's repository back for the grader, refuse
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.errors import SandboxError
 from rollout_worker.protocols import Sandbox, SandboxProcess
 from rollout_worker.types import ExecResult, RolloutEndpoint, Task
-from space_app.remote_sandbox import RemoteSandboxBackend, public_endpoint
+from tests.support.remote_sandbox import RemoteSandboxBackend, public_endpoint
 
 
 class FakeProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE, LABEL
+from rollout_worker.environment.sandbox.docker.config import DEFAULT_BASE_IMAGE, LABEL
 
 _STATE = Path(os.environ.get("INTERCEPT_RL_DOCKER_STATE", "/tmp/intercept-rl-docker"))
 _cached: tuple[object | None, str | None] | None = None
@@ -112,8 +112,8 @@ class PrivateDockerd:
 
 
 def remove_history_images(client, image: str) -> None:
-    """Remove the history-free images derived from `image` (rollout_worker/environment/sandbox/docker_history.py)."""
-    from rollout_worker.environment.sandbox.docker_history import SOURCE_LABEL
+    """Remove the history-free images derived from `image` (rollout_worker/environment/sandbox/docker/history.py)."""
+    from rollout_worker.environment.sandbox.docker.history import SOURCE_LABEL
 
     for derived in client.images.list(filters={"label": f"{SOURCE_LABEL}={image}"}):
         client.images.remove(derived.id, force=True)

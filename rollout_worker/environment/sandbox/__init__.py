@@ -1,5 +1,7 @@
-"""Sandboxes for agents and for grading: protocols (`base`), the bubblewrap backend (`local`, default) and the
-Docker backend (`docker_backend`, optional extra `docker`)."""
+"""Sandboxes for agents and for grading: one folder per backend, `local/` (bubblewrap, the default) and `docker/`
+(optional extra `docker`), and what both use: `errors`, `registry` (orphan reaping), `relay` (the gate's only way in),
+`inner_init` (runs first inside every sandboxed command), `output_tail`. The graders are in `environment/grading/`.
+`get_backend(name, **options)` builds a backend from its YAML section."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from typing import Any
 
 from intercept_common.errors import ConfigError
 
-from rollout_worker.environment.sandbox.base import SandboxError, SandboxUnavailableError
-from rollout_worker.environment.sandbox.bwrap import LocalSandboxConfig, LocalSandboxTestExecutor
-from rollout_worker.environment.sandbox.local import LocalSandbox, LocalSandboxBackend
+from rollout_worker.environment.sandbox.errors import SandboxError, SandboxUnavailableError
+from rollout_worker.environment.sandbox.local.backend import LocalSandbox, LocalSandboxBackend
+from rollout_worker.environment.sandbox.local.bwrap import LocalSandboxConfig, LocalSandboxTestExecutor
 from rollout_worker.environment.sandbox.registry import default_state_dir, reap_orphans
 from rollout_worker.protocols import Sandbox, SandboxBackend, SandboxProcess, TestExecutor
 from rollout_worker.types import ExecResult
@@ -27,7 +29,7 @@ def get_backend(name: str, **config: Any) -> SandboxBackend:
     `sandbox: {backend: ..., <its fields>}`). An unknown backend or field is a `ConfigError` naming it."""
     backend_config = sandbox_config(name, **config)
     if name == "docker":
-        from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
+        from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
 
         return DockerSandboxBackend(backend_config)
     return LocalSandboxBackend(backend_config)
@@ -39,7 +41,7 @@ def sandbox_config(name: str, **config: Any) -> Any:
     if name == "local":
         cls: type = LocalSandboxConfig
     elif name == "docker":
-        from rollout_worker.environment.sandbox.docker_config import DockerSandboxConfig
+        from rollout_worker.environment.sandbox.docker.config import DockerSandboxConfig
 
         cls = DockerSandboxConfig
     else:

@@ -9,7 +9,7 @@ here; the few fields needed are read with `tomllib`.
 
 `load_harbor_tasks(path)` turns one task dir, or a dir of task dirs, into `Task`s whose `image` is the locally built
 environment (`build_harbor_image`, tag derived from the environment's content, built once and cached) and whose
-`extra` carries what `sandbox.docker_harbor_grading.HarborContainerGrader` needs: the task dir, the working directory, the
+`extra` carries what `grading.harbor_container.HarborContainerGrader` needs: the task dir, the working directory, the
 verifier timeout. The reward is Harbor's: whatever the verifier writes, read after `test.sh` ran in a fresh container
 of the image that holds the agent's final working directory. No reward file means the verifier failed: unscorable.
 """

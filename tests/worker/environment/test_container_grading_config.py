@@ -12,9 +12,9 @@ from intercept_common.config_tree import build, parse_config_tree
 from intercept_common.errors import ConfigError
 from rollout_worker.cli import build_parser
 from rollout_worker.environment.episode import EpisodeConfig
-from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_grading import ImageAwareGrader
-from rollout_worker.environment.sandbox.docker_grading_common import ContainerGradingConfig
+from rollout_worker.environment.grading.container_common import ContainerGradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
+from rollout_worker.environment.grading.swebench_container import ImageAwareGrader
 from rollout_worker.factory import EpisodeOptions, build_episode_runner
 
 CONFIG = ("sandbox: {backend: docker}\nagent: {name: oracle}\n"

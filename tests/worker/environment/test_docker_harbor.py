@@ -11,10 +11,10 @@ import pytest
 
 from rollout_worker.environment.agents import CommandAgent, get_agent
 from rollout_worker.environment.episode import SandboxEpisodeRunner
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_grading import ImageAwareGrader
-from rollout_worker.environment.sandbox.docker_harbor_grading import HarborContainerGrader
+from rollout_worker.environment.grading.harbor_container import HarborContainerGrader
+from rollout_worker.environment.grading.swebench_container import ImageAwareGrader
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL, DockerSandboxConfig
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks.harbor import (
     HarborTaskError,

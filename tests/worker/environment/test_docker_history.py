@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_history import history_free_image
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL, DockerSandboxConfig
+from rollout_worker.environment.sandbox.docker.history import history_free_image
 from rollout_worker.types import Task
 from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 from tests.support.sandboxes import sandbox_dirs
@@ -114,7 +114,7 @@ async def test_the_agent_finds_nothing_of_the_future_through_any_git_route(futur
 
 
 def test_an_image_not_at_its_base_commit_is_refused_clearly(future_image):
-    from rollout_worker.environment.sandbox.base import SandboxError
+    from rollout_worker.environment.sandbox.errors import SandboxError
 
     client, _ = future_image
     with pytest.raises(SandboxError, match="not the base commit"):

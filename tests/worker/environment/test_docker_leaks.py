@@ -19,8 +19,8 @@ import pytest
 
 from rollout_worker.environment.agents import CommandAgent
 from rollout_worker.environment.episode import EpisodeConfig, SandboxEpisodeRunner
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
-from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE, LABEL, DockerSandboxConfig
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker.config import DEFAULT_BASE_IMAGE, LABEL, DockerSandboxConfig
 from rollout_worker.outcomes import EpisodeStatus
 from tests.support.docker import PrivateDockerd, docker_client_or_skip, socket_files
 from tests.support.sandboxes import make_task, sandbox_dirs

@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.grading.host import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxTestExecutor
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL
-from rollout_worker.environment.sandbox.mini_docker_mode import MiniDockerModeConfig, MiniSweAgentDockerModeRunner
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL
 from rollout_worker.outcomes import EpisodeStatus
 from tests.support.docker import docker_client_or_skip, sandbox_containers
+from tests.support.mini_docker_mode import MiniDockerModeConfig, MiniSweAgentDockerModeRunner
 from tests.support.sandboxes import sandbox_dirs
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL, DockerSandboxConfig
-from rollout_worker.environment.sandbox.docker_grading import ImageAwareGrader, SweBenchContainerGrader, harness_row
-from rollout_worker.environment.sandbox.docker_grading_common import ContainerGradingConfig
+from rollout_worker.environment.grading.container_common import ContainerGradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
+from rollout_worker.environment.grading.swebench_container import ImageAwareGrader, SweBenchContainerGrader, harness_row
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL, DockerSandboxConfig
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.schema import docker_image_for

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.sandbox.docker_config import OWNER_PID_LABEL
+from rollout_worker.environment.sandbox.docker.config import OWNER_PID_LABEL
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks.synth import images
 from rollout_worker.environment.tasks.synth.manifest import PackageSpec, SynthSettings

@@ -12,7 +12,7 @@ import pytest
 
 from rollout_worker.environment.agents import CommandAgent, MiniSweAgentLauncher, get_agent
 from rollout_worker.environment.episode import EpisodeConfig, SandboxEpisodeRunner
-from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.grading.host import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxTestExecutor
 from rollout_worker.outcomes import EpisodeStatus as Status
 from tests.support.sandboxes import pids_with, sandbox_dirs, wait_until

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.grading import FailPassGrader, GradingConfig, SubprocessTestExecutor
+from rollout_worker.environment.grading.host import FailPassGrader, GradingConfig, SubprocessTestExecutor
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.environment.tasks.trees import git_apply
 from rollout_worker.types import ExecResult, Task

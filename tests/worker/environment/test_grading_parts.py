@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.grading import SubprocessTestExecutor
+from rollout_worker.environment.grading.host import SubprocessTestExecutor
 from rollout_worker.environment.tasks.pytest_report import (
     files_of_tests,
     junit_key,

@@ -14,11 +14,10 @@ import pytest
 
 from rollout_worker.environment.agents import get_agent, openai_env
 from rollout_worker.environment.episode import SandboxEpisodeRunner
-from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.grading.host import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxTestExecutor, SandboxUnavailableError, get_backend
-from rollout_worker.environment.sandbox.bwrap import INNER_INIT
-from rollout_worker.environment.sandbox.docker_backend import DockerSandboxBackend, reap_docker_orphans
-from rollout_worker.environment.sandbox.docker_config import (
+from rollout_worker.environment.sandbox.docker.backend import DockerSandboxBackend, reap_docker_orphans
+from rollout_worker.environment.sandbox.docker.config import (
     INIT_INSIDE,
     LABEL,
     OWNER_PID_LABEL,
@@ -28,6 +27,7 @@ from rollout_worker.environment.sandbox.docker_config import (
     container_spec,
     inner_command,
 )
+from rollout_worker.environment.sandbox.local.bwrap import INNER_INIT
 from rollout_worker.outcomes import EpisodeStatus
 from tests.support.docker import docker_client_or_skip, sandbox_containers, socket_files
 from tests.support.sandboxes import PROBE, sandbox_dirs
@@ -233,7 +233,7 @@ async def test_oracle_and_noop_episodes_in_containers(make_gate, dbackend, task)
 
 async def test_host_grader_runs_its_tests_in_a_container_without_bubblewrap(client, task, state_dir):
     """Hosts with Docker but no bubblewrap: FailPassGrader + DockerTestExecutor grades in a fresh container."""
-    from rollout_worker.environment.sandbox.docker_test_executor import DockerTestExecutor
+    from rollout_worker.environment.sandbox.docker.executor import DockerTestExecutor
 
     grader = FailPassGrader(DockerTestExecutor(client=client))
     pristine = await grader.grade(task, Path(task.repo_dir))

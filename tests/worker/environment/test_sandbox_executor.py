@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rollout_worker.environment.grading import FailPassGrader
+from rollout_worker.environment.grading.host import FailPassGrader
 from rollout_worker.environment.sandbox import LocalSandboxConfig, LocalSandboxTestExecutor
 from tests.support.sandboxes import FIXED, pids_running
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_worker.environment.grading import FailPassGrader, SubprocessTestExecutor
+from rollout_worker.environment.grading.host import FailPassGrader, SubprocessTestExecutor
 from rollout_worker.environment.tasks import embedded_task_names, load_tasks, materialize_embedded_repo
 from rollout_worker.environment.tasks.embedded_tasks import EMBEDDED_DIR
 from rollout_worker.environment.tasks.trees import TreeFilter, git_apply

@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise SynthInputError(f"--out {str(args.out)!r} exists and is not a directory")
     args.out.mkdir(parents=True, exist_ok=True)
-    from rollout_worker.environment.sandbox.docker_io import docker_client
+    from rollout_worker.environment.sandbox.docker.client import docker_client
 
     client = docker_client(600)  # one line when there is no engine, before any download
-    from rollout_worker.environment.sandbox.docker_backend import reap_docker_orphans
+    from rollout_worker.environment.sandbox.docker.backend import reap_docker_orphans
 
     reap_docker_orphans(client)  # containers a killed earlier build left behind
 

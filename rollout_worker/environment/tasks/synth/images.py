@@ -195,7 +195,7 @@ def leak_check(client: Any, image: str, originals: dict[str, bytes], modules: li
         path = PurePosixPath(rel)
         prefix = f"{path.parent}/__pycache__/" if str(path.parent) != "." else "__pycache__/"
         want["pyc"].append(f"/{prefix}{path.stem}.")
-    from rollout_worker.environment.sandbox.docker_grading_common import container_labels
+    from rollout_worker.environment.grading.container_common import container_labels
 
     out = client.containers.run(image, ["python3", "-c", _LEAK_SCRIPT, json.dumps(want)], network_mode="none",
                                 remove=True, labels=container_labels("synth-leak"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollout_worker.environment.sandbox.docker_grading_common import (
+from rollout_worker.environment.grading.container_common import (
     GradingInfraError,
     exec_output,
     isolated_spec,

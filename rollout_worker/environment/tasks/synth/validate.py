@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_grading import SweBenchContainerGrader
-from rollout_worker.environment.sandbox.docker_grading_common import ContainerGradingConfig
+from rollout_worker.environment.grading.container_common import ContainerGradingConfig
+from rollout_worker.environment.grading.host import GradingConfig
+from rollout_worker.environment.grading.swebench_container import SweBenchContainerGrader
 from rollout_worker.environment.tasks.schema import task_from_row
 
 

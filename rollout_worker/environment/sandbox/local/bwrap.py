@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from intercept_common.install_paths import agent_runtime_paths
-from rollout_worker.environment.sandbox.base import SandboxUnavailableError
+from rollout_worker.environment.sandbox.errors import SandboxUnavailableError
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.types import ExecResult
 
-INNER_INIT = Path(__file__).with_name("inner_init.py")
+INNER_INIT = Path(__file__).resolve().parent.parent / "inner_init.py"  # shared with the docker backend
 INNER_INIT_PATH = "/run/intercept/init.py"
 INNER_SOCKET_PATH = "/run/intercept/gate.sock"
 # System pieces a Python/Node/git toolchain needs; never shadow, passwd hashes or host credentials.

@@ -1,4 +1,5 @@
-"""A remote sandbox backend SKELETON for Spaces whose container cannot run bubblewrap (docs/space.md).
+"""A remote sandbox backend SKELETON for Spaces whose container cannot run bubblewrap (docs/space.md). Test-only:
+it lives under tests/ until a real provider adapter exists (no product module may import it: import-linter).
 
 UNTESTED AGAINST ANY REAL PROVIDER. No E2B / Modal / other adapter is written here: neither service is reachable from
 where this was built. What exists and is tested offline (tests/space/test_space_remote_sandbox.py, with an in-process fake
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.errors import SandboxError
 from rollout_worker.protocols import SandboxProcess
 from rollout_worker.types import ExecResult, RolloutEndpoint, Task
 

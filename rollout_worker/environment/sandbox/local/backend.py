@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from rollout_worker.environment.sandbox.base import SandboxError
-from rollout_worker.environment.sandbox.bwrap import (
+from rollout_worker.environment.sandbox.errors import SandboxError
+from rollout_worker.environment.sandbox.local.bwrap import (
     BwrapProcess,
     LocalSandboxConfig,
     build_bwrap_argv,

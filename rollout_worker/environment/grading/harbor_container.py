@@ -9,7 +9,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rollout_worker.environment.sandbox.docker_grading_common import (
+from rollout_worker.environment.grading.container_common import (
     ContainerGradingConfig,
     GradingInfraError,
     LazyDockerClient,

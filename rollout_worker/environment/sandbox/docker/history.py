@@ -21,7 +21,7 @@ import json
 import threading
 from typing import Any
 
-from rollout_worker.environment.sandbox.base import SandboxError
+from rollout_worker.environment.sandbox.errors import SandboxError
 
 SCRUB_VERSION = "2"  # bump when the script changes: derived images are keyed by it
 REPOSITORY = "intercept-rl-history"

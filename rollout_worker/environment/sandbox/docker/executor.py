@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rollout_worker.environment.sandbox.docker_grading_common import LazyDockerClient, isolated_spec, remove_quietly
-from rollout_worker.environment.sandbox.docker_io import in_own_thread
+from rollout_worker.environment.grading.container_common import LazyDockerClient, isolated_spec, remove_quietly
+from rollout_worker.environment.sandbox.docker.client import in_own_thread
 from rollout_worker.types import ExecResult
 
 
@@ -22,7 +22,7 @@ class DockerTestExecutor:
 
     def __init__(self, image: str | None = None, client: Any = None, mem_limit: str = "4g", pids_limit: int = 1024,
                  output_limit: int = 1 << 20):
-        from rollout_worker.environment.sandbox.docker_config import DEFAULT_BASE_IMAGE
+        from rollout_worker.environment.sandbox.docker.config import DEFAULT_BASE_IMAGE
 
         self.image = image or DEFAULT_BASE_IMAGE
         self.docker = LazyDockerClient(client, 120)

@@ -1,5 +1,7 @@
 """mini-swe-agent's own Docker mode, as seeds 1 and 2 run it: `mini` on the host, every command it runs through
-`docker exec` into a container its `DockerEnvironment` starts (implements `EpisodeRunner`).
+`docker exec` into a container its `DockerEnvironment` starts (implements `EpisodeRunner`). Test-only: no command
+selects it; tests/worker/environment/test_docker_mini_mode.py keeps the seeds' way of running mini measurable
+(docs/containers.md §3), and no product module may import it (import-linter).
 
 Isolation difference from `--sandbox docker` (docs/containers.md §3): here the agent process itself — litellm, its
 config and trajectory files, the rollout key in its environment — runs on the host, with the host's network and file
@@ -27,13 +29,13 @@ from typing import Any
 import yaml
 
 from rollout_worker.environment.agents.mini_swe_agent import MiniSweAgentLauncher
-from rollout_worker.environment.sandbox.docker_config import (
+from rollout_worker.environment.sandbox.docker.client import docker_client, safe_tar_member
+from rollout_worker.environment.sandbox.docker.config import (
     DEFAULT_BASE_IMAGE,
     LABEL,
     OWNER_PID_LABEL,
     OWNER_START_LABEL,
 )
-from rollout_worker.environment.sandbox.docker_io import docker_client, safe_tar_member
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import (
     SANDBOX_PREFIX,
@@ -208,7 +210,7 @@ class MiniSweAgentDockerModeRunner:
             self.client.api.kill(name)
 
     def _export(self, name: str, workdir: str, dest: Path) -> Path:
-        from rollout_worker.environment.sandbox.docker_io import StreamReader
+        from rollout_worker.environment.sandbox.docker.client import StreamReader
 
         stream, _ = self.client.api.get_archive(name, workdir + "/.")
         dest.mkdir()

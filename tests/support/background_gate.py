@@ -1,4 +1,7 @@
-"""Run an `InterceptionServer` on its own event-loop thread and drive it from synchronous code (the trainer's)."""
+"""Test harness: an `InterceptionServer` on its own event-loop thread, driven from synchronous test code.
+
+The product never needed it (the worker runs the gate on its own loop thread), so it lives with the tests; the
+import-linter contract "Product code never imports tests/" keeps it out of the packages."""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ from typing import Any, TypeVar
 
 from intercept_common.loop_thread import LoopThread
 
-from .config import GateConfig
-from .rollout import RolloutHandle
-from .server import InterceptionServer
+from control_plane import GateConfig, InterceptionServer, RolloutHandle
 
 T = TypeVar("T")
 

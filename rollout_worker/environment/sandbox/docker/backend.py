@@ -32,9 +32,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from rollout_worker.environment.sandbox.base import SandboxError
-from rollout_worker.environment.sandbox.docker_history import history_free_image
-from rollout_worker.environment.sandbox.docker_config import (
+from rollout_worker.environment.sandbox.docker.client import StreamReader, docker_client, in_own_thread, safe_tar_member
+from rollout_worker.environment.sandbox.docker.config import (
     LABEL,
     OWNER_PID_LABEL,
     OWNER_START_LABEL,
@@ -42,8 +41,9 @@ from rollout_worker.environment.sandbox.docker_config import (
     container_spec,
     inner_command,
 )
-from rollout_worker.environment.sandbox.docker_io import StreamReader, docker_client, in_own_thread, safe_tar_member
-from rollout_worker.environment.sandbox.local import inner_endpoint
+from rollout_worker.environment.sandbox.docker.history import history_free_image
+from rollout_worker.environment.sandbox.errors import SandboxError
+from rollout_worker.environment.sandbox.local.backend import inner_endpoint
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import (
     SANDBOX_PREFIX,
@@ -172,7 +172,7 @@ class DockerSandbox:
             from rollout_worker.environment.tasks.harbor import build_harbor_image
 
             await asyncio.to_thread(build_harbor_image, self.client, task)
-        if task.image and image == task.image:  # nothing of the future in its repository (docker_history.py)
+        if task.image and image == task.image:  # nothing of the future in its repository (history.py)
             image = await asyncio.to_thread(history_free_image, self.client, image, self._workdir,
                                             task.base_commit or "", HISTORY_SCRUB_TIMEOUT_S)
         image_path = await asyncio.to_thread(self._image_path, image)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intercept_common.errors import ConfigError
-from rollout_worker.environment.grading import GradingConfig
-from rollout_worker.environment.sandbox.docker_config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
-from rollout_worker.environment.sandbox.docker_io import docker_client, in_own_thread
+from rollout_worker.environment.grading.host import GradingConfig
+from rollout_worker.environment.sandbox.docker.client import docker_client, in_own_thread
+from rollout_worker.environment.sandbox.docker.config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
 from rollout_worker.environment.sandbox.registry import process_start_time
 from rollout_worker.environment.tasks.trees import TreeFilter
 from rollout_worker.types import GradeResult

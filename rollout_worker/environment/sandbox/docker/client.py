@@ -9,7 +9,7 @@ import tarfile
 import threading
 from typing import Any
 
-from rollout_worker.environment.sandbox.base import SandboxUnavailableError
+from rollout_worker.environment.sandbox.errors import SandboxUnavailableError
 
 
 def docker_client(timeout: float):

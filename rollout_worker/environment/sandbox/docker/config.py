@@ -1,6 +1,6 @@
 """What a Docker sandbox is made of: its config, the container spec (mounts, limits, labels) and the inner command.
 
-Split from the backend (docker_backend.py) so the spec can be read and tested without the process handling.
+Split from the backend (backend.py) so the spec can be read and tested without the process handling.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from intercept_common.errors import ConfigError
 from intercept_common.install_paths import agent_runtime_paths, agents_venv
-from rollout_worker.environment.sandbox.bwrap import INNER_INIT, sandbox_python
+from rollout_worker.environment.sandbox.local.bwrap import INNER_INIT, sandbox_python
 from rollout_worker.environment.sandbox.registry import process_start_time
 
 LABEL = "intercept-rl.sandbox"

@@ -28,7 +28,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rollout_worker.environment.sandbox.docker_grading_common import (
+from rollout_worker.environment.grading.container_common import (
     ContainerGradingConfig,
     GradingInfraError,
     LazyDockerClient,
@@ -39,7 +39,7 @@ from rollout_worker.environment.sandbox.docker_grading_common import (
     start_container,
     unscorable,
 )
-from rollout_worker.environment.sandbox.docker_harbor_grading import HarborContainerGrader
+from rollout_worker.environment.grading.harbor_container import HarborContainerGrader
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.trees import (
     GitError,
@@ -187,7 +187,7 @@ class SweBenchContainerGrader:
                     member.name = str(PurePosixPath(*parts[1:]))
                     yield member
 
-            from rollout_worker.environment.sandbox.docker_io import StreamReader, safe_tar_member
+            from rollout_worker.environment.sandbox.docker.client import StreamReader, safe_tar_member
 
             with tarfile.open(fileobj=StreamReader(stream), mode="r|") as tar:
                 tar.extractall(dest, members=members(tar), filter=safe_tar_member)
