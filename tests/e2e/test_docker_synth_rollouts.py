@@ -16,10 +16,11 @@ from tests.e2e.test_rollouts_e2e import _rollouts, _teacher_forced
 from tests.support.docker import docker_client_or_skip, remove_history_images, sandbox_containers
 
 pytestmark = pytest.mark.slow
-# `make test` keeps these small (real agents take ~30 s a rollout here); INTERCEPT_RL_SYNTH_ROLLOUTS=10 is the
-# issue #24 run (real agents on 10 synthesized tasks, one rollout each: passed 2026-12-07, 9 min 17 s).
-ORACLE_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "4"))
-AGENT_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "2"))
+# `make test` keeps these small (a real agent takes ~30 s a rollout here, each task is graded by its whole suite, and
+# the suite's 45-minute budget on this machine is shared); INTERCEPT_RL_SYNTH_ROLLOUTS=10 is the issue #24 run (the
+# oracle, noop and each real agent on 10 synthesized tasks, one rollout each).
+ORACLE_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "2"))
+AGENT_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "1"))
 
 
 @pytest.fixture
