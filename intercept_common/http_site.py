@@ -4,6 +4,10 @@
   and the local engine drops the request from its batch.
 - No access log: it is per-request work on the hot path and would record rollout ids.
 A site that fails to start cleans its runner up before the error propagates, so a busy port leaks nothing.
+
+The idiom every app of ours follows: its state is typed with `web.AppKey` (`app[KEY]`, no closures or attributes
+standing in for it), and a resource that lives as long as the app (a client session) is made and closed by one
+`app.cleanup_ctx` generator. The local engine adds one `on_shutdown` hook, for a reason given where it is added.
 """
 
 from __future__ import annotations

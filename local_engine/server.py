@@ -169,6 +169,9 @@ class EngineServer:
             web.get("/weights_version", self.weights_version),
         ])
         app[ENGINE_SERVER] = self
+        # on_shutdown, not the cleanup context the other apps use: it runs before aiohttp waits for open handlers, so
+        # requests waiting on the generator fail at once instead of holding the shutdown for their generation. The
+        # generator itself is made and owned by the caller (EngineServer), not by the app.
         app.on_shutdown.append(_stop_generator)
         return app
 

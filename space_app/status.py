@@ -146,19 +146,20 @@ def build_app(state_dir: Path, gate_port: int | None = None):
             finally:
                 await upstream_cm.__aexit__(None, None, None)
 
-    async def on_startup(app):
+    async def gate_session(app):
+        """The cleanup context (one idiom for every aiohttp app of ours): the session to the gate lives as the app."""
         app[session_key] = ClientSession(timeout=ClientTimeout(total=None, sock_connect=10))
-
-    async def on_cleanup(app):
-        await app[session_key].close()
+        try:
+            yield
+        finally:
+            await app[session_key].close()
 
     app = web.Application(client_max_size=MAX_PROXY_BODY)
     app.router.add_get("/", index)
     app.router.add_get("/api/status", api_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/rollout/{tail:.*}", proxy)
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
+    app.cleanup_ctx.append(gate_session)
     return app
 
 

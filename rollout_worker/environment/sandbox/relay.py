@@ -19,6 +19,9 @@ from aiohttp import hdrs, web
 from intercept_common.http_site import start_site
 from intercept_common.openai_errors import openai_error_body
 
+# The app's state, typed (aiohttp's AppKey): the upstream client session, created and closed by its cleanup context.
+UPSTREAM_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream_session", aiohttp.ClientSession)
+
 logger = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones aiohttp recomputes.
@@ -51,7 +54,6 @@ class GateProxy:
         self.requests_forwarded = 0
         self.requests_refused = 0
         self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -66,14 +68,13 @@ class GateProxy:
 
     async def _upstream_session(self, app: web.Application):
         """aiohttp's cleanup context: the upstream client session lives exactly as long as the relay's app."""
-        self._session = aiohttp.ClientSession(
+        app[UPSTREAM_SESSION] = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s, sock_connect=10), auto_decompress=False
         )
         try:
             yield
         finally:
-            await self._session.close()
-            self._session = None
+            await app[UPSTREAM_SESSION].close()
 
     async def close(self) -> None:
         """Stop serving, drop open connections and remove the socket file. Idempotent."""
@@ -87,12 +88,11 @@ class GateProxy:
         if not path.startswith(self.allowed_prefix) or "/../" in path or "%2e" in path.lower():
             self.requests_refused += 1
             return _openai_error(403, "this sandbox may only reach its own rollout endpoint", "forbidden_path")
-        assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS_LOWER}
         body = await request.read()
         response: web.StreamResponse | None = None
         try:
-            async with self._session.request(
+            async with request.app[UPSTREAM_SESSION].request(
                 request.method, self.upstream_origin + str(request.rel_url), headers=headers, data=body,
                 allow_redirects=False,
             ) as upstream:
