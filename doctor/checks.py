@@ -29,6 +29,8 @@ VLLM_TRAINING_FLAGS = ("VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --served-model-n
 
 
 class Status(enum.StrEnum):
+    """A check's verdict; any FAIL makes `intercept-rl doctor` exit non-zero."""
+
     OK = "ok"
     WARN = "warn"  # missing but optional for what was asked (e.g. an agent you may not use)
     FAIL = "FAIL"  # required and missing or broken: doctor exits non-zero
@@ -36,6 +38,8 @@ class Status(enum.StrEnum):
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One check's outcome: one line with its detail, and the remedy when it is not OK."""
+
     name: str
     status: Status
     detail: str

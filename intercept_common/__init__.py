@@ -8,6 +8,9 @@
 - `errors`: `UserError`, the base of every failure a user can fix, and `ConfigError`.
 - `cli_errors`: such a failure (and the OS's: port in use, disk full) as one line with its remedy, decided by type.
 - `config_tree`: every command's configuration from flags and `--config file.yaml`, each section to its dataclass.
+- `http_site`: an aiohttp app served on a port or a unix socket, the settings every server of ours wants (and the
+  idiom its apps follow: `web.AppKey` state, `cleanup_ctx` resources).
+- `run_logging`: the run log of `train` and `rollouts` (everything to a file, the terminal only what matters).
 
 The layers above (control_plane <- rollout_worker <- trainer; local_engine on its own) may import this; it imports
 none of them (enforced by the import-linter contracts in pyproject.toml).

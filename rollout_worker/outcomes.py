@@ -55,5 +55,7 @@ class ForkReason(enum.StrEnum):
 
 
 class OverlongPolicy(enum.StrEnum):
+    """What an OVERLONG rollout counts as (`WorkerConfig.overlong_policy`)."""
+
     EXCLUDE = "exclude"  # unscorable: neither trained nor part of the group baseline
     ZERO = "zero"  # scored 0

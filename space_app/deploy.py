@@ -63,6 +63,8 @@ class SecretValue:
 
 @dataclass(frozen=True)
 class UploadFile:
+    """One file of the Space's repository: where it goes, where it comes from, its size (shown by the plan)."""
+
     path_in_repo: str
     local_path: Path
     size: int
@@ -96,6 +98,8 @@ class ApiCall:
 
 @dataclass
 class DeployOptions:
+    """What `intercept-rl space deploy` was asked for (its flags); `build_plan()` turns them into a `Plan`."""
+
     space_id: str
     hardware: str = DEFAULT_HARDWARE
     private: bool = True
@@ -113,6 +117,8 @@ class DeployOptions:
 
 @dataclass
 class Plan:
+    """The `HfApi` calls and uploads a deploy makes, in order: printed by `--dry-run`, run otherwise."""
+
     options: DeployOptions
     calls: list[ApiCall]
     uploads: list[UploadFile]

@@ -25,6 +25,8 @@ class SynthInputError(UserError):
 
 @dataclass(frozen=True)
 class PackageSpec:
+    """One package of the manifest (`[[package]]`): which version, which files may be mutated, which tests judge."""
+
     name: str
     version: str
     source: tuple[str, ...]  # globs (relative to the unpacked sdist) of the files that may be mutated
@@ -51,6 +53,8 @@ class PackageSpec:
 
 @dataclass(frozen=True)
 class SynthSettings:
+    """The manifest's `[synth]` table: the seed, the pytest pin and the selection every package gets by default."""
+
     seed: int = 24
     pytest: str = "pytest==8.3.4"
     singles_per_package: int = 24
@@ -62,6 +66,8 @@ class SynthSettings:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A parsed synthesis manifest: the settings and the packages, validated (`SynthInputError` otherwise)."""
+
     settings: SynthSettings
     packages: tuple[PackageSpec, ...] = field(default_factory=tuple)
 
