@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
+from intercept_common.cli_errors import OneLineArgumentParser
 
 from .checks import Status, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="intercept-rl doctor",
         description="Check the machine and the installs against the committed locks; exit 1 if anything required "
                     "is missing or broken (each failing line says how to fix it).")

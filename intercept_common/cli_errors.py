@@ -2,15 +2,26 @@
 
 `one_line(exc)` returns the line for a failure a user can fix, or None for anything else: an unexpected error is a bug
 and keeps its traceback. It decides by type only: every self-explaining error of ours derives from
-`intercept_common.errors.UserError` (its message is the line); the OS's errors (port in use, disk full, no write
+`intercept_common.errors.UserError` (its message is the line; `OneLineArgumentParser` makes argparse's refusals
+such errors); the OS's errors (port in use, disk full, no write
 access) and `requests`' connection errors (the engine unreachable) get their remedy here.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 
-from intercept_common.errors import UserError
+from intercept_common.errors import ConfigError, UserError
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands that do not parse dataclasses (inspect, doctor, space): a refused flag or value is a
+    `ConfigError`, so it reads as one line like every other command's, not argparse's usage block and exit 2.
+    Sub-command parsers inherit the class (argparse makes them with the parent's)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def squash(text: str) -> str:

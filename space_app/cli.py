@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from intercept_common.cli_errors import OneLineArgumentParser
+
 from .deploy import DEFAULT_HARDWARE, DEFAULT_MODEL, DeployOptions, PlanError, deploy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intercept-rl space", description="Run intercept-rl on a Hugging Face Space.")
+    parser = OneLineArgumentParser(prog="intercept-rl space", description="Run intercept-rl on a Hugging Face Space.")
     commands = parser.add_subparsers(dest="command", required=True)
     dep = commands.add_parser(
         "deploy", help="create (private by default), configure and upload a training Space",

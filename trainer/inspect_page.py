@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from intercept_common.errors import UserError
+from intercept_common.cli_errors import OneLineArgumentParser
+from intercept_common.errors import ConfigError, UserError
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -398,7 +399,7 @@ def serve(page: Path, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="intercept-rl inspect", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="intercept-rl inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", help="a run directory (with rollouts.jsonl) or a rollouts JSONL file")
     parser.add_argument("--out", default=None, help="the HTML file (default: inspect.html next to the rollouts)")
     parser.add_argument("--tokenizer", default=None,
@@ -407,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 after writing it")
     parser.add_argument("--port", type=int, default=8765, help="port for --serve (0 = any free one)")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1 (unset: every rollout), got {args.limit}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must lie in [0, 65535], got {args.port}")
     try:
         rollouts = find_rollouts(args.path)
         started = time.monotonic()

@@ -70,6 +70,37 @@ ENGINE = [
     (["yaml:max_turns: 3\n"], "unknown option 'max_turns' at the top level"),
 ]
 
+# The commands that take plain flags, whole argv each ({tmp} is the test's directory; `not-json.jsonl` is a file there
+# holding no JSON); every one must be refused before it reads, builds, serves or deploys anything.
+OTHER_COMMANDS = [
+    (["inspect"], "the following arguments are required: path"),
+    (["inspect", "{tmp}/missing"], "does not exist"),
+    (["inspect", "{tmp}/not-json.jsonl", "--out", "{tmp}/out/page.html"], "is not JSON"),
+    (["inspect", "{tmp}/not-json.jsonl", "--limit", "0"], "--limit must be >= 1"),
+    (["inspect", "{tmp}/not-json.jsonl", "--serve", "--port", "70000"], "--port must lie in [0, 65535]"),
+    (["inspect", "{tmp}/not-json.jsonl", "--port", "x"], "invalid int value: 'x'"),
+    (["doctor", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["grade"], "--instance ROW.json and --log LOG are both required"),
+    (["grade", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["grade", "--instance", "{tmp}/missing.json", "--log", "{tmp}/missing.txt"], "no such file"),
+    (["grade", "--instance", "{tmp}/not-json.jsonl", "--log", "{tmp}/not-json.jsonl"], "row {tmp}/not-json.jsonl"),
+    (["tasks", "nope"], "unknown tasks command 'nope'"),
+    (["tasks", "synth"], "the following arguments are required: --out"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--limit", "0"], "--limit must be >= 1"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--seed", "x"], "invalid int value: 'x'"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--package", "foo"], "expected NAME==VERSION"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--package", "foo==1"], "--package needs --source and --tests"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--only", "nope"], "'nope' is not in the manifest"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--manifest", "{tmp}/missing.toml"], "does not exist"),
+    (["tasks", "synth", "--out", "{tmp}/out", "--manifest", "{tmp}/m.toml", "--package", "a==1"], "not both"),
+    (["space", "nope"], "invalid choice: 'nope'"),
+    (["space", "deploy", "--dry-run"], "the following arguments are required: --space-id"),
+    (["space", "deploy", "--space-id", "not a space", "--dry-run"], "--space-id must be OWNER/NAME"),
+    (["space", "deploy", "--space-id", "o/n", "--max-model-len", "0", "--dry-run"], "--max-model-len must be >= 1"),
+    (["space", "deploy", "--space-id", "o/n", "--max-model-len", "x", "--dry-run"], "invalid int value: 'x'"),
+    (["space", "deploy", "--space-id", "o/n", "--hardware", "gpu-9000", "--dry-run"], "not a Space hardware"),
+]
+
 
 def _argv(base: list[str], extra: list[str], tmp_path, index: int) -> list[str]:
     if extra and extra[0].startswith("yaml:"):
@@ -80,7 +111,13 @@ def _argv(base: list[str], extra: list[str], tmp_path, index: int) -> list[str]:
 
 
 def _probe(command: str, base: list[str], cases, tmp_path) -> None:
-    argvs = [_argv([command, *base], extra, tmp_path, i) for i, (extra, _) in enumerate(cases)]
+    _probe_argvs([_argv([command, *base], extra, tmp_path, i) for i, (extra, _) in enumerate(cases)],
+                 [needle for _, needle in cases], tmp_path)
+
+
+def _probe_argvs(argvs: list[list[str]], needles: list[str], tmp_path) -> None:
+    """Run every argv in one probe process; each must end in one line `intercept-rl <command>[ <sub>]: ...<needle>...`,
+    a non-zero exit, no traceback and nothing left running."""
     cases_file = tmp_path / "cases.json"
     cases_file.write_text(json.dumps(argvs))
     proc = subprocess.run([sys.executable, "-m", "tests.support.cli_probe", str(cases_file)], cwd=REPO,
@@ -89,19 +126,21 @@ def _probe(command: str, base: list[str], cases, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.splitlines()[-1])
     failures = []
-    for (extra, needle), result in zip(cases, results, strict=True):
+    for argv, needle, result in zip(argvs, needles, results, strict=True):
         lines = [line for line in result["stderr"].splitlines() if line.strip()]
         problems = []
         if result["traceback"]:
             problems.append("traceback: " + result["traceback"].strip().splitlines()[-1])
         if not result["code"]:
             problems.append(f"exit code {result['code']!r}")
-        if len(lines) != 1 or not lines[0].startswith(f"intercept-rl {command}: ") or needle not in lines[0]:
+        command = f"intercept-rl {argv[0]}"  # `intercept-rl space deploy: ...` names the subcommand too
+        heads = (command, f"{command} {argv[1]}" if len(argv) > 1 else command)
+        if len(lines) != 1 or lines[0].split(": ", 1)[0] not in heads or needle not in lines[0]:
             problems.append(f"stderr {lines!r} (wanted one line holding {needle!r})")
         if result["children"] or result["threads"]:
             problems.append(f"left running: processes {result['children']}, threads {result['threads']}")
         if problems:
-            failures.append(f"{command} {' '.join(extra)}: {'; '.join(problems)}")
+            failures.append(f"{' '.join(argv)}: {'; '.join(problems)}")
     assert not failures, "\n".join(failures)
     assert not (tmp_path / "out").exists() and not (tmp_path / "r.jsonl").exists()  # nothing written either
 
@@ -113,6 +152,14 @@ def test_rollouts_rejects_each_invalid_value_before_starting_anything(tmp_path):
 
 def test_train_rejects_each_invalid_value_before_starting_anything(tmp_path):
     _probe("train", ["--preset", "cpu-demo", "--output-dir", str(tmp_path / "out")], TRAIN, tmp_path)
+
+
+def test_every_other_command_rejects_each_invalid_value_in_one_line(tmp_path):
+    """inspect, doctor, grade, tasks synth and the Space's `space deploy`, in one probe process (a few seconds)."""
+    (tmp_path / "not-json.jsonl").write_text("not json\n")
+    fill = lambda text: text.replace("{tmp}", str(tmp_path))  # noqa: E731
+    _probe_argvs([[fill(arg) for arg in argv] for argv, _ in OTHER_COMMANDS],
+                 [fill(needle) for _, needle in OTHER_COMMANDS], tmp_path)
 
 
 def test_engine_rejects_each_invalid_value_before_serving(tmp_path):
