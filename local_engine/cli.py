@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgu
 
 from intercept_common.config_tree import parse_config_tree
 from intercept_common.engine_process import PARENT_PID_ENV
-from intercept_common.errors import ConfigError
+from intercept_common.errors import ConfigError, UserError
 from intercept_common.http_site import start_site
 from local_engine.generation import BatchedGenerator
 from local_engine.server import EngineConfig, EngineServer
@@ -23,6 +23,10 @@ logger = logging.getLogger("local_engine")
 
 SMALL_MODEL_PARAMETERS = 50_000_000  # below this, one torch thread beats several (see --torch-threads)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ModelNotFoundError(FileNotFoundError, ConfigError):
+    """`--model` names neither an embedded model nor a local model directory."""
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -34,7 +38,7 @@ def resolve_model_dir(model: str) -> Path:
         return embedded_model_dir(model)
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model!r} is not a model directory (no config.json); the local engine "
+        raise ModelNotFoundError(f"--model {model!r} is not a model directory (no config.json); the local engine "
                                 "loads local directories only (or `embedded`)")
     return path
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (config,), _ = parse_config_tree(parser, list(sys.argv[1:] if argv is None else argv))
         server = create_engine_server(config)
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (UserError, OSError) as error:  # OSError: a model directory transformers cannot read; else a bug's trace
         print(f"intercept-rl engine: {error}", file=sys.stderr)
         return 2
     asyncio.run(serve(server, config.host, config.port))

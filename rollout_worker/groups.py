@@ -76,10 +76,6 @@ class GroupScheduler(Generic[T]):
         )
 
     @property
-    def open_groups(self) -> int:
-        return len(self._open)
-
-    @property
     def held_results(self) -> int:
         """Finished members waiting in groups that are not complete yet."""
         return sum(len(group.results) for group in self._open.values())
