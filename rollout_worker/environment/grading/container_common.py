@@ -1,6 +1,6 @@
 """What every one-off grading container shares (the SWE-bench grader, the Harbor verifier, the test executor): the
-container grading config (it has the shared `GradingConfig`), the infrastructure-failure type and its unscorable
-result, the reaper's labels, a lazily created Docker client, and start / exec / remove helpers that bound every wait
+container grading config (it has the shared `GradingConfig`), the infrastructure-failure type (its result is
+`host.unscorable`), the reaper's labels, a lazily created Docker client, and start / exec / remove helpers that bound every wait
 and never leak a container."""
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ from rollout_worker.environment.sandbox.docker.client import docker_client, in_o
 from rollout_worker.environment.sandbox.docker.config import LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
 from rollout_worker.environment.sandbox.registry import process_start_time
 from rollout_worker.environment.tasks.trees import TreeFilter
-from rollout_worker.types import GradeResult
 
 logger = logging.getLogger(__name__)
 
 
 class GradingInfraError(RuntimeError):
     """A grading step failed for reasons outside the agent's control: the result is unscorable, never reward 0."""
-
-
-def unscorable(details: dict[str, Any], reason: str) -> GradeResult:
-    details["reason"] = reason
-    return GradeResult(reward=None, resolved=False, scorable=False, details=details)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from rollout_worker.environment.grading.container_common import (
     isolated_spec,
     remove_quietly,
     start_container,
-    unscorable,
 )
+from rollout_worker.environment.grading.host import unscorable
 from rollout_worker.types import GradeResult, Task
 
 

@@ -16,6 +16,7 @@ with pytest itself; the sandboxed executor bounds what it can reach, not what it
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from intercept_common.errors import ConfigError
@@ -191,19 +193,10 @@ class FailPassGrader:
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         """Grade the repository the agent left at `agent_repo_dir` (host path; the agent must be dead)."""
-        started = time.monotonic()
         details: dict[str, Any] = {"instance_id": task.instance_id, "reward_mode": self.config.reward_mode}
-        work = Path(tempfile.mkdtemp(prefix="irl-grade-", dir=self.config.work_root))
-        try:
-            result = await self._grade(task, Path(agent_repo_dir), work, details)
-        except (GradingError, GitError) as e:
-            result = _unscorable(details, str(e))
-        except Exception as e:  # any other failure here is ours, not the agent's
-            result = _unscorable(details, f"grader crashed: {type(e).__name__}: {e}")
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-        result.details["grading_s"] = round(time.monotonic() - started, 3)
-        return result
+        return await grade_in_work_dir(functools.partial(self._grade, task, Path(agent_repo_dir)), details,
+                                       work_root=self.config.work_root, prefix="irl-grade-",
+                                       infrastructure_errors=(GradingError, GitError))
 
     async def _grade(self, task: Task, agent_dir: Path, work: Path, details: dict[str, Any]) -> GradeResult:
         cfg = self.config
@@ -328,6 +321,27 @@ class FailPassGrader:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def _unscorable(details: dict[str, Any], reason: str) -> GradeResult:
+def unscorable(details: dict[str, Any], reason: str) -> GradeResult:
+    """An ungradeable episode: no reward (never 0), excluded from the group baseline; `reason` says why."""
     details["reason"] = reason
     return GradeResult(reward=None, resolved=False, scorable=False, details=details)
+
+
+async def grade_in_work_dir(grade: Callable[[Path, dict[str, Any]], Awaitable[GradeResult]], details: dict[str, Any],
+                            *, work_root: str | None, prefix: str,
+                            infrastructure_errors: tuple[type[BaseException], ...]) -> GradeResult:
+    """The frame every grader runs in: `grade(work_dir, details)` in a private work dir removed on every path; an
+    infrastructure failure, or any other exception (ours, never the agent's), is unscorable, never reward 0; the time
+    taken lands in `details["grading_s"]`."""
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=work_root))
+    try:
+        result = await grade(work, details)
+    except infrastructure_errors as exc:
+        result = unscorable(details, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a grader's own failure must not score the agent
+        result = unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+    result.details["grading_s"] = round(time.monotonic() - started, 3)
+    return result

@@ -18,12 +18,11 @@ are unscorable, never reward 0. The container and the temp dirs are removed on e
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import shlex
-import shutil
 import tarfile
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,9 +36,9 @@ from rollout_worker.environment.grading.container_common import (
     isolated_spec,
     remove_quietly,
     start_container,
-    unscorable,
 )
 from rollout_worker.environment.grading.harbor_container import HarborContainerGrader
+from rollout_worker.environment.grading.host import grade_in_work_dir
 from rollout_worker.environment.tasks import swebench as swb
 from rollout_worker.environment.tasks.trees import (
     GitError,
@@ -81,20 +80,11 @@ class SweBenchContainerGrader:
         self._baseline_usable: dict[tuple[str, str, bytes], bool] = {}
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
-        started = time.monotonic()
         details: dict[str, Any] = {"instance_id": task.instance_id, "reward_mode": self.config.reward_mode,
                                    "grader": "swebench-container"}
-        work = Path(tempfile.mkdtemp(prefix="irl-cgrade-", dir=self.config.work_root))
-        try:
-            result = await self._grade(task, Path(agent_repo_dir), work, details)
-        except (GradingInfraError, GitError) as exc:
-            result = unscorable(details, str(exc))
-        except Exception as exc:  # anything else here is ours, not the agent's
-            result = unscorable(details, f"grader crashed: {type(exc).__name__}: {exc}")
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-        result.details["grading_s"] = round(time.monotonic() - started, 3)
-        return result
+        return await grade_in_work_dir(functools.partial(self._grade, task, Path(agent_repo_dir)), details,
+                                       work_root=self.config.work_root, prefix="irl-cgrade-",
+                                       infrastructure_errors=(GradingInfraError, GitError))
 
     async def _grade(self, task: Task, agent_dir: Path, work: Path, details: dict[str, Any]) -> GradeResult:
         cfg = self.config

@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import secrets
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from rollout_worker.environment.sandbox.creation import new_sandbox_dir, set_up_or_destroy
 from rollout_worker.environment.sandbox.docker.client import StreamReader, docker_client, in_own_thread, safe_tar_member
 from rollout_worker.environment.sandbox.docker.config import (
     LABEL,
@@ -46,7 +46,6 @@ from rollout_worker.environment.sandbox.errors import SandboxError
 from rollout_worker.environment.sandbox.local.backend import inner_endpoint
 from rollout_worker.environment.sandbox.output_tail import OutputTail
 from rollout_worker.environment.sandbox.registry import (
-    SANDBOX_PREFIX,
     SandboxRecord,
     default_state_dir,
     is_alive,
@@ -371,22 +370,11 @@ class DockerSandboxBackend:
             reaped = await asyncio.to_thread(reap_docker_orphans, client)
             if reaped:
                 logger.warning("removed %d orphaned sandbox container(s): %s", len(reaped), ", ".join(reaped))
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sandbox_id = SANDBOX_PREFIX + secrets.token_hex(6)
-        root = self.state_dir / sandbox_id
-        root.mkdir(mode=0o700)
-        record = SandboxRecord.for_current_process(sandbox_id, rollout_id, self.name)
+        root, record = new_sandbox_dir(self.state_dir, rollout_id, self.name)
         sandbox = DockerSandbox(client, self.config, root, record, endpoint)
         started = time.monotonic()
-        try:
-            record.save(root)
-            await sandbox._setup(task)
-        except BaseException as exc:
-            await asyncio.shield(sandbox.destroy())
-            if isinstance(exc, (SandboxError, asyncio.CancelledError)):
-                raise
-            raise SandboxError(f"creating a docker sandbox for {task.instance_id} failed: {exc!r}") from exc
-        logger.debug("docker sandbox %s ready in %.2fs", sandbox_id, time.monotonic() - started)
+        await set_up_or_destroy(sandbox, record, root, task, "docker")
+        logger.debug("docker sandbox %s ready in %.2fs", record.sandbox_id, time.monotonic() - started)
         return sandbox
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from rollout_worker.environment.sandbox.creation import new_sandbox_dir, set_up_or_destroy
 from rollout_worker.environment.sandbox.errors import SandboxError
 from rollout_worker.environment.sandbox.local.bwrap import (
     BwrapProcess,
@@ -27,7 +27,6 @@ from rollout_worker.environment.sandbox.local.bwrap import (
     sandbox_env,
 )
 from rollout_worker.environment.sandbox.registry import (
-    SANDBOX_PREFIX,
     SandboxRecord,
     default_state_dir,
     kill_processes_mentioning,
@@ -250,18 +249,7 @@ class LocalSandboxBackend:
 
     async def create(self, task: Task, rollout_id: str, endpoint: RolloutEndpoint | None = None) -> LocalSandbox:
         bwrap = resolve_bwrap(self.config)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sandbox_id = SANDBOX_PREFIX + secrets.token_hex(6)
-        root = self.state_dir / sandbox_id
-        root.mkdir(mode=0o700)
-        record = SandboxRecord.for_current_process(sandbox_id, rollout_id, self.name)
+        root, record = new_sandbox_dir(self.state_dir, rollout_id, self.name)
         sandbox = LocalSandbox(self.config, bwrap, root, record, endpoint)
-        try:
-            record.save(root)
-            await sandbox._setup(task)
-        except BaseException as exc:
-            await asyncio.shield(sandbox.destroy())
-            if isinstance(exc, (SandboxError, asyncio.CancelledError)):
-                raise
-            raise SandboxError(f"creating a local sandbox for {task.instance_id} failed: {exc!r}") from exc
+        await set_up_or_destroy(sandbox, record, root, task, "local")
         return sandbox
