@@ -1,7 +1,8 @@
 """Sandboxes for agents and for grading: one folder per backend, `local/` (bubblewrap, the default) and `docker/`
-(optional extra `docker`), and what both use: `errors`, `registry` (orphan reaping), `relay` (the gate's only way in),
-`inner_init` (runs first inside every sandboxed command), `output_tail`. The graders are in `environment/grading/`.
-`get_backend(name, **options)` builds a backend from its YAML section."""
+(optional extra `docker`), and what both use: `errors`, `creation` (dir, record, setup or destroy), `registry`
+(orphan reaping), `relay` (the gate's only way in), `inner_init` (runs first inside every sandboxed command),
+`output_tail`. The graders are in `environment/grading/`. `get_backend(name, **options)` builds a backend from its
+YAML section."""
 
 from __future__ import annotations
 
