@@ -274,6 +274,7 @@ class Bench:
 
     # gated: the whole serving path inside a RolloutWorker
     def run_gated(self, timeout_s: float) -> dict:
+        from intercept_common.rollout_record import RolloutRecord
         from rollout_worker.config import WorkerConfig
         from rollout_worker.types import Task
         from rollout_worker.worker import RolloutWorker
@@ -320,15 +321,16 @@ class Bench:
                 self.agents.submit(runner.session.close()).result(timeout=10)
         samples += len(drain(worker.rollout_buffer))
         records += drain(worker.trajectories)
+        records = [RolloutRecord.from_json(r) for r in records]
         turn_stats, unpaired = runner.pair_with(records)
-        sampled = sum(r["drift"]["sampled_tokens"] for r in records)
+        sampled = sum(r.drift.sampled_tokens for r in records if r.drift is not None)
         report = summarize("gated", wall, turn_stats, runner.errors, sampled_tokens=sampled)
-        worker_overhead = [x for r in records for x in (r.get("turn_timings") or {}).get("overhead_s", [])]
+        worker_overhead = [x for r in records for x in r.turn_timings.get("overhead_s", [])]
         report.update(_cpu_report(watches, process_cpu, len(turn_stats)))
         report.update({
             "timed_out": timed_out, "records": len(records), "samples": samples,
-            "statuses": sorted({r["status"] for r in records}),
-            "forks": sum(r["drift"]["forks"] for r in records),
+            "statuses": sorted({r.status for r in records}),
+            "forks": sum(r.forks for r in records),
             "usage_completion_tokens": sum(s.get("completion_tokens") or 0 for s in turn_stats),
             "rollouts_without_engine_latency": unpaired,
             # TurnServer's own time per turn (assembly, parse, reply; the engine call excluded), from the records.
@@ -380,9 +382,10 @@ class GatedAgents:
         return EpisodeResult(status=EpisodeStatus.COMPLETED, reward=next(self.rewards), resolved=False,
                              agent_output="", exit_code=0)
 
-    def pair_with(self, records: list[dict]) -> tuple[list[dict], int]:
-        """Every agent turn, with the engine latency the worker measured for it where the record pairs one to one."""
-        engine_by_rollout = {r["rollout_id"]: (r.get("turn_timings") or {}).get("engine_s") for r in records}
+    def pair_with(self, records: list) -> tuple[list[dict], int]:
+        """Every agent turn, with the engine latency the worker measured for it where the record pairs one to one
+        (`records`: `RolloutRecord`s)."""
+        engine_by_rollout = {r.rollout_id: r.turn_timings.get("engine_s") for r in records}
         paired, unpaired = [], 0
         for rollout_id, stats in list(self.turns_by_rollout.items()):
             engine = engine_by_rollout.get(rollout_id)

@@ -87,6 +87,7 @@ def run(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+    from intercept_common.rollout_record import RolloutRecord
     from rollout_worker.config import WorkerConfig
     from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.types import Task
@@ -110,43 +111,45 @@ def run(args) -> dict:
     finally:
         worker.stop()
     wall_s = time.monotonic() - started
-    records, samples = drain(worker.trajectories), drain(worker.rollout_buffer)
+    records = [RolloutRecord.from_json(r) for r in drain(worker.trajectories)]
+    samples = drain(worker.rollout_buffer)
 
     dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype).to(args.device).eval()
     worst, rows, trained_mismatch = 0.0, 0, []
     for rec in records:
-        drift = rec["drift"]
-        if drift["trained_tokens"] != drift["sampled_tokens"]:
+        drift = rec.drift
+        if drift is None or drift.trained_tokens != drift.sampled_tokens:
             trained_mismatch.append(drift)
-        for row in rec["rows"]:
-            ids = torch.tensor([row["input_ids"]], device=args.device)
+        for row in rec.rows:
+            ids = torch.tensor([list(row.input_ids)], device=args.device)
             with torch.no_grad():
                 logits = model(ids).logits[0, :-1].float() / args.temperature
             ref = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0].cpu().numpy()
             ref = np.concatenate([[0.0], ref])
-            mask = np.array(row["completion_mask"], dtype=bool)
-            got = np.array(row["old_log_probs"], dtype=np.float64)
+            mask = np.array(row.completion_mask, dtype=bool)
+            got = np.array(row.old_log_probs, dtype=np.float64)
             worst = max(worst, float(np.abs(got[mask] - ref[mask]).max()))
             rows += 1
     tolerance = args.tolerance if args.tolerance is not None else (1e-3 if args.dtype == "float32" else 5e-2)
     checks = {
         "groups finished": {"ok": finished, "wall_s": round(wall_s, 2)},
         "rollouts completed": {"ok": len(records) == 2 * args.groups
-                               and all(r["status"] == "completed" for r in records),
-                               "statuses": [r["status"] for r in records],
-                               "turns": [r["turns"] for r in records]},
-        "truncated history counted as a fork": {"ok": all(r["drift"]["forks"] == 1 for r in records),
-                                                "forks": [r["drift"]["forks"] for r in records]},
+                               and all(r.status == "completed" for r in records),
+                               "statuses": [r.status for r in records],
+                               "turns": [r.turns for r in records]},
+        "truncated history counted as a fork": {"ok": all(r.forks == 1 for r in records),
+                                                "forks": [r.forks for r in records]},
         "100% of sampled tokens trained": {"ok": not trained_mismatch and bool(records),
-                                           "sampled": [r["drift"]["sampled_tokens"] for r in records]},
+                                           "sampled": [r.drift.sampled_tokens if r.drift else None for r in records]},
         "old_log_probs == teacher-forced forward": {"ok": rows > 0 and worst <= tolerance, "rows": rows,
                                                     "max_abs_diff": worst, "tolerance": tolerance},
         "TRL RolloutSamples produced": {"ok": bool(samples) and all(s.model_version == 1 for s in samples),
                                         "n": len(samples)},
     }
     return {"checks": checks, "records_brief": [
-        {k: r.get(k) for k in ("status", "turns", "reward", "advantage", "ended_by", "drift")} for r in records]}
+        {k: r.to_json().get(k) for k in ("status", "turns", "reward", "advantage", "ended_by", "drift")}
+        for r in records]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .groups import Slot
+from intercept_common.rollout_record import DriftStats, RecordRow, RolloutRecord
 from .types import EpisodeResult
+
+if TYPE_CHECKING:
+    from .serving.assembly import TrainingRow
 
 
 @dataclass
@@ -19,7 +23,7 @@ class Trajectory:
     rollout_id: str
     slot: Slot
     result: EpisodeResult
-    rows: list[Any]  # rollout_worker.serving.assembly.TrainingRow
+    rows: list[TrainingRow]
     stats: dict[str, float]
     first_model_version: int | None
     started_at: float
@@ -33,44 +37,42 @@ class Trajectory:
         return self.result.reward if self.result.scorable else None
 
     def record(self, advantage: float | None, group_dropped: str | None) -> dict[str, Any]:
-        """One JSON-serializable line for `intercept-rl rollouts` and tests."""
+        """One JSON-serializable line for `intercept-rl rollouts` and tests: `rollout_record(...).to_json()`."""
+        return self.rollout_record(advantage, group_dropped).to_json()
+
+    def rollout_record(self, advantage: float | None, group_dropped: str | None) -> RolloutRecord:
         res = self.result
-        return {
-            "rollout_id": self.rollout_id,
-            "task_id": self.slot.task.instance_id,
-            "group_id": self.slot.group_id,
-            "group_index": self.slot.index,
-            "status": res.status,
-            "reward": res.reward,
-            "resolved": res.resolved,
-            "scorable": res.scorable,
-            "advantage": advantage,
-            "group_dropped": group_dropped,
-            "turns": int(self.stats.get("turns", 0)),
-            "rows": [
-                {
-                    "input_ids": list(map(int, row.input_ids)),
-                    "completion_mask": list(map(int, row.completion_mask)),
-                    "old_log_probs": [float(x) for x in row.old_log_probs],
-                    "model_versions": list(row.model_versions),
-                }
+        return RolloutRecord(
+            rollout_id=self.rollout_id,
+            task_id=self.slot.task.instance_id,
+            group_id=self.slot.group_id,
+            group_index=self.slot.index,
+            status=res.status,
+            reward=res.reward,
+            resolved=res.resolved,
+            scorable=res.scorable,
+            advantage=advantage,
+            group_dropped=group_dropped,
+            turns=int(self.stats.get("turns", 0)),
+            rows=tuple(
+                RecordRow(
+                    input_ids=tuple(map(int, row.input_ids)),
+                    completion_mask=tuple(map(int, row.completion_mask)),
+                    old_log_probs=tuple(float(x) for x in row.old_log_probs),
+                    model_versions=tuple(row.model_versions),
+                )
                 for row in self.rows
-            ],
-            "drift": {
-                "forks": int(self.stats.get("forks", 0)),
-                "sampled_tokens": int(self.stats.get("sampled_tokens", 0)),
-                "trained_tokens": int(self.stats.get("trained_tokens", 0)),
-                "parse_failures": int(self.stats.get("parse_failures", 0)),
-            },
-            "model_version": self.first_model_version,
-            "timings": {**res.timings, "total": self.finished_at - self.started_at},
+            ),
+            drift=DriftStats.from_stats(self.stats),
+            model_version=self.first_model_version,
+            timings={**res.timings, "total": self.finished_at - self.started_at},
             # Per turn (10 µs resolution): where a turn's time went, engine vs our serving path.
-            "turn_timings": {"engine_s": [round(x, 5) for x in self.engine_latency_s],
-                             "overhead_s": [round(x, 5) for x in self.overhead_s]},
-            "exit_code": res.exit_code,
-            "details": res.details,
-            "agent_output": res.agent_output,
-        }
+            turn_timings={"engine_s": [round(x, 5) for x in self.engine_latency_s],
+                          "overhead_s": [round(x, 5) for x in self.overhead_s]},
+            exit_code=res.exit_code,
+            details=res.details,
+            agent_output=res.agent_output,
+        )
 
 
 def sample_type() -> type:

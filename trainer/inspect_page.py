@@ -26,6 +26,7 @@ from typing import Any
 
 from intercept_common.cli_errors import OneLineArgumentParser
 from intercept_common.errors import ConfigError, UserError
+from intercept_common.rollout_record import RolloutRecord
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -47,7 +48,7 @@ def find_rollouts(path: str | Path) -> Path:
     return p
 
 
-def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+def load_records(path: Path, limit: int | None = None) -> list[RolloutRecord]:
     records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -60,7 +61,7 @@ def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                     from None
             if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
                 raise InspectError(f"{path}:{number} is not a rollout record (no 'rows'); is this a rollouts file?")
-            records.append(record)
+            records.append(RolloutRecord.from_json(record))
             if limit is not None and len(records) >= limit:
                 break
     return records
@@ -167,33 +168,35 @@ def token_texts(tokenizer, ids: set[int]) -> dict[int, str]:
     return {t: decode(t) for t in ordered}
 
 
-def rollout_summary(record: dict[str, Any]) -> dict[str, Any]:
+def _typed(record: RolloutRecord | dict[str, Any]) -> RolloutRecord:
+    return record if isinstance(record, RolloutRecord) else RolloutRecord.from_json(record)
+
+
+def rollout_summary(record: RolloutRecord | dict[str, Any]) -> dict[str, Any]:
     """The numbers shown on top of a rollout (and checked by the tests against the page)."""
-    rows = record.get("rows") or []
-    drift = record.get("drift") or {}
-    total = sum(len(r.get("input_ids", [])) for r in rows)
-    sampled = sum(sum(r.get("completion_mask", [])) for r in rows)
-    versions = sorted({v for r in rows for v in r.get("model_versions", []) if v is not None})
-    trained = record.get("advantage") is not None and not record.get("group_dropped")
+    record = _typed(record)
+    rows = record.rows
+    total = sum(len(r.input_ids) for r in rows)
+    sampled = sum(r.sampled for r in rows)
+    drift = record.drift
     return {
-        "rollout_id": record.get("rollout_id"),
-        "task": record.get("task_id"),
-        "reward": record.get("reward"),
-        "advantage": record.get("advantage"),
-        "end": record.get("status"),
-        "turns": record.get("turns"),
-        "forks": int(drift.get("forks", max(len(rows) - 1, 0))),
+        "rollout_id": record.rollout_id,
+        "task": record.task_id,
+        "reward": record.reward,
+        "advantage": record.advantage,
+        "end": record.status,
+        "turns": record.turns,
+        "forks": record.forks,
         "rows": len(rows),
         "tokens": total,
         "sampled": sampled,
         "context": total - sampled,
-        "drift_sampled_not_trained": (int(drift.get("sampled_tokens", sampled))
-                                      - int(drift.get("trained_tokens", sampled))),
-        "parse_failures": int(drift.get("parse_failures", 0)),
-        "versions": versions,
-        "trained": trained,
-        "dropped": record.get("group_dropped"),
-        "group": record.get("group_id"),
+        "drift_sampled_not_trained": drift.sampled_not_trained if drift is not None else 0,
+        "parse_failures": drift.parse_failures if drift is not None else 0,
+        "versions": record.policy_versions,
+        "trained": record.trained,
+        "dropped": record.group_dropped,
+        "group": record.group_id,
     }
 
 
@@ -308,9 +311,10 @@ document.body.dataset.ready='1';
 """
 
 
-def render_page(records: list[dict[str, Any]], tokenizer, title: str) -> str:
+def render_page(records: list[RolloutRecord] | list[dict[str, Any]], tokenizer, title: str) -> str:
     """The whole page as one string."""
-    ids = {t for r in records for row in r.get("rows", []) for t in row.get("input_ids", [])}
+    records = [_typed(r) for r in records]
+    ids = {t for r in records for row in r.rows for t in row.input_ids}
     vocab = token_texts(tokenizer, ids)
     summaries = [rollout_summary(r) for r in records]
     tasks = sorted({str(s["task"]) for s in summaries})
@@ -362,18 +366,17 @@ def render_page(records: list[dict[str, Any]], tokenizer, title: str) -> str:
             f"<span class='kv'>{status}</span>{' '.join(drift)}"
             f"<span class='kv' style='color:#888'>{html.escape(str(s['rollout_id']))} g{s['group']}</span>"
             "<span class='rendered' style='color:#888'></span></summary>")
-        for j, row in enumerate(record.get("rows", [])):
+        for j, row in enumerate(record.rows):
             label = "row 1" if j == 0 else f"row {j + 1} <span class='fork'>fork</span>"
-            n, sampled = len(row.get("input_ids", [])), sum(row.get("completion_mask", []))
+            n, sampled = len(row.input_ids), row.sampled
             parts.append(f"<div class='row'><div class='rowhead'>{label} · {n} tokens, {sampled} sampled · policy "
-                         f"versions per turn {row.get('model_versions')}</div><div class='toks'></div></div>")
+                         f"versions per turn {list(row.model_versions)}</div><div class='toks'></div></div>")
         parts.append("</details>")
     parts.append("</main><div id='tip'></div>")
     parts.append(f"<script type='application/json' id='vocab'>{_json_for_script({str(k): v for k, v in vocab.items()})}"
                  "</script>")
     for index, record in enumerate(records):
-        rows = [{k: row.get(k, []) for k in ("input_ids", "completion_mask", "old_log_probs", "model_versions")}
-                for row in record.get("rows", [])]
+        rows = [row.to_json() for row in record.rows]
         parts.append(f"<script type='application/json' id='r{index}'>{_json_for_script({'rows': rows})}</script>")
     parts.append(f"<script>{JS}</script></body></html>")
     return "".join(parts)
@@ -426,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(page_html, encoding="utf-8")
         except OSError as error:
             raise InspectError(f"cannot write {out} ({error.strerror}): free space or choose another --out") from None
-        tokens = sum(len(row.get("input_ids", [])) for r in records for row in r.get("rows", []))
+        tokens = sum(len(row.input_ids) for r in records for row in r.rows)
         print(f"{out}: {len(records)} rollouts, {tokens} tokens, {len(page_html) / 1e6:.1f} MB, "
               f"{time.monotonic() - started:.1f} s  (open it in a browser; #open=all expands every rollout)")
         if args.serve:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from intercept_common.rollout_record import RolloutRecord
+
 logger = logging.getLogger(__name__)
 
 TRACE_KEY = "rollouts"  # the key TRL logs its traces under
@@ -41,15 +43,20 @@ class TeeQueue(queue.Queue):
             logger.warning("rollout trace hook failed: %s", error)
 
 
-def record_messages(record: dict[str, Any], decode: Callable[[list[int]], str] | None) -> tuple[list, list]:
+def _typed(record: RolloutRecord | dict[str, Any]) -> RolloutRecord:
+    return record if isinstance(record, RolloutRecord) else RolloutRecord.from_json(record)
+
+
+def record_messages(record: RolloutRecord | dict[str, Any],
+                    decode: Callable[[list[int]], str] | None) -> tuple[list, list]:
     """`(prompt, completion)` message lists of a record: its first row's non-trained context then each run of
     sampled tokens as an assistant message and each context run after it as a `user` message (tool results and
     template text as the engine saw them). Without a tokenizer, the token counts stand in for the text."""
-    rows = record.get("rows") or []
+    rows = _typed(record).rows
     prompt: list[dict[str, str]] = []
     completion: list[dict[str, str]] = []
     for row in rows[-1:]:  # the last row holds the whole conversation when there was no fork
-        ids, mask = row.get("input_ids", []), row.get("completion_mask", [])
+        ids, mask = row.input_ids, row.completion_mask
         start = 0
         for i in range(1, len(ids) + 1):
             if i == len(ids) or mask[i] != mask[start]:
@@ -61,38 +68,39 @@ def record_messages(record: dict[str, Any], decode: Callable[[list[int]], str] |
     return prompt, completion
 
 
-def record_to_sample(record: dict[str, Any], decode: Callable[[list[int]], str] | None = None) -> SimpleNamespace:
+def record_to_sample(record: RolloutRecord | dict[str, Any],
+                     decode: Callable[[list[int]], str] | None = None) -> SimpleNamespace:
     """A stand-in for TRL's `RolloutSample` with what `log_rollout_traces` reads, from one rollout record."""
-    rows = record.get("rows") or []
-    ids = [t for row in rows[-1:] for t in row.get("input_ids", [])]
-    mask = [m for row in rows[-1:] for m in row.get("completion_mask", [])]
-    drift = record.get("drift") or {}
+    record = _typed(record)
+    rows = record.rows
+    ids = [t for row in rows[-1:] for t in row.input_ids]
+    mask = [m for row in rows[-1:] for m in row.completion_mask]
     prompt, completion = record_messages(record, decode)
-    versions = sorted({v for row in rows for v in row.get("model_versions", []) if v is not None})
+    versions = record.policy_versions
     return SimpleNamespace(
         prompt=prompt,
         completion=completion,
         input_ids=np.asarray(ids, dtype=np.int64),
         completion_mask=np.asarray(mask, dtype=np.int64),
-        advantage=float(record.get("advantage") or 0.0),
-        group_id=int(record.get("group_id") or 0),
-        model_version=int(min(versions) if versions else (record.get("model_version") or 0)),
+        advantage=float(record.advantage or 0.0),
+        group_id=int(record.group_id or 0),
+        model_version=int(min(versions) if versions else (record.model_version or 0)),
         metrics={
-            "reward": float(record.get("reward") or 0.0),
-            "turns": int(record.get("turns") or 0),
-            "forks": int(drift.get("forks", 0)),
-            "end_reason": str(record.get("status")),
-            "task_id": str(record.get("task_id")),
-            "rollout_id": str(record.get("rollout_id")),
+            "reward": float(record.reward or 0.0),
+            "turns": int(record.turns or 0),
+            "forks": record.drift.forks if record.drift is not None else 0,
+            "end_reason": str(record.status),
+            "task_id": str(record.task_id),
+            "rollout_id": str(record.rollout_id),
             "policy_versions": ",".join(map(str, versions)),
             "rows": len(rows),
         },
     )
 
 
-def is_trained(record: dict[str, Any]) -> bool:
+def is_trained(record: RolloutRecord | dict[str, Any]) -> bool:
     """A record whose group went to training (scorable member of a group that was not dropped)."""
-    return record.get("advantage") is not None and not record.get("group_dropped")
+    return _typed(record).trained
 
 
 class TraceCollector:
@@ -102,11 +110,14 @@ class TraceCollector:
         self.report_to = list(report_to or [])
         self.decode = decode
         self._lock = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[RolloutRecord] = []
         self.logged = 0
 
     def add(self, record: Any) -> None:
-        if isinstance(record, dict) and is_trained(record):
+        if not isinstance(record, (dict, RolloutRecord)):
+            return
+        record = _typed(record)
+        if record.trained:
             with self._lock:
                 self._pending.append(record)
 
