@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from intercept_common.http_site import start_site
+from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
 from .config import GateConfig
 from .dialects import (
@@ -73,7 +74,7 @@ class InterceptionServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, config: GateConfig | None = None,
-                 served_model_name: str = "policy", *, secret: bytes | None = None) -> None:
+                 served_model_name: str = DEFAULT_SERVED_MODEL_NAME, *, secret: bytes | None = None) -> None:
         self.host = host
         self.port = port
         self.config = config or GateConfig()

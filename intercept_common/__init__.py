@@ -5,6 +5,7 @@
 - `openai_errors`: the one OpenAI/vLLM error body every HTTP server of ours answers with.
 - `loop_thread`: an asyncio loop on a daemon thread, driven from synchronous code with bounded waits.
 - `engine_process`: the local engine as a subprocess (it is reached over HTTP only).
+- `served_model`: `DEFAULT_SERVED_MODEL_NAME`, the one default name the engine serves the policy under.
 - `rollout_record`: `RolloutRecord`, one line of rollouts.jsonl as a type (the worker writes it; the trainer's
   pages and traces and the gpu/ scripts read it).
 - `errors`: `UserError`, the base of every failure a user can fix, and `ConfigError`.

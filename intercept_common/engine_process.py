@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from intercept_common.errors import UserError
+from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
 # Set for the engine it starts: the engine exits once this process (its parent) is gone (local_engine.cli).
 PARENT_PID_ENV = "INTERCEPT_RL_ENGINE_PARENT_PID"
@@ -32,7 +33,7 @@ class EngineStartError(RuntimeError, UserError):
 class LocalEngineProcess:
     """`intercept-rl engine` in its own process group, stopped on every path (context manager, `stop()`)."""
 
-    def __init__(self, model: str, *, served_model_name: str = "policy", host: str = "127.0.0.1",
+    def __init__(self, model: str, *, served_model_name: str = DEFAULT_SERVED_MODEL_NAME, host: str = "127.0.0.1",
                  max_model_len: int | None = None, dtype: str = "float32", seed: int = 0,
                  startup_timeout_s: float = 180.0, extra_args: list[str] | None = None):
         self.model, self.served_model_name, self.host = model, served_model_name, host

@@ -1,11 +1,11 @@
 """The rollout record: one line of rollouts.jsonl (`intercept-rl rollouts`, `<output_dir>/rollouts.jsonl`) as a type.
 
 `rollout_worker.trajectory.Trajectory.record` builds a `RolloutRecord` and publishes its `to_json()` dict (the
-queue and the files carry JSON); every reader — `trainer.inspect_page`, `trainer.traces`, the scripts under gpu/ — parses a line with
-`RolloutRecord.from_json` and reads attributes, never string keys. `to_json()` writes the keys in the order the
-files always had, so `json.dumps(RolloutRecord.from_json(d).to_json()) == json.dumps(d)` for every line written
-since the format has had these keys; lines from older versions (no `drift`, missing keys) still load, with the
-defaults below, and keys this class does not know are kept in `extra` and written back after the known ones.
+queue and the files carry JSON); every reader — `trainer.inspect_page`, `trainer.traces`, the scripts under gpu/ —
+parses a line with `RolloutRecord.from_json` and reads attributes, never string keys. `to_json()` writes the keys
+in the order the files always had, so `json.dumps(RolloutRecord.from_json(d).to_json()) == json.dumps(d)` for every
+line written since the format has had these keys; lines from older versions (no `drift`, missing keys) still load,
+with the defaults below, and keys this class does not know are kept in `extra` and written back after the known ones.
 """
 
 from __future__ import annotations

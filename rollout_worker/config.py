@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from intercept_common.errors import ConfigError
+from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
 from .outcomes import OverlongPolicy
 
@@ -23,7 +24,7 @@ class WorkerConfig:
     _config_section = "worker"  # its YAML section (intercept_common.config_tree)
 
     served_model_name: str = field(
-        default="policy",
+        default=DEFAULT_SERVED_MODEL_NAME,
         metadata={"help": "Model name the engine serves and the agents are told to use. With a running engine that "
                   "does not serve `policy` but exactly one other model, that one is used."},
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from intercept_common.cli_errors import OneLineArgumentParser
+from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
 from .deploy import DEFAULT_HARDWARE, DEFAULT_MODEL, DeployOptions, PlanError, deploy
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     visibility.add_argument("--public", dest="private", action="store_false", help="public Space (status page and "
                             "gate URL reachable by anyone; rollout keys still required)")
     dep.add_argument("--model", default=DEFAULT_MODEL, help=f"model to train (Hub id); default {DEFAULT_MODEL}")
-    dep.add_argument("--served-model-name", default="policy", help="name vLLM serves the model under")
+    dep.add_argument("--served-model-name", default=DEFAULT_SERVED_MODEL_NAME, help="name vLLM serves the model under")
     dep.add_argument("--max-model-len", type=int, default=32768, help="vLLM context length")
     dep.add_argument("--dtype", default="bfloat16", help="vLLM and trainer dtype (must match)")
     dep.add_argument("--train-args", default="",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from intercept_common.errors import UserError
+from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = Path(__file__).resolve().parent
@@ -104,7 +105,7 @@ class DeployOptions:
     hardware: str = DEFAULT_HARDWARE
     private: bool = True
     model: str = DEFAULT_MODEL
-    served_model_name: str = "policy"
+    served_model_name: str = DEFAULT_SERVED_MODEL_NAME
     max_model_len: int = 32768
     dtype: str = "bfloat16"
     train_args: str = ""
