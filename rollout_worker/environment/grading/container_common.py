@@ -32,8 +32,8 @@ class ContainerGradingConfig:
     timeouts, patch limits, tree filter, work root; one default each) plus what only a grading container has.
 
     The graders read the shared knobs through properties under their container-side names (`timeout_s` is
-    `grading.test_timeout_s`; `mem_limit`, `pids_limit`, `cpus` and `engine_timeout_s` are the `container_*` and
-    `docker_timeout_s` fields), so a user's `grading:` section reaches container grading unchanged.
+    `grading.test_timeout_s`; `mem_limit`, `pids_limit` and `cpus` are the `container_*`
+    fields), so a user's `grading:` section reaches container grading unchanged.
     """
 
     _argument_group_name = "Grading containers: limits of the SWE-bench / Harbor grading container (--sandbox docker)"
@@ -102,10 +102,6 @@ class ContainerGradingConfig:
     def cpus(self) -> float | None:
         return self.container_cpus
 
-    @property
-    def engine_timeout_s(self) -> float:
-        """The Docker API call timeout (`docker_timeout_s`; the Docker SDK calls the daemon the engine)."""
-        return self.docker_timeout_s
 
 
 def container_labels(kind: str) -> dict[str, str]:

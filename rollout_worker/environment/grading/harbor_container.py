@@ -31,7 +31,7 @@ class HarborContainerGrader:
 
     def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
         self.config = config or ContainerGradingConfig()
-        self.docker = LazyDockerClient(client, self.config.engine_timeout_s)
+        self.docker = LazyDockerClient(client, self.config.docker_timeout_s)
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:
         from rollout_worker.environment.tasks.harbor import read_reward

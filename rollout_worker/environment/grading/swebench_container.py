@@ -76,7 +76,7 @@ class SweBenchContainerGrader:
 
     def __init__(self, config: ContainerGradingConfig | None = None, client: Any = None):
         self.config = config or ContainerGradingConfig()
-        self.docker = LazyDockerClient(client, self.config.engine_timeout_s)
+        self.docker = LazyDockerClient(client, self.config.docker_timeout_s)
         self._baseline_usable: dict[tuple[str, str, bytes], bool] = {}
 
     async def grade(self, task: Task, agent_repo_dir: Path) -> GradeResult:

@@ -47,6 +47,9 @@ def sandbox_config(name: str, **config: Any) -> Any:
         cls = DockerSandboxConfig
     else:
         raise ConfigError(f"unknown sandbox backend {name!r}: expected 'local' or 'docker'")
+    if name == "docker" and "engine_timeout_s" in config:
+        raise ConfigError("option 'engine_timeout_s' of section 'sandbox' (backend 'docker') is now 'docker_timeout_s' "
+                          "(the Docker API call timeout; the engine call's is worker.engine_timeout_s)")
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(config) - names)
     if unknown:

@@ -31,7 +31,7 @@ def _assert_reaches_container_grading(grader) -> None:
         assert (config.git_timeout_s, config.timeout_s, config.reward_mode) == (60, 77, "fraction")
         assert (config.max_patch_bytes, config.keep_patch_chars) == (4096, 100)
         assert (config.mem_limit, config.pids_limit, config.cpus, config.keep_log_chars) == ("2g", 256, 1.5, 500)
-        assert config.engine_timeout_s == 30 and container_grader.docker._timeout_s == 30
+        assert config.docker_timeout_s == 30 and container_grader.docker._timeout_s == 30
     assert grader.host_grader.config.git_timeout_s == 60  # the host grader reads the very same config
     assert grader.container_grader.config.grading is grader.host_grader.config
 
@@ -91,3 +91,13 @@ def test_bad_grading_values_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="'container_mem_limit' does not belong in section 'grading'; it belongs in "
                        "section 'container_grading'"):
         parse_config_tree(build_parser(), ["--config", str(tmp_path / "x.yaml")])
+
+
+def test_the_docker_sandbox_names_its_docker_api_timeout_docker_timeout_s():
+    """`engine_timeout_s` is the worker's engine call; the Docker backend's API timeout is `docker_timeout_s`, and a
+    config file that still gives the old name is told the new one."""
+    from rollout_worker.environment.sandbox import sandbox_config
+
+    assert sandbox_config("docker", docker_timeout_s=7).docker_timeout_s == 7
+    with pytest.raises(ConfigError, match="'engine_timeout_s' .* is now 'docker_timeout_s'"):
+        sandbox_config("docker", engine_timeout_s=7)

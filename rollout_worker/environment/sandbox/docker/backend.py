@@ -124,7 +124,7 @@ class DockerProcess:
         # An exec cannot be signalled by id; the sandbox user's processes are killed together.
         if self._returncode is None:
             await self._sandbox.kill()
-            if await self.wait(self._sandbox.config.engine_timeout_s) is None:
+            if await self.wait(self._sandbox.config.docker_timeout_s) is None:
                 self._returncode = -9
 
     def output_tail(self) -> str:
@@ -304,7 +304,7 @@ class DockerSandbox:
                                     user=self.config.user)
         except Exception as exc:  # the engine or the container is gone: nothing of the agent runs either
             logger.warning("killing the agent in %s failed: %r", self.sandbox_id, exc)
-        await asyncio.gather(*(p.wait(self.config.engine_timeout_s) for p in self._processes))
+        await asyncio.gather(*(p.wait(self.config.docker_timeout_s) for p in self._processes))
 
     async def destroy(self) -> None:
         if self._destroyed:
@@ -312,7 +312,7 @@ class DockerSandbox:
         self._destroyed = True
         try:
             if self._creating is not None:
-                await asyncio.wait([self._creating], timeout=self.config.engine_timeout_s)
+                await asyncio.wait([self._creating], timeout=self.config.docker_timeout_s)
             if self._creating is not None or self.container is not None:
                 await self._remove_container()
         finally:
@@ -360,7 +360,7 @@ class DockerSandboxBackend:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = docker_client(self.config.engine_timeout_s)
+            self._client = docker_client(self.config.docker_timeout_s)
         return self._client
 
     async def create(self, task: Task, rollout_id: str, endpoint: RolloutEndpoint | None = None) -> DockerSandbox:

@@ -82,7 +82,7 @@ class DockerSandboxConfig:
     cpus: float | None = field(default=1.0, metadata={"help": "CPUs the container may use (None: unlimited)."})
     state_dir: str | None = field(default=None, metadata={"help": "Run-state dir (default as the local backend)."})
     upstream_timeout_s: float = field(default=1800.0, metadata={"help": "Bound on one proxied gate request."})
-    engine_timeout_s: float = field(default=120.0, metadata={"help": "Timeout of one Docker API call."})
+    docker_timeout_s: float = field(default=120.0, metadata={"help": "Timeout of one Docker API call."})
     ready_timeout_s: float = field(default=30.0, metadata={"help": "Bound on the relay coming up in a new container."})
     remove_retry_s: float = field(default=60.0, metadata={"help": "How long destroy() retries removing the "
                                   "container while the engine is unreachable (e.g. restarting)."})
