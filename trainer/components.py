@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from trainer.config import GATE_SECRET_ENV, SweTrainArguments, worker_config
+from trainer.modes import VllmWeightSync
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def vllm_command(script: SweTrainArguments, training, model_path: str) -> str:
 
 def vllm_weight_transfer(script: SweTrainArguments, training):
     """Our `WeightTransferProtocol` for `ipc` / `disk`; None for `nccl` / `lora`, which TRL implements itself."""
-    from trainer.vllm_weight_sync import VllmDiskWeightTransfer, VllmIpcWeightTransfer, VllmWeightSync
+    from trainer.vllm_weight_sync import VllmDiskWeightTransfer, VllmIpcWeightTransfer
 
     mode = VllmWeightSync(script.vllm_weight_sync)
     url = script.vllm_url.rstrip("/")
@@ -151,7 +152,7 @@ def follow_adapter_sync(trainer, worker, script: SweTrainArguments) -> None:
     if prefix is not None:
         logger.info("TRL syncs LoRA adapters to vLLM; rollouts sample from %s-v<N>", prefix)
         worker.sample_from_adapters(prefix)
-    elif script.vllm_weight_sync == "lora":
+    elif script.vllm_weight_sync == VllmWeightSync.LORA:
         raise VllmWeightSyncError(f"--vllm-weight-sync lora: TRL did not pick adapter sync, so vLLM at "
                                   f"{script.vllm_url} was not started with --enable-lora (and "
                                   "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")

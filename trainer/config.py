@@ -26,6 +26,7 @@ from rollout_worker.config import WorkerConfig
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskOptions
+from trainer.modes import TreeAttention, VllmWeightSync, parse_choice
 
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
 WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
@@ -131,8 +132,8 @@ class SweTrainArguments:
             "start the local engine on this machine (stopped when training ends) and sync weights over HTTP."
         },
     )
-    vllm_weight_sync: str = field(
-        default="nccl",
+    vllm_weight_sync: VllmWeightSync = field(
+        default=VllmWeightSync.NCCL,
         metadata={
             "help": "How weights reach vLLM: 'nccl' (vLLM on other GPUs, TRL's NCCL client), 'ipc' (vLLM on the "
             "trainer's own GPU, CUDA IPC), 'disk' (HTTP only: safetensors into --weight-sync-dir, vLLM reloads them; "
@@ -173,8 +174,8 @@ class SweTrainArguments:
         default=None,
         metadata={"help": "Modules LoRA adapts (never lm_head); default: all attention and MLP projections."},
     )
-    tree_attention: str = field(
-        default="auto",
+    tree_attention: TreeAttention = field(
+        default=TreeAttention.AUTO,
         metadata={
             "help": "Tree-packed attention: 'auto' (Hub FA3 kernel when it loads, else the torch SDPA fallback), "
             "'torch' (always the fallback), 'kernel' (never patch)."
@@ -214,8 +215,10 @@ class SweTrainArguments:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        if self.tree_attention not in ("auto", "torch", "kernel"):
-            raise ConfigError(f"tree_attention must be auto, torch or kernel, got {self.tree_attention!r}")
+        # A flag's bad value is argparse's `invalid choice`; a config file's (set as a default, which argparse does not
+        # check against the choices) is caught here, in the file's own spelling.
+        self.tree_attention = parse_choice(TreeAttention, self.tree_attention, "tree_attention")
+        self.vllm_weight_sync = parse_choice(VllmWeightSync, self.vllm_weight_sync, "vllm_weight_sync")
         if self.lora_r < 1:
             raise ConfigError("lora_r must be >= 1")
         from trainer.off_policy import parse_correction
@@ -224,8 +227,6 @@ class SweTrainArguments:
         if not 0 <= self.off_policy_is_floor < self.off_policy_is_cap:
             raise ConfigError(f"need 0 <= off_policy_is_floor < off_policy_is_cap, got {self.off_policy_is_floor} and "
                               f"{self.off_policy_is_cap}")
-        if self.vllm_weight_sync not in ("nccl", "ipc", "disk", "lora"):
-            raise ConfigError(f"vllm_weight_sync must be nccl, ipc, disk or lora, got {self.vllm_weight_sync!r}")
 
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -347,10 +348,10 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
                           f"{training_args.per_device_train_batch_size} and {training_args.gradient_accumulation_steps}")
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ConfigError("--max-steps must be > 0: rollouts are a live stream, there are no epochs")
-    if script_args.vllm_weight_sync != "nccl" and not script_args.vllm_url:
+    if script_args.vllm_weight_sync is not VllmWeightSync.NCCL and not script_args.vllm_url:
         raise ConfigError(f"--vllm-weight-sync {script_args.vllm_weight_sync} needs --vllm-url (without it the local "
                          "engine runs here and syncs over HTTP)")
-    if script_args.vllm_weight_sync == "lora" and not script_args.use_peft:
+    if script_args.vllm_weight_sync is VllmWeightSync.LORA and not script_args.use_peft:
         raise ConfigError("--vllm-weight-sync lora publishes a LoRA adapter: add --use-peft")
     if script_args.use_peft and script_args.lora_target_modules:
         if any("lm_head" in m or "embed_tokens" in m for m in script_args.lora_target_modules):

@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from trainer.modes import TreeAttention, parse_choice
+
 logger = logging.getLogger(__name__)
 
-# "auto": use the Hub kernel when it loads, else the torch fallback; "torch": always the fallback; "kernel": never
-# patch (a missing kernel then fails at the first forward, as in stock TRL).
+# Overrides the default `auto` of `apply_cpu_compat` (trainer.modes.TreeAttention) for scripts without the flag.
 TREE_ATTENTION_ENV = "INTERCEPT_RL_TREE_ATTENTION"
 
 PATCHED_FLASH_ATTN = "trl.experimental.async_grpo.packing._flash_attn"
@@ -203,14 +204,13 @@ def apply_cpu_compat(tree_attention: str | None = None) -> list[str]:
     """
     from trl.experimental.async_grpo import async_grpo_trainer, packing
 
-    mode = (tree_attention or os.environ.get(TREE_ATTENTION_ENV) or "auto").lower()
-    if mode not in ("auto", "torch", "kernel"):
-        raise ValueError(f"{TREE_ATTENTION_ENV} / tree_attention must be auto, torch or kernel, got {mode!r}")
+    mode = parse_choice(TreeAttention, (tree_attention or os.environ.get(TREE_ATTENTION_ENV) or "auto").lower(),
+                        f"{TREE_ATTENTION_ENV} / tree_attention")
 
     patched = []
     if packing._flash_attn is _torch_flash_attn:
         patched.append(PATCHED_FLASH_ATTN)
-    elif mode == "torch" or (mode == "auto" and not hub_flash_attention_loads()):
+    elif mode is TreeAttention.TORCH or (mode is TreeAttention.AUTO and not hub_flash_attention_loads()):
         packing._flash_attn = _torch_flash_attn
         patched.append(PATCHED_FLASH_ATTN)
         logger.info("tree attention: torch SDPA fallback installed")

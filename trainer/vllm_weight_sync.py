@@ -27,7 +27,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 
 import requests
@@ -35,16 +34,10 @@ import torch
 
 from intercept_common.errors import UserError
 
+from trainer.modes import VllmWeightSync
 from trainer.weight_transfer import counting, wait_until_healthy
 
 logger = logging.getLogger(__name__)
-
-
-class VllmWeightSync(StrEnum):
-    NCCL = "nccl"
-    IPC = "ipc"
-    DISK = "disk"
-    LORA = "lora"
 
 
 class VllmWeightSyncError(RuntimeError, UserError):

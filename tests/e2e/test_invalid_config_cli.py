@@ -50,10 +50,13 @@ ROLLOUTS = [
     *WORKER_OWN, *ROLLOUT_SIDE,
 ]
 TRAIN = [
-    (["--preset", "nope"], "unknown preset 'nope'"), (["--tree-attention", "fast"], "tree_attention"),
-    (["--lora-r", "0"], "lora_r"), (["--vllm-weight-sync", "pigeon"], "vllm_weight_sync"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--tree-attention", "fast"], "--tree-attention: invalid choice: 'fast'"),
+    (["--lora-r", "0"], "lora_r"), (["--vllm-weight-sync", "pigeon"], "--vllm-weight-sync: invalid choice"),
     (["--max-steps", "0"], "--max-steps"), (["--vllm-weight-sync", "ipc"], "needs --vllm-url"),
     (["--vllm-weight-sync", "lora", "--vllm-url", "http://127.0.0.1:9"], "--use-peft"),
+    (["yaml:tree_attention: fast\n"], "tree_attention must be one of auto, torch, kernel; got 'fast'"),
+    (["yaml:vllm_weight_sync: pigeon\n"], "vllm_weight_sync must be one of nccl, ipc, disk, lora; got 'pigeon'"),
     (["--use-peft", "--lora-target-modules", "lm_head"], "lm_head"),
     (["--num-generations", "0"], "num_generations"), (["--temperature", "-1"], "temperature"),
     (["--per-device-train-batch-size", "0"], "per-device-train-batch-size"),

@@ -126,7 +126,7 @@ def test_apply_cpu_compat_patches_what_is_missing_and_is_idempotent(unpatched_tr
         assert async_grpo_trainer.get_peak_flops_per_device(None, "float32") is None
     assert packing._flash_attn() is cpu_compat.TORCH_FLASH_ATTN
     assert cpu_compat.apply_cpu_compat() == first
-    with pytest.raises(ValueError, match="auto, torch or kernel"):
+    with pytest.raises(ValueError, match="tree_attention must be one of auto, torch, kernel"):
         cpu_compat.apply_cpu_compat("fa9")
 
 

@@ -4,6 +4,7 @@ CPU training run (TRL 1.16 AsyncGRPOTrainer, tiny Qwen3, real local engine) for 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import sqlite3
@@ -14,10 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from intercept_common.errors import ConfigError
 from tests.paths import REPO
+from trainer import modes
 from trainer.config import (
     DEFAULT_LORA_TARGETS,
     PRESETS,
+    SweTrainArguments,
     early_trackio_dir,
     make_parser,
     parse_train_args,
@@ -146,7 +150,8 @@ def test_early_trackio_dir_follows_flags_then_preset(tmp_path):
         (["--preset", "cpu-demo", "--max-steps", "0"], "--max-steps must be > 0"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--preset", "cpu-demo", "--use-peft", "--lora-target-modules", "lm_head"], "must not include lm_head"),
-        (["--preset", "cpu-demo", "--tree-attention", "fa9"], "tree_attention must be auto, torch or kernel"),
+        (["--preset", "cpu-demo", "--tree-attention", "fa9"], "--tree-attention: invalid choice: 'fa9'"),
+        (["--preset", "cpu-demo", "--vllm-weight-sync", "pigeon"], "--vllm-weight-sync: invalid choice: 'pigeon'"),
     ],
 )
 def test_bad_arguments_are_clear_errors(argv, message, capsys):
@@ -154,6 +159,22 @@ def test_bad_arguments_are_clear_errors(argv, message, capsys):
         parse_train_args(argv)
     assert main(argv) == 2
     assert message.split("'")[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("key", "good", "bad", "allowed"),
+                         [("tree_attention", "kernel", "fa9", "auto, torch, kernel"),
+                          ("vllm_weight_sync", "disk", "pigeon", "nccl, ipc, disk, lora")])
+def test_choice_options_are_enums_and_a_config_file_value_is_checked_under_its_key(key, good, bad, allowed, tmp_path):
+    """A flag is checked by argparse's choices (above); a config file's value by the field's enum, named by its key."""
+    enum_type = getattr(modes, {f.name: f.type for f in dataclasses.fields(SweTrainArguments)}[key])
+    assert issubclass(enum_type, enum.StrEnum) and ", ".join(enum_type) == allowed
+    config = tmp_path / "c.yaml"
+    argv = ["--preset", "cpu-demo", "--vllm-url", "http://127.0.0.1:9", "--config", str(config)]
+    config.write_text(f"{key}: {good}\n")
+    assert getattr(parse_train_args(argv)[0], key) is enum_type(good)
+    config.write_text(f"{key}: {bad}\n")
+    with pytest.raises(ConfigError, match=f"^{key} must be one of {allowed}; got '{bad}'$"):
+        parse_train_args(argv)
 
 
 def test_token_budget_defaults_to_the_local_engine_context_but_not_with_vllm():
