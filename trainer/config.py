@@ -213,8 +213,7 @@ class SweTrainArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        # `preset` is checked once, by `preset_defaults`, which reads it before the parser (and TRL) are built.
         # A flag's bad value is argparse's `invalid choice`; a config file's (set as a default, which argparse does not
         # check against the choices) is caught here, in the file's own spelling.
         self.tree_attention = parse_choice(TreeAttention, self.tree_attention, "tree_attention")
@@ -268,19 +267,29 @@ def _preset_name(argv: list[str]) -> str | None:
     return None
 
 
+def preset_defaults(argv: list[str]) -> dict[str, Any]:
+    """The defaults of the preset `argv` names (flag or `--config` file), `{}` without one.
+
+    The one check of the preset's name, on the raw argv, before TRL is imported or the parser built (`train` calls it
+    first through `early_trackio_dir`, then `parse_train_args` for the defaults).
+    """
+    name = _preset_name(argv)
+    if name is not None and name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name] if name is not None else {}
+
+
 def parse_train_args(argv: list[str] | None = None):
     """Parse flags / `--config` (over a `--preset`) into `(SweTrainArguments, AsyncGRPOConfig)` and validate them.
 
     The returned `SweTrainArguments` carries the composed rollout-side configs (`task_options`, `episode_options`, `worker`,
     `episode`, `grading`).
     """
-    parser = make_parser()
     argv = list(argv or [])
-    preset = _preset_name(argv)
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    defaults = preset_defaults(argv)  # before the parser: a bad preset name costs no TRL import
+    parser = make_parser()
     (options, task_view, selection, worker, budget, grading_view, container_view, gate, training), extras = \
-        parse_config_tree(parser, argv, defaults=PRESETS.get(preset or "", {}),
+        parse_config_tree(parser, argv, defaults=defaults,
                           extra_keys=("sandbox_options", "agent_options"))
     if extras.get("agent_options"):
         raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not supported: "
@@ -388,7 +397,7 @@ def early_trackio_dir(argv: list[str]) -> str:
     early.add_argument("--config", default=None)
     known, _ = early.parse_known_args(argv)
     file_values: dict[str, Any] = load_config_file(known.config) if known.config else {}
-    preset = PRESETS.get(_preset_name(argv) or "", {})
+    preset = preset_defaults(argv)
 
     def pick(key: str, flag_value):
         return flag_value if flag_value is not None else file_values.get(key, preset.get(key))

@@ -177,6 +177,23 @@ def test_choice_options_are_enums_and_a_config_file_value_is_checked_under_its_k
         parse_train_args(argv)
 
 
+@pytest.mark.parametrize("how", ["flag", "config file"])
+def test_an_unknown_preset_is_refused_before_trl_is_imported(how, tmp_path):
+    """One check of the preset's name, on the raw argv: before the Trackio directory is chosen and before the parser
+    (which imports TRL, seconds) is built."""
+    argv = ["--preset", "nope"]
+    if how == "config file":
+        (tmp_path / "c.yaml").write_text("preset: nope\n")
+        argv = ["--config", str(tmp_path / "c.yaml")]
+    with pytest.raises(ConfigError, match="^unknown preset 'nope'; known: cpu-demo, learning-demo$"):
+        early_trackio_dir(argv)
+    probe = ("import sys; from trainer.config import parse_train_args\n"
+             f"try:\n    parse_train_args({argv!r})\nexcept ValueError as e:\n    print(e)\n"
+             "print('trl' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["unknown preset 'nope'; known: cpu-demo, learning-demo", "False"], proc.stderr
+
+
 def test_token_budget_defaults_to_the_local_engine_context_but_not_with_vllm():
     script, training = parse_train_args(["--model-name-or-path", "m", "--max-steps", "1", "--max-model-len", "2048"])
     assert training.token_budget == 2048
