@@ -1,7 +1,8 @@
 """`intercept-rl rollouts`: run agents on tasks through the gate, grade them, write trajectories (no training).
 
 Options come from the same config dataclasses `train` composes (`WorkerConfig`, `EpisodeOptions`, `EpisodeConfig`,
-`GradingConfig`, `TaskOptions`), as flags or from `--config file.yaml` (intercept_common.config_tree).
+`GradingConfig`, `TaskOptions`; rollout_worker.config_views), as flags or from `--config file.yaml`
+(intercept_common.config_tree).
 """
 
 from __future__ import annotations
@@ -16,25 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from control_plane import GateConfig
 from intercept_common.cli_errors import squash
 from intercept_common.config_tree import build, cli_view, parse_config_tree
 from intercept_common.errors import ConfigError, UserError
 from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
-from .environment.episode import EpisodeConfig
-from .environment.grading.host import GradingConfig
-from .factory import (
-    ContainerGradingConfig,
-    EpisodeOptions,
-    TaskOptions,
-    build_episode_runner,
-    build_worker,
-    load_task_options,
-    load_tokenizer,
-    served_model_name_for,
-)
+from .config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
+from .factory import build_episode_runner, build_worker, load_task_options, load_tokenizer, served_model_name_for
 from .preflight import check_agent, check_images, check_sandbox, check_writable
 
 # Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
@@ -66,19 +56,12 @@ class RolloutsArguments:
 
 
 WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)
-GateOptions = cli_view(GateConfig)
-TaskSelection = cli_view(TaskOptions)
-EpisodeSelection = cli_view(EpisodeOptions)
-EpisodeBudget = cli_view(EpisodeConfig)
-GradingOptions = cli_view(GradingConfig)
-ContainerGradingOptions = cli_view(ContainerGradingConfig)
 
 
 def build_parser():
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((RolloutsArguments, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget,
-                               GradingOptions, ContainerGradingOptions, GateOptions))
+    parser = HfArgumentParser((RolloutsArguments, *rollout_side_views(WorkerOptions)))
     parser.prog = "intercept-rl rollouts"
     parser.description = ("Run agents on tasks through the interception gate against an engine, grade them host-side "
                           "and write one JSON line per rollout (token ids, masks, logprobs, reward, advantage, drift, "
@@ -96,21 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know AsyncGRPO's sample type is experimental
     try:
         # The whole configuration first (each view validates as its config does): nothing has started yet.
-        parsed, extras = parse_config_tree(build_parser(), argv, extra_keys=("sandbox_options", "agent_options"))
-        run, task_view, selection, worker_view, budget, grading_view, container_view, gate_view = parsed
-        if extras.get("agent_options"):
-            raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not "
-                              "supported: agents take none")
-        options = build(EpisodeOptions, selection, sandbox_options=extras.get("sandbox_options", {}))
-        gate_config = build(GateConfig, gate_view)
-        grading = build(GradingConfig, grading_view)
-        runner = build_episode_runner(options, build(EpisodeConfig, budget), grading,
-                                      build(ContainerGradingConfig, container_view, grading=grading))
+        (run, *parsed), extras = parse_config_tree(build_parser(), argv, extra_keys=EXTRA_KEYS)
+        side = build_rollout_side(parsed, extras)
+        options, worker_view = side.episode_options, side.worker
+        runner = build_episode_runner(options, side.episode, side.grading, side.container_grading)
         # What would otherwise end every rollout as infra_error, or fail after the engine started:
         check_agent(options.agent)
         check_sandbox(options.sandbox)
         check_writable(Path(run.out).resolve().parent, what="--out")
-        tasks = load_task_options(build(TaskOptions, task_view), worker_view.seed)  # may download: after the checks
+        tasks = load_task_options(side.task_options, worker_view.seed)  # may download: after the checks
         check_images(options.sandbox, tasks)
         log_path = _attach_log(run_logging, Path(run.out))
     except UserError as exc:  # what the user can fix, as one line; anything else is a bug and keeps its traceback
@@ -136,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
                        keep_trajectories=True, drop_zero_variance_groups=False)
         worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
-                              engine_url=engine_url, gate_config=gate_config)
+                              engine_url=engine_url, gate_config=side.gate)
         return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet,
                     engine_proc=engine_proc, warnings=None if verbose else run_logging.summary, log_path=log_path)
     finally:

@@ -23,6 +23,7 @@ from control_plane import GateConfig
 from intercept_common.config_tree import build, cli_view, load_config_file, parse_config_tree, split_config_flag
 from intercept_common.errors import ConfigError
 from rollout_worker.config import WorkerConfig
+from rollout_worker.config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskOptions
@@ -33,12 +34,6 @@ WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "m
                           "max_staleness", "seed", "queue_maxsize", "keep_trajectories", "max_queued_samples",
                           "max_groups", "samples_per_version")
 WorkerOptions = cli_view(WorkerConfig, exclude=WORKER_FIELDS_FROM_TRL)
-GateOptions = cli_view(GateConfig)
-TaskSelection = cli_view(TaskOptions)
-EpisodeSelection = cli_view(EpisodeOptions)
-EpisodeBudget = cli_view(EpisodeConfig)
-GradingOptions = cli_view(GradingConfig)
-ContainerGradingOptions = cli_view(ContainerGradingConfig)
 
 GATE_SECRET_ENV = "INTERCEPT_RL_GATE_SECRET"
 
@@ -236,8 +231,7 @@ BASE_DEFAULTS: dict[str, Any] = {"report_to": ["trackio"], "project": "intercept
 
 TrainOptions = cli_view(SweTrainArguments)
 # The dataclasses `train` parses, in help order; TRL's AsyncGRPOConfig is appended by `make_parser`.
-OUR_DATACLASSES = (TrainOptions, TaskSelection, EpisodeSelection, WorkerOptions, EpisodeBudget, GradingOptions,
-                   ContainerGradingOptions, GateOptions)
+OUR_DATACLASSES = (TrainOptions, *rollout_side_views(WorkerOptions))
 
 
 def make_parser():
@@ -288,19 +282,8 @@ def parse_train_args(argv: list[str] | None = None):
     argv = list(argv or [])
     defaults = preset_defaults(argv)  # before the parser: a bad preset name costs no TRL import
     parser = make_parser()
-    (options, task_view, selection, worker, budget, grading_view, container_view, gate, training), extras = \
-        parse_config_tree(parser, argv, defaults=defaults,
-                          extra_keys=("sandbox_options", "agent_options"))
-    if extras.get("agent_options"):
-        raise ConfigError(f"agent options {sorted(extras['agent_options'])} in section 'agent' are not supported: "
-                          "agents take none")
-    grading = build(GradingConfig, grading_view)
-    script_args = build(SweTrainArguments, options, task_options=build(TaskOptions, task_view),
-                        episode_options=build(EpisodeOptions, selection,
-                                              sandbox_options=extras.get("sandbox_options", {})),
-                        worker=worker, episode=build(EpisodeConfig, budget), grading=grading,
-                        container_grading=build(ContainerGradingConfig, container_view, grading=grading),
-                        gate=build(GateConfig, gate))
+    (options, *side, training), extras = parse_config_tree(parser, argv, defaults=defaults, extra_keys=EXTRA_KEYS)
+    script_args = build(SweTrainArguments, options, **build_rollout_side(side, extras)._asdict())
     validate(script_args, training)
     return script_args, training
 

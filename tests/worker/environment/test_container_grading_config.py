@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-from intercept_common.config_tree import build, parse_config_tree
+from intercept_common.config_tree import parse_config_tree
 from intercept_common.errors import ConfigError
 from rollout_worker.cli import build_parser
-from rollout_worker.environment.episode import EpisodeConfig
+from rollout_worker.config_views import EXTRA_KEYS, build_rollout_side
 from rollout_worker.environment.grading.container_common import ContainerGradingConfig
 from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.environment.grading.swebench_container import ImageAwareGrader
@@ -39,13 +39,9 @@ def _assert_reaches_container_grading(grader) -> None:
 def test_a_users_grading_section_reaches_container_grading_in_rollouts(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(CONFIG)
-    parsed, extras = parse_config_tree(build_parser(), ["--config", str(path)], extra_keys=("sandbox_options",
-                                                                                           "agent_options"))
-    _, _, selection, _, budget, grading_view, container_view, _ = parsed
-    grading = build(GradingConfig, grading_view)
-    options = build(EpisodeOptions, selection, sandbox_options=extras["sandbox_options"])
-    runner = build_episode_runner(options, build(EpisodeConfig, budget), grading,
-                                  build(ContainerGradingConfig, container_view, grading=grading))
+    (_, *parsed), extras = parse_config_tree(build_parser(), ["--config", str(path)], extra_keys=EXTRA_KEYS)
+    side = build_rollout_side(parsed, extras)
+    runner = build_episode_runner(side.episode_options, side.episode, side.grading, side.container_grading)
     _assert_reaches_container_grading(runner.grader)
 
 
@@ -60,11 +56,10 @@ def test_a_users_grading_section_reaches_container_grading_in_train(tmp_path):
 
 
 def test_flags_reach_container_grading_too():
-    parsed, _ = parse_config_tree(build_parser(), ["--sandbox", "docker", "--git-timeout-s", "42",
-                                                   "--test-timeout-s", "43", "--container-mem-limit", "1g"])
-    grading = build(GradingConfig, parsed[5])
-    config = build(ContainerGradingConfig, parsed[6], grading=grading)
-    runner = build_episode_runner(build(EpisodeOptions, parsed[2]), None, grading, config)
+    (_, *parsed), extras = parse_config_tree(build_parser(), ["--sandbox", "docker", "--git-timeout-s", "42",
+                                                              "--test-timeout-s", "43", "--container-mem-limit", "1g"])
+    side = build_rollout_side(parsed, extras)
+    runner = build_episode_runner(side.episode_options, None, side.grading, side.container_grading)
     assert (runner.grader.container_grader.config.git_timeout_s, runner.grader.harbor_grader.config.timeout_s,
             runner.grader.container_grader.config.mem_limit) == (42, 43, "1g")
 
