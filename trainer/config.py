@@ -248,12 +248,16 @@ def make_parser():
 
 
 def _preset_name(argv: list[str]) -> str | None:
-    """The preset named on the command line, else in the `--config` file (both spellings of the flag)."""
+    """The preset named on the command line (the last `--preset`, as argparse reads it; both spellings of the flag),
+    else in the `--config` file."""
+    named = None
     for i, arg in enumerate(argv):
         if arg == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--preset="):
-            return arg.split("=", 1)[1]
+            named = argv[i + 1]
+        elif arg.startswith("--preset="):
+            named = arg.split("=", 1)[1]
+    if named is not None:
+        return named
     path, _ = split_config_flag(argv)
     if path is not None:
         preset = load_config_file(path).get("preset")

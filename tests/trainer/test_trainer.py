@@ -177,11 +177,11 @@ def test_choice_options_are_enums_and_a_config_file_value_is_checked_under_its_k
         parse_train_args(argv)
 
 
-@pytest.mark.parametrize("how", ["flag", "config file"])
+@pytest.mark.parametrize("how", ["flag", "last flag", "config file"])
 def test_an_unknown_preset_is_refused_before_trl_is_imported(how, tmp_path):
     """One check of the preset's name, on the raw argv: before the Trackio directory is chosen and before the parser
-    (which imports TRL, seconds) is built."""
-    argv = ["--preset", "nope"]
+    (which imports TRL, seconds) is built. Of two `--preset` flags the last counts, as argparse reads them."""
+    argv = ["--preset", "nope"] if how == "flag" else ["--preset", "cpu-demo", "--preset=nope"]
     if how == "config file":
         (tmp_path / "c.yaml").write_text("preset: nope\n")
         argv = ["--config", str(tmp_path / "c.yaml")]
