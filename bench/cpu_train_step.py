@@ -68,7 +68,7 @@ class StandinSampleWorker:
             raise RuntimeError("stand-in sample worker died")
 
     def _fill(self) -> None:
-        from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+        from intercept_common.trl_api import RolloutSample
 
         half = self.sample_len // 2
         while not self._stop.is_set():

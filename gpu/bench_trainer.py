@@ -72,7 +72,8 @@ def packed_row(row_tokens: int, seq_len: int, args, seed: int = 0) -> dict:
     samples of a group, `--group` per group), added while the row stays within `row_tokens` unique tokens (what
     TRL's `TokenBudgetBatcher` does with `token_budget`)."""
     import numpy as np
-    from trl.experimental.async_grpo import packing
+
+    from intercept_common.trl_api import packing
 
     rng = np.random.default_rng(seed)
     prompt_len = max(1, int(seq_len * args.prompt_frac))
@@ -97,16 +98,16 @@ def packed_row(row_tokens: int, seq_len: int, args, seed: int = 0) -> dict:
 def build_model(variant: str, args):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    from trl.experimental.async_grpo.packing import TREE_ATTENTION, register_tree_attention
-    from trl.trainer.utils import add_fused_lm_head
 
-    register_tree_attention()
+    from intercept_common.trl_api import add_fused_lm_head, packing
+
+    packing.register_tree_attention()
     config = Qwen3Config(vocab_size=args.vocab, **VARIANTS[variant])
     config.layer_types = ["full_attention"] * config.num_hidden_layers
     config.use_cache = False
     torch.manual_seed(0)
     with torch.device(args.device):
-        model = Qwen3ForCausalLM._from_config(config, attn_implementation=TREE_ATTENTION, dtype=torch.bfloat16)
+        model = Qwen3ForCausalLM._from_config(config, attn_implementation=packing.TREE_ATTENTION, dtype=torch.bfloat16)
     model.train()
     # As AsyncGRPOTrainer.__init__ does: per-token log-probs and entropy without materializing the logits.
     add_fused_lm_head(model, temperature=1.0, outputs=("log_probs", "entropy"))
@@ -117,8 +118,7 @@ def use_attention(name: str) -> None:
     """Point TRL's tree attention at one implementation (what `apply_cpu_compat` does for the trainer)."""
     from types import SimpleNamespace
 
-    from trl.experimental.async_grpo import packing
-
+    from intercept_common.trl_api import packing
     from trainer.cpu_compat import apply_cpu_compat
 
     if name == "tree":
@@ -260,7 +260,8 @@ def optimizer_ms(model, args) -> float:
 
 def run(args) -> dict:
     import torch
-    from trl.trainer.utils import compute_flops_per_token, compute_mfu, get_peak_flops
+
+    from intercept_common.trl_api import compute_flops_per_token, compute_mfu, get_peak_flops
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = get_peak_flops(device_name, "bfloat16")

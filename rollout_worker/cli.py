@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import queue
 import sys
 import time
@@ -76,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in argv  # the log on the terminal too (it always goes to <out>.log)
     argv = [arg for arg in argv if arg != "--verbose"]
     run_logging = RunLogging(verbose=verbose).start()
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know AsyncGRPO's sample type is experimental
     try:
         # The whole configuration first (each view validates as its config does): nothing has started yet.
         (run, *parsed), extras = parse_config_tree(build_parser(), argv, extra_keys=EXTRA_KEYS)

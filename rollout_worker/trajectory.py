@@ -79,7 +79,7 @@ def sample_type() -> type:
     """TRL's `RolloutSample`, imported on first use: its module loads TRL's whole async GRPO package (peft, trackio,
     torch's custom ops: ~1 s on a CPU box), which importing the worker should not pay. `RolloutWorker.start` calls it
     on the caller's thread, so the first complete group does not pay it on the worker's loop, stalling every turn."""
-    from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+    from intercept_common.trl_api import RolloutSample
 
     return RolloutSample
 

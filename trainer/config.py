@@ -236,10 +236,9 @@ OUR_DATACLASSES = (TrainOptions, *rollout_side_views(WorkerOptions))
 
 def make_parser():
     """The `TrlParser` over our dataclasses and AsyncGRPOConfig; imported lazily because TRL is heavy."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # AsyncGRPO is experimental in TRL 1.16: we know
     import torch
-    from trl import TrlParser
-    from trl.experimental.async_grpo import AsyncGRPOConfig
+
+    from intercept_common.trl_api import AsyncGRPOConfig, TrlParser
 
     parser = TrlParser((*OUR_DATACLASSES, AsyncGRPOConfig), prog="intercept-rl train")
     # TRL defaults to bf16 autocast, which transformers refuses without a GPU; keep it only where it can run.

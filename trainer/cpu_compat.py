@@ -179,7 +179,7 @@ def _peak_flops_unknown(accelerator, dtype):  # same signature as TRL's `get_pea
 
 def hub_flash_attention_loads() -> bool:
     """Whether TRL's own `_flash_attn()` (the Hub FA3 / aiter kernel) loads here. Never true without CUDA."""
-    from trl.experimental.async_grpo import packing
+    from intercept_common.trl_api import packing
 
     if not torch.cuda.is_available():
         return False
@@ -202,7 +202,7 @@ def apply_cpu_compat(tree_attention: str | None = None) -> list[str]:
     Idempotent: a second call patches nothing new and returns the same list. Must run before the trainer is built
     (the peak-FLOPs probe runs in its `__init__`); the attention patch takes effect at the next forward.
     """
-    from trl.experimental.async_grpo import async_grpo_trainer, packing
+    from intercept_common.trl_api import async_grpo_trainer, packing
 
     mode = parse_choice(TreeAttention, (tree_attention or os.environ.get(TREE_ATTENTION_ENV) or "auto").lower(),
                         f"{TREE_ATTENTION_ENV} / tree_attention")

@@ -126,7 +126,7 @@ class TraceCollector:
             records, self._pending = self._pending, []
         if not records or "trackio" not in self.report_to:
             return 0
-        from trl.experimental.async_grpo.async_grpo_trainer import log_rollout_traces
+        from intercept_common.trl_api import log_rollout_traces
 
         samples = [record_to_sample(r, self.decode) for r in records]
         log_rollout_traces(samples, step=step, report_to=self.report_to, max_traces=len(samples))

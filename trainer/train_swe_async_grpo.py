@@ -36,7 +36,7 @@ class TrainArgs:
     """Both halves of the parsed command line."""
 
     script: SweTrainArguments
-    training: Any  # trl.experimental.async_grpo.AsyncGRPOConfig (imported lazily: TRL is heavy)
+    training: Any  # TRL's AsyncGRPOConfig (intercept_common.trl_api, imported lazily: TRL is heavy)
 
 
 def resolve_model_path(model_name_or_path: str) -> str:
@@ -167,8 +167,8 @@ def build_trainer(args: TrainArgs, worker, weight_transfer, *, callbacks: list |
     """
     from accelerate import PartialState
     from transformers import AutoTokenizer
-    from trl.experimental.async_grpo import AsyncGRPOTrainer
 
+    from intercept_common.trl_api import AsyncGRPOTrainer
     from trainer.cpu_compat import apply_cpu_compat
     from trainer.on_demand_batches import fetch_batches_on_demand
     from trainer.off_policy import install_off_policy_correction

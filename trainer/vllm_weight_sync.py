@@ -59,7 +59,7 @@ def vllm_serve_command(model: str, served_model_name: str, max_model_len: int, d
         env.append("VLLM_ALLOW_INSECURE_SERIALIZATION=1")
         flags += ["--host 127.0.0.1", "--gpu-memory-utilization 0.35"]  # the trainer needs the rest of the GPU
     if mode is VllmWeightSync.LORA:
-        from trl.experimental.async_grpo.async_grpo_trainer import round_lora_rank
+        from intercept_common.trl_api import round_lora_rank
 
         env.append("VLLM_ALLOW_RUNTIME_LORA_UPDATING=1")
         # TRL keeps up to max_staleness + 2 policy versions loaded as adapters and refuses a server with fewer slots.

@@ -11,10 +11,8 @@ import copy
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
-from trl.chat_template_utils import (
-    get_training_chat_template,
-    is_chat_template_prefix_preserving,
-)
+
+from intercept_common.trl_api import get_training_chat_template, is_chat_template_prefix_preserving
 
 
 def _read_explicit_template(chat_template: str) -> str:

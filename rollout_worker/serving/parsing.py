@@ -14,7 +14,7 @@ import secrets
 import weakref
 from dataclasses import dataclass
 
-from trl.chat_template_utils import add_response_schema, parse_response
+from intercept_common.trl_api import add_response_schema, parse_response
 
 # The parser keeps only what follows the last assistant header of the prefix; a short tail of the prompt holds it,
 # and decoding a 160k-token prompt on every turn would cost more than the whole assembly.
