@@ -1,5 +1,6 @@
 """The layer contracts (pyproject.toml [tool.importlinter]) hold, and no product module takes part in an import circle:
-a wrong import is a red test, not a review comment.
+a wrong import is a red test, not a review comment. (That only `intercept_common.trl_api` imports TRL is
+tests/trainer/test_trl_api.py, beside the pins on the names it exposes.)
 
 The circle check alone: `.venv/bin/python -m pytest tests/test_architecture.py -q -k circle`."""
 
@@ -84,20 +85,3 @@ def test_the_circle_check_finds_a_circle():
     graph.add_import(importer="a.y", imported="a.x")
     graph.add_import(importer="a.z", imported="a.x")
     assert import_circles(graph) == [["a.x", "a.y"]]
-
-
-# design §4: the modules allowed to import `trl.experimental` (it moves in TRL 1.18), so that upgrade touches these only
-TRL_EXPERIMENTAL_IMPORTERS = {
-    "rollout_worker.trajectory", "trainer.config", "trainer.cpu_compat", "trainer.traces",
-    "trainer.train_swe_async_grpo", "trainer.vllm_weight_sync",
-}
-
-
-def test_trl_experimental_is_imported_only_where_design_4_lists():
-    graph = grimp.build_graph(*PRODUCT_PACKAGES, "trl", cache_dir=None)
-    importers = {module for module in graph.find_modules_that_directly_import("trl.experimental.async_grpo")
-                 if module.split(".")[0] in PRODUCT_PACKAGES}
-    for submodule in graph.find_descendants("trl.experimental.async_grpo"):
-        importers |= {module for module in graph.find_modules_that_directly_import(submodule)
-                      if module.split(".")[0] in PRODUCT_PACKAGES}
-    assert importers == TRL_EXPERIMENTAL_IMPORTERS
