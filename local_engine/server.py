@@ -24,6 +24,7 @@ from aiohttp import web
 from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedTokenizerBase
 
+from intercept_common.context_length import MAX_MODEL_LEN_HELP, check_max_model_len
 from intercept_common.errors import ConfigError
 from intercept_common.openai_errors import openai_error_body
 from local_engine.client import WEIGHTS_VERSION_HEADER
@@ -44,9 +45,7 @@ class EngineConfig:
     served_model_name: str | None = field(
         default=None, metadata={"help": "Name clients send as `model`; defaults to --model."}
     )
-    max_model_len: int | None = field(
-        default=None, metadata={"help": "Cap on prompt + completion tokens; defaults to max_position_embeddings."}
-    )
+    max_model_len: int | None = field(default=None, metadata={"help": MAX_MODEL_LEN_HELP})
     dtype: Literal["float32", "bfloat16"] = field(
         default="float32", metadata={"help": "Weights and compute dtype; float32 gives exact logprobs on CPU."}
     )
@@ -69,8 +68,7 @@ class EngineConfig:
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not self.max_pause_s > 0:
             raise ConfigError(f"max_pause_s must be > 0, got {self.max_pause_s}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        check_max_model_len(self.max_model_len)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
         if self.torch_threads < 0:

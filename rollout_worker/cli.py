@@ -18,7 +18,8 @@ from typing import Literal
 
 from intercept_common.cli_errors import squash
 from intercept_common.config_tree import build, cli_view, parse_config_tree
-from intercept_common.errors import ConfigError, UserError
+from intercept_common.context_length import MAX_MODEL_LEN_HELP, check_max_model_len
+from intercept_common.errors import UserError
 from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
@@ -44,14 +45,12 @@ class RolloutsArguments:
         default="embedded",
         metadata={"help": "Model path or hub name (its tokenizer renders prompts; the local engine serves it). "
                   "`embedded` is the tiny demo model."})
-    max_model_len: int | None = field(
-        default=None, metadata={"help": "Context length of the local engine (default: the model's max positions)."})
+    max_model_len: int | None = field(default=None, metadata={"help": MAX_MODEL_LEN_HELP})
     out: str = field(default="rollouts.jsonl", metadata={"help": "Where to write the trajectory lines."})
     quiet: bool = field(default=False, metadata={"help": "No per-rollout progress lines."})
 
     def __post_init__(self) -> None:
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        check_max_model_len(self.max_model_len)
 
 
 WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)

@@ -8,7 +8,7 @@ import sys
 from intercept_common.cli_errors import OneLineArgumentParser
 from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
 
-from .deploy import DEFAULT_HARDWARE, DEFAULT_MODEL, DeployOptions, PlanError, deploy
+from .deploy import DEFAULT_HARDWARE, DEFAULT_MODEL, SPACE_MAX_MODEL_LEN, DeployOptions, PlanError, deploy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "gate URL reachable by anyone; rollout keys still required)")
     dep.add_argument("--model", default=DEFAULT_MODEL, help=f"model to train (Hub id); default {DEFAULT_MODEL}")
     dep.add_argument("--served-model-name", default=DEFAULT_SERVED_MODEL_NAME, help="name vLLM serves the model under")
-    dep.add_argument("--max-model-len", type=int, default=32768, help="vLLM context length")
+    dep.add_argument("--max-model-len", type=int, default=SPACE_MAX_MODEL_LEN,
+                     help=f"vLLM context length; default {SPACE_MAX_MODEL_LEN}, a Space-only cap (other commands "
+                          "default to the model's max positions): vLLM refuses to start when one full-length "
+                          "sequence's KV cache does not fit the GPU")
     dep.add_argument("--dtype", default="bfloat16", help="vLLM and trainer dtype (must match)")
     dep.add_argument("--train-args", default="",
                      help="extra flags for the trainer, one string, e.g. '--tasks SWE-Gym/SWE-Gym --max-steps 200' "

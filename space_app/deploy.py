@@ -28,6 +28,12 @@ SPACE_DIR = Path(__file__).resolve().parent
 
 DEFAULT_HARDWARE = "l40sx4"  # 4 x 48 GB: vLLM on GPU 0, the FSDP2 trainer on GPUs 1-3 (see space_app/README.md)
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
+# The Space's own cap on vLLM's context, where every other command defaults to the model's max positions
+# (intercept_common.context_length): vLLM refuses to start when one full-length sequence's KV cache does not fit the
+# GPU memory left after the weights, and a Space gives vLLM one GPU whatever `--model` is. E.g. an 8B model with 131072
+# positions (Llama 3.1) needs 16 GB of bf16 weights plus 131072 x 128 KB = 16 GB of KV cache: no 24 GB card starts it.
+# 32768 fits there and still holds multi-turn agent episodes.
+SPACE_MAX_MODEL_LEN = 32768
 APP_PORT = 7860
 
 HF_TOKEN_SECRET = "HF_TOKEN"
@@ -106,7 +112,7 @@ class DeployOptions:
     private: bool = True
     model: str = DEFAULT_MODEL
     served_model_name: str = DEFAULT_SERVED_MODEL_NAME
-    max_model_len: int = 32768
+    max_model_len: int = SPACE_MAX_MODEL_LEN
     dtype: str = "bfloat16"
     train_args: str = ""
     trackio_project: str | None = None

@@ -21,6 +21,7 @@ from typing import Any
 
 from control_plane import GateConfig
 from intercept_common.config_tree import build, cli_view, load_config_file, parse_config_tree, split_config_flag
+from intercept_common.context_length import MAX_MODEL_LEN_HELP, check_max_model_len, resolve_max_model_len
 from intercept_common.errors import ConfigError
 from rollout_worker.config import WorkerConfig
 from rollout_worker.config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
@@ -144,9 +145,7 @@ class SweTrainArguments:
         default=None,
         metadata={"help": "'disk' sync: the same directory as the vLLM server sees it (default: --weight-sync-dir)."},
     )
-    max_model_len: int = field(
-        default=4096, metadata={"help": "Context length of the local engine (prompt + completion)."}
-    )
+    max_model_len: int | None = field(default=None, metadata={"help": MAX_MODEL_LEN_HELP})
     gate_host: str = field(
         default="127.0.0.1", metadata={"help": "Where the interception gate listens (agents reach it through it)."}
     )
@@ -213,6 +212,7 @@ class SweTrainArguments:
         # check against the choices) is caught here, in the file's own spelling.
         self.tree_attention = parse_choice(TreeAttention, self.tree_attention, "tree_attention")
         self.vllm_weight_sync = parse_choice(VllmWeightSync, self.vllm_weight_sync, "vllm_weight_sync")
+        check_max_model_len(self.max_model_len)
         if self.lora_r < 1:
             raise ConfigError("lora_r must be >= 1")
         from trainer.off_policy import parse_correction
@@ -333,8 +333,9 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
     worker_config(script_args, training_args)
     if not script_args.model_name_or_path:
         raise ConfigError("--model-name-or-path is required (or use --preset cpu-demo)")
-    if script_args.vllm_url is None and training_args.token_budget is None:
-        # Without vLLM, TRL would otherwise block on a vLLM /health that never answers (design §4).
+    if script_args.vllm_url is None and training_args.token_budget is None and script_args.max_model_len:
+        # Without vLLM, TRL would otherwise block on a vLLM /health that never answers (design §4). Unset, the model's
+        # max positions: `resolve_token_budget`, once the model's directory is known.
         training_args.token_budget = script_args.max_model_len
     if training_args.trackio_space_id and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # a dashboard Space is private unless the user says otherwise
@@ -351,6 +352,13 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
     if script_args.use_peft and script_args.lora_target_modules:
         if any("lm_head" in m or "embed_tokens" in m for m in script_args.lora_target_modules):
             raise ConfigError("--lora-target-modules must not include lm_head / embed_tokens (TRL refuses LoRA there)")
+
+
+def resolve_token_budget(script_args: SweTrainArguments, training_args, model_path: str) -> None:
+    """Without vLLM and without `--token-budget`: the local engine's context, which is the model's max positions when
+    `--max-model-len` is unset (read from the model's config; a one-line error if it gives none)."""
+    if script_args.vllm_url is None and training_args.token_budget is None:
+        training_args.token_budget = resolve_max_model_len(script_args.max_model_len, model_path)
 
 
 def peft_config_from(script_args: SweTrainArguments):

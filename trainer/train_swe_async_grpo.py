@@ -22,7 +22,8 @@ from transformers import TrainerCallback  # noqa: E402
 
 from intercept_common.cli_errors import squash  # noqa: E402
 from intercept_common.errors import UserError  # noqa: E402
-from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args, peft_config_from  # noqa: E402
+from trainer.config import SweTrainArguments, early_trackio_dir, parse_train_args  # noqa: E402
+from trainer.config import peft_config_from, resolve_token_budget  # noqa: E402
 from trainer.progress import RunLogging, make_progress_callback, quiet_trackio_banners, quiet_trainer  # noqa: E402
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter  # noqa: E402
 
@@ -373,10 +374,11 @@ def main(argv: list[str] | None = None) -> int:
             from rollout_worker.preflight import check_images
 
             check_images(script.episode_options.sandbox, tasks)
+        model_path = resolve_model_path(script.model_name_or_path)
+        resolve_token_budget(script, training, model_path)
     except UserError as error:
         print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
         return 2
-    model_path = resolve_model_path(script.model_name_or_path)
     reporter = make_progress_callback(run_logging.summary if not verbose else None, log_path)
     if not main_process:
         # Under `accelerate launch`, only rank 0 owns the engine and the worker; TRL ignores both on other ranks.

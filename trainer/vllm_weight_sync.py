@@ -44,15 +44,16 @@ class VllmWeightSyncError(RuntimeError, UserError):
     """vLLM refused or failed a step of a weight sync; training must stop rather than drift silently."""
 
 
-def vllm_serve_command(model: str, served_model_name: str, max_model_len: int, dtype: str, port: int = 8000,
+def vllm_serve_command(model: str, served_model_name: str, max_model_len: int | None, dtype: str, port: int = 8000,
                        tensor_parallel_size: int = 1, weight_sync: str = VllmWeightSync.NCCL,
                        lora_rank: int = 16, max_staleness: int = 0) -> str:
-    """The `vllm serve` line a training run with these arguments needs."""
+    """The `vllm serve` line a training run with these arguments needs (no `--max-model-len` when it is None: vLLM
+    then serves the model's own max positions, as the local engine does)."""
     mode = VllmWeightSync(weight_sync)
     env = ["VLLM_SERVER_DEV_MODE=1"]
     flags = [f"--served-model-name {served_model_name}", f"--tensor-parallel-size {tensor_parallel_size}",
-             "--logprobs-mode processed_logprobs", f"--max-model-len {max_model_len}", f"--dtype {dtype}",
-             f"--port {port}"]
+             "--logprobs-mode processed_logprobs", *([f"--max-model-len {max_model_len}"] if max_model_len else []),
+             f"--dtype {dtype}", f"--port {port}"]
     if mode in (VllmWeightSync.NCCL, VllmWeightSync.IPC):
         flags.insert(2, f"--weight-transfer-config '{{\"backend\":\"{mode.value}\"}}'")
     if mode is VllmWeightSync.IPC:

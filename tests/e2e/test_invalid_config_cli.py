@@ -52,7 +52,7 @@ ROLLOUTS = [
 TRAIN = [
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--tree-attention", "fast"], "--tree-attention: invalid choice: 'fast'"),
-    (["--lora-r", "0"], "lora_r"), (["--vllm-weight-sync", "pigeon"], "--vllm-weight-sync: invalid choice"),
+    (["--lora-r", "0"], "lora_r"), (["--max-model-len", "1"], "max_model_len must be >= 2"), (["--vllm-weight-sync", "pigeon"], "--vllm-weight-sync: invalid choice"),
     (["--max-steps", "0"], "--max-steps"), (["--vllm-weight-sync", "ipc"], "needs --vllm-url"),
     (["--vllm-weight-sync", "lora", "--vllm-url", "http://127.0.0.1:9"], "--use-peft"),
     (["yaml:tree_attention: fast\n"], "tree_attention must be one of auto, torch, kernel; got 'fast'"),
