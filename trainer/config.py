@@ -28,7 +28,7 @@ from rollout_worker.config_views import EXTRA_KEYS, build_rollout_side, rollout_
 from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.environment.grading.host import GradingConfig
 from rollout_worker.factory import ContainerGradingConfig, EpisodeOptions, TaskOptions
-from trainer.modes import TreeAttention, VllmWeightSync, parse_choice
+from trainer.modes import OffPolicyCorrection, TreeAttention, VllmWeightSync, parse_choice
 
 # WorkerConfig fields TRL defines too (or that training sets itself): they come from AsyncGRPOConfig / the builder.
 WORKER_FIELDS_FROM_TRL = ("num_generations", "temperature", "top_p", "top_k", "max_completion_tokens",
@@ -175,8 +175,8 @@ class SweTrainArguments:
             "'torch' (always the fallback), 'kernel' (never patch)."
         },
     )
-    off_policy_correction: str = field(
-        default="none",
+    off_policy_correction: OffPolicyCorrection = field(
+        default=OffPolicyCorrection.NONE,
         metadata={
             "help": "Correct the loss for the policy lag of stale samples (trainer/off_policy.py, formulas there and "
             "in docs/benchmarks.md): 'none' (TRL's PPO-clip against the behaviour log-probs), 'tis' (truncated "
@@ -215,9 +215,8 @@ class SweTrainArguments:
         check_max_model_len(self.max_model_len)
         if self.lora_r < 1:
             raise ConfigError("lora_r must be >= 1")
-        from trainer.off_policy import parse_correction
-
-        self.off_policy_correction = parse_correction(str(self.off_policy_correction)).value
+        self.off_policy_correction = parse_choice(OffPolicyCorrection, self.off_policy_correction,
+                                                  "off_policy_correction")
         if not 0 <= self.off_policy_is_floor < self.off_policy_is_cap:
             raise ConfigError(f"need 0 <= off_policy_is_floor < off_policy_is_cap, got {self.off_policy_is_floor} and "
                               f"{self.off_policy_is_cap}")

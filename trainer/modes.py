@@ -28,6 +28,16 @@ class TreeAttention(enum.StrEnum):
     KERNEL = "kernel"  # never patch: a missing kernel fails at the first forward, as in stock TRL
 
 
+class OffPolicyCorrection(enum.StrEnum):
+    """`--off-policy-correction`: how the loss corrects for stale samples (the formulas in `trainer.off_policy`)."""
+
+    NONE = "none"
+    TIS = "tis"
+    MIS_TOKEN = "mis-token"
+    MIS_SEQ = "mis-seq"
+    DECOUPLED = "decoupled"
+
+
 def parse_choice(enum_type: type[enum.StrEnum], value: object, option: str) -> enum.StrEnum:
     """`value` as a member of `enum_type`, or a one-line `ConfigError` naming `option` and the allowed values."""
     try:

@@ -29,28 +29,15 @@ so TRL's unmodified loss computes exactly the formula above; TRL's `ratio`/`kl`/
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
-from intercept_common.errors import ConfigError
+from trainer.modes import OffPolicyCorrection, parse_choice
 
 
-class OffPolicyCorrection(enum.StrEnum):
-    NONE = "none"
-    TIS = "tis"
-    MIS_TOKEN = "mis-token"
-    MIS_SEQ = "mis-seq"
-    DECOUPLED = "decoupled"
-
-
-def parse_correction(value: str) -> OffPolicyCorrection:
-    try:
-        return OffPolicyCorrection(value)
-    except ValueError:
-        raise ConfigError(f"off_policy_correction must be one of {', '.join(c.value for c in OffPolicyCorrection)}, "
-                          f"got {value!r}") from None
+def parse_correction(value: object) -> OffPolicyCorrection:
+    return parse_choice(OffPolicyCorrection, value, "off_policy_correction")
 
 
 @dataclass

@@ -57,6 +57,8 @@ TRAIN = [
     (["--vllm-weight-sync", "lora", "--vllm-url", "http://127.0.0.1:9"], "--use-peft"),
     (["yaml:tree_attention: fast\n"], "tree_attention must be one of auto, torch, kernel; got 'fast'"),
     (["yaml:vllm_weight_sync: pigeon\n"], "vllm_weight_sync must be one of nccl, ipc, disk, lora; got 'pigeon'"),
+    (["--off-policy-correction", "icepop2"], "--off-policy-correction: invalid choice: 'icepop2'"),
+    (["yaml:off_policy_correction: icepop2\n"], "off_policy_correction must be one of none, tis, mis-token"),
     (["--use-peft", "--lora-target-modules", "lm_head"], "lm_head"),
     (["--num-generations", "0"], "num_generations"), (["--temperature", "-1"], "temperature"),
     (["--per-device-train-batch-size", "0"], "per-device-train-batch-size"),

@@ -163,7 +163,8 @@ def test_bad_arguments_are_clear_errors(argv, message, capsys):
 
 @pytest.mark.parametrize(("key", "good", "bad", "allowed"),
                          [("tree_attention", "kernel", "fa9", "auto, torch, kernel"),
-                          ("vllm_weight_sync", "disk", "pigeon", "nccl, ipc, disk, lora")])
+                          ("vllm_weight_sync", "disk", "pigeon", "nccl, ipc, disk, lora"),
+                          ("off_policy_correction", "tis", "icepop2", "none, tis, mis-token, mis-seq, decoupled")])
 def test_choice_options_are_enums_and_a_config_file_value_is_checked_under_its_key(key, good, bad, allowed, tmp_path):
     """A flag is checked by argparse's choices (above); a config file's value by the field's enum, named by its key."""
     enum_type = getattr(modes, {f.name: f.type for f in dataclasses.fields(SweTrainArguments)}[key])
