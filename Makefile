@@ -35,7 +35,7 @@ test: setup
 # `make test` runs its quick slice.
 test-reliability: setup
 	bash scripts/docker_up.sh
-	RELIABILITY_FULL=1 $(PYTEST) tests/reliability tests/worker/environment/test_docker_leaks.py -m "slow or not slow" \
+	RELIABILITY_FULL=1 $(PYTEST) tests/reliability tests/rollout_worker/environment/test_docker_leaks.py -m "slow or not slow" \
 	  -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
 
 # The fast default selection (what a bare `pytest` runs).

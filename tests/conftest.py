@@ -65,7 +65,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     """The local engine as its own process on the tiny model (4,096 positions), one per test module. Modules that
-    need an in-process engine (tests/engine, the engine client's tests) define their own `engine`."""
+    need an in-process engine (tests/local_engine, the engine client's tests) define their own `engine`."""
     from intercept_common.engine_process import LocalEngineProcess
 
     with LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) as proc:
@@ -76,7 +76,7 @@ _RESULTS: list[tuple[str, str, float, list[str]]] = []
 
 
 # `make test-reliability`'s summary table (here, not in tests/reliability/conftest.py: a directory's conftest sees only
-# its own tests' reports, and the run includes tests/worker/environment/test_docker_leaks.py).
+# its own tests' reports, and the run includes tests/rollout_worker/environment/test_docker_leaks.py).
 def pytest_runtest_logreport(report):
     """Each test's outcome, time and the figures it printed, for the full run's summary table."""
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):

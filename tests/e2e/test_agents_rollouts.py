@@ -78,7 +78,7 @@ def teacher_forced_at(model, ids: list[int], mask: np.ndarray, temperature: floa
 
 
 def run_agent_rollouts(agent: str, engine_url: str, tmp_path, n: int = 2) -> list[dict]:
-    from tests.worker.test_worker import _drain
+    from tests.rollout_worker.test_worker import _drain
 
     tokenizer = load_qwen3_tokenizer()
     config = WorkerConfig(served_model_name="policy", num_generations=n, max_inflight=1, max_groups=1,

@@ -1,8 +1,9 @@
 """Isolation, probed from inside a real bubblewrap sandbox of a rollout: nothing but its own endpoint is reachable,
 the grading material and the reward are invisible, and the task repository carries no future history.
 
-(tests/worker/environment/test_sandbox_local.py covers the endpoint, other rollouts' keys and paths, the gate and host ports and PyPI;
-this adds the gate's own routes through the relay, the Docker socket, and what the agent can read.)"""
+(tests/rollout_worker/environment/test_sandbox_local.py covers the endpoint, other rollouts' keys and paths, the gate
+and host ports and PyPI; this adds the gate's own routes through the relay, the Docker socket, and what the agent can
+read.)"""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ class SdkAgentRunner:
 
 
 def run_rollouts(engine_url: str, runner: SdkAgentRunner, n: int) -> list[dict]:
-    from tests.worker.test_worker import _drain
+    from tests.rollout_worker.test_worker import _drain
 
     tokenizer = load_qwen3_tokenizer()
     config = WorkerConfig(served_model_name="policy", num_generations=n, max_inflight=n, max_groups=1,
@@ -103,7 +103,7 @@ def run_rollouts(engine_url: str, runner: SdkAgentRunner, n: int) -> list[dict]:
 def assert_token_exact(records: list[dict], model_dir, turns: int) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tests.worker.test_worker import _teacher_forced_logprobs
+    from tests.rollout_worker.test_worker import _teacher_forced_logprobs
 
     assert records and all(r["status"] == "completed" for r in records), [r["agent_output"] for r in records]
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()

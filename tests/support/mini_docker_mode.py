@@ -1,6 +1,6 @@
 """mini-swe-agent's own Docker mode, as seeds 1 and 2 run it: `mini` on the host, every command it runs through
 `docker exec` into a container its `DockerEnvironment` starts (implements `EpisodeRunner`). Test-only: no command
-selects it; tests/worker/environment/test_docker_mini_mode.py keeps the seeds' way of running mini measurable
+selects it; tests/rollout_worker/environment/test_docker_mini_mode.py keeps the seeds' way of running mini measurable
 (docs/containers.md §3), and no product module may import it (import-linter).
 
 Isolation difference from `--sandbox docker` (docs/containers.md §3): here the agent process itself — litellm, its

@@ -2,9 +2,9 @@
 it lives under tests/ until a real provider adapter exists (no product module may import it: import-linter).
 
 UNTESTED AGAINST ANY REAL PROVIDER. No E2B / Modal / other adapter is written here: neither service is reachable from
-where this was built. What exists and is tested offline (tests/space/test_space_remote_sandbox.py, with an in-process fake
-machine): the `SandboxBackend` / `Sandbox` plumbing of rollout_worker.protocols on top of a small provider seam,
-`RemoteMachine`, that an adapter for a real service would implement.
+where this was built. What exists and is tested offline (tests/space_app/test_space_remote_sandbox.py, with an
+in-process fake machine): the `SandboxBackend` / `Sandbox` plumbing of rollout_worker.protocols on top of a small
+provider seam, `RemoteMachine`, that an adapter for a real service would implement.
 
 How it is meant to work: the agent runs on a machine elsewhere, with the task's repository uploaded as a tar; it
 reaches the policy through the gate's *public* URL (the Space's status page forwards `/rollout/<id>/v1/...` to the

@@ -219,7 +219,7 @@ def test_worker_samples_from_the_adapter_of_the_live_version(engine):
     from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.types import Task
     from rollout_worker.worker import RolloutWorker
-    from tests.worker.test_worker import ScriptedAgentRunner, _drain
+    from tests.rollout_worker.test_worker import ScriptedAgentRunner, _drain
 
     asked: list[str] = []
 

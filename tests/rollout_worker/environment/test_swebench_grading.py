@@ -17,7 +17,7 @@ from swebench.harness.log_parsers.python import MAP_REPO_TO_PARSER_PY
 from swebench.types import TestSpec as HarnessTestSpec
 
 from rollout_worker.environment.tasks import swebench as swb
-from tests.worker.environment.swebench_logs import INFRA_LOGS, LogCase, corpus
+from tests.rollout_worker.environment.swebench_logs import INFRA_LOGS, LogCase, corpus
 
 CASES = corpus()
 

@@ -66,7 +66,7 @@ class _FinishReasonAgent:
 
 
 def _told(engine_url: str, declared: bool | None, flag: bool | None) -> str:
-    from tests.worker.test_worker import _drain
+    from tests.rollout_worker.test_worker import _drain
 
     tokenizer = load_qwen3_tokenizer()
     config = WorkerConfig(served_model_name="policy", num_generations=1, max_inflight=1, max_groups=1,

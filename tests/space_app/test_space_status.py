@@ -102,7 +102,7 @@ async def test_rollout_paths_are_forwarded_to_the_gate_with_auth_and_streaming(t
 
 
 async def test_an_unreachable_gate_is_a_502(tmp_path):
-    from tests.space.test_space_start import free_port
+    from tests.space_app.test_space_start import free_port
 
     async with TestClient(TestServer(st.build_app(tmp_path, gate_port=free_port()))) as client:
         response = await client.post("/rollout/r1/v1/chat/completions", data=b"{}")

@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.gate.test_gate_gemini import CONTENTS, answer_one, client_for, generate
+from tests.control_plane.test_gate_gemini import CONTENTS, answer_one, client_for, generate
 
 
 async def test_worker_failure_reaches_the_sdk_in_googles_shape(make_gate):

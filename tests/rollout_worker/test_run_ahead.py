@@ -114,7 +114,7 @@ def test_the_real_worker_launches_only_what_the_trainer_can_train_fresh(engine):
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
     from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.worker import RolloutWorker
-    from tests.worker.test_worker import ScriptedAgentRunner
+    from tests.rollout_worker.test_worker import ScriptedAgentRunner
 
     tokenizer = load_qwen3_tokenizer()
     tasks = [Task(instance_id=f"task{i}", repo="demo/repo", base_commit="0" * 40, problem_statement="fix it")
