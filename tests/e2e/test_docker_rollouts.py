@@ -34,7 +34,9 @@ def test_oracle_resolves_every_embedded_task_in_containers_and_noop_none(tmp_pat
     assert all(r["reward"] == 0.0 and r["scorable"] for r in records) and summary["reward_mean"] == 0.0
 
 
-@pytest.mark.parametrize("agent", ["pi", "mini-swe-agent"])
+# One agent here and the other on the synthesized tasks (tests/e2e/test_docker_synth_rollouts.py): the container path
+# is the same for both kinds of task image, and each agent costs 40-130 s a run on this machine.
+@pytest.mark.parametrize("agent", ["pi"])
 def test_real_agents_in_containers_are_token_exact(tmp_path, client, agent):
     from transformers import AutoModelForCausalLM
 

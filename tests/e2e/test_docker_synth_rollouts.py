@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 + 180 * max(2, int(os.en
 # oracle, noop and each real agent on 10 synthesized tasks, one rollout each).
 ORACLE_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "2"))
 AGENT_TASKS = int(os.environ.get("INTERCEPT_RL_SYNTH_ROLLOUTS", "1"))
+# `make test` runs mini-swe-agent here and pi on the embedded tasks in containers (tests/e2e/test_docker_rollouts.py);
+# the issue #24 run (INTERCEPT_RL_SYNTH_ROLLOUTS set) runs both agents on the synthesized tasks.
+AGENTS = ["pi", "mini-swe-agent"] if "INTERCEPT_RL_SYNTH_ROLLOUTS" in os.environ else ["mini-swe-agent"]
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def test_oracle_resolves_synthesized_tasks_and_noop_none(tmp_path, rows):
     assert len(records) == n and all(r["reward"] == 0.0 and r["scorable"] for r in records)
 
 
-@pytest.mark.parametrize("agent", ["pi", "mini-swe-agent"])
+@pytest.mark.parametrize("agent", AGENTS)
 def test_real_agents_on_synthesized_tasks_are_token_exact(tmp_path, rows, agent):
     from transformers import AutoModelForCausalLM
 
