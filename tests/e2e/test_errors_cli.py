@@ -4,6 +4,7 @@ disk (or an unwritable output dir)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,23 +34,65 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str, *needles: s
     return last
 
 
-@pytest.fixture
-def bad_yaml(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("worker: [\n  num_generations: 2\n")
-    return path
+# The failures found before anything starts, run through the real dispatcher in one probe process
+# (tests/support/cli_probe.py): the heavy imports are paid once instead of once per case. Each case: (argv with {tmp}
+# for the module's directory, the command the one line names, the words it must hold).
+EARLY_FAILURES = {
+    "rollouts_engine_unreachable": (
+        ["rollouts", "--engine-url", "http://127.0.0.1:9", "--tasks", "learning", "--agent", "single-shot",
+         "--out", "{tmp}/r.jsonl"], "rollouts", ["cannot reach the engine at http://127.0.0.1:9", "is it running?"]),
+    "train_vllm_unreachable": (
+        ["train", "--preset", "learning-demo", "--vllm-url", "http://127.0.0.1:9", "--output-dir", "{tmp}/out"],
+        "train", ["http://127.0.0.1:9"]),
+    "rollouts_bad_task_rows": (
+        ["rollouts", "--tasks", "{tmp}/tasks.jsonl", "--engine-url", "http://127.0.0.1:9"], "rollouts",
+        ["no valid tasks", "repo"]),
+    "train_bad_task_rows": (
+        ["train", "--preset", "learning-demo", "--tasks", "{tmp}/tasks.jsonl", "--output-dir", "{tmp}/o"], "train",
+        ["no valid tasks", "repo"]),
+    "rollouts_bad_yaml": (["rollouts", "--config", "{tmp}/bad.yaml"], "rollouts", ["{tmp}/bad.yaml"]),
+    "train_bad_yaml": (["train", "--config", "{tmp}/bad.yaml", "--output-dir", "{tmp}/o"], "train", ["{tmp}/bad.yaml"]),
+    "engine_port_in_use": (["engine", "--model", "embedded", "--port", "{busy_port}"], "engine",
+                           ["already in use", "--port"]),
+    "train_output_dir_not_writable": (["train", "--preset", "learning-demo", "--output-dir", "/dev/full/run"], "train",
+                                      ["cannot write to /dev/full/run", "--output-dir"]),
+}
 
 
-def test_rollouts_engine_unreachable(tmp_path):
-    proc = _cli("rollouts", "--engine-url", "http://127.0.0.1:9", "--tasks", "learning", "--agent", "single-shot",
-                "--out", str(tmp_path / "r.jsonl"))
-    _one_line_error(proc, "rollouts", "cannot reach the engine at http://127.0.0.1:9", "is it running?")
+@pytest.fixture(scope="module")
+def early_failures(tmp_path_factory):
+    """Every EARLY_FAILURES case's result ({code, stderr, traceback, ...}) by name, from one probe process."""
+    tmp = tmp_path_factory.mktemp("early")
+    (tmp / "tasks.jsonl").write_text('{"instance_id": "x"}\n{"instance_id": "y", "repo": ""}\n')
+    (tmp / "bad.yaml").write_text("worker: [\n  num_generations: 2\n")
+    with socket.socket() as busy:  # held for the whole probe: the engine case finds its port taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        fill = {"{tmp}": str(tmp), "{busy_port}": str(busy.getsockname()[1])}
+
+        def filled(text: str) -> str:
+            for key, value in fill.items():
+                text = text.replace(key, value)
+            return text
+
+        cases = {name: ([filled(a) for a in argv], command, [filled(n) for n in needles])
+                 for name, (argv, command, needles) in EARLY_FAILURES.items()}
+        (tmp / "cases.json").write_text(json.dumps([argv for argv, _, _ in cases.values()]))
+        proc = subprocess.run([sys.executable, "-m", "tests.support.cli_probe", str(tmp / "cases.json")], cwd=REPO,
+                              capture_output=True, text=True, timeout=800,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TRACKIO_DIR": str(tmp / "trackio")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return {name: (case, result) for (name, case), result in zip(cases.items(), results, strict=True)}
 
 
-def test_train_vllm_unreachable(tmp_path):
-    proc = _cli("train", "--preset", "learning-demo", "--vllm-url", "http://127.0.0.1:9", "--output-dir",
-                str(tmp_path / "out"))
-    _one_line_error(proc, "train", "http://127.0.0.1:9")
+@pytest.mark.parametrize("name", list(EARLY_FAILURES))
+def test_failure_found_before_anything_starts_is_one_line(early_failures, name):
+    (argv, command, needles), result = early_failures[name]
+    proc = subprocess.CompletedProcess(argv, result["code"], "", result["stderr"])
+    assert result["traceback"] is None, result["traceback"]
+    _one_line_error(proc, command, *needles)
+    assert not result["children"], result  # nothing it started is left running
 
 
 def test_docker_down(tmp_path):
@@ -62,22 +105,6 @@ def test_docker_down(tmp_path):
     _one_line_error(proc, "train", "no Docker engine reachable")
 
 
-def test_bad_task_rows(tmp_path):
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text('{"instance_id": "x"}\n{"instance_id": "y", "repo": ""}\n')
-    proc = _cli("rollouts", "--tasks", str(tasks), "--engine-url", "http://127.0.0.1:9")
-    _one_line_error(proc, "rollouts", "no valid tasks", "repo")
-    proc = _cli("train", "--preset", "learning-demo", "--tasks", str(tasks), "--output-dir", str(tmp_path / "o"))
-    _one_line_error(proc, "train", "no valid tasks", "repo")
-
-
-def test_bad_yaml(tmp_path, bad_yaml):
-    proc = _cli("rollouts", "--config", str(bad_yaml))
-    _one_line_error(proc, "rollouts", str(bad_yaml))
-    proc = _cli("train", "--config", str(bad_yaml), "--output-dir", str(tmp_path / "o"))
-    _one_line_error(proc, "train", str(bad_yaml))
-
-
 def test_missing_agent_install(tmp_path):
     env = {"INTERCEPT_RL_AGENTS_VENV": str(tmp_path / "empty-venv"), "INTERCEPT_RL_PI_PREFIX": str(tmp_path / "np")}
     proc = _cli("rollouts", "--agent", "mini-swe-agent", "--engine-url", "http://127.0.0.1:9",
@@ -85,15 +112,6 @@ def test_missing_agent_install(tmp_path):
     _one_line_error(proc, "rollouts", "not installed", "make setup")
     proc = _cli("train", "--preset", "cpu-demo", "--agent", "pi", "--output-dir", str(tmp_path / "o"), env=env)
     _one_line_error(proc, "train", "'pi' is not installed", "make setup")
-
-
-def test_port_in_use():
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        proc = _cli("engine", "--model", "embedded", "--port", str(port))
-    _one_line_error(proc, "engine", "already in use", "--port")
 
 
 @pytest.mark.slow
@@ -105,11 +123,6 @@ def test_train_gate_port_in_use(tmp_path):
         proc = _cli("train", "--preset", "learning-demo", "--max-steps", "1", "--gate-port", str(port),
                     "--output-dir", str(tmp_path / "o"), "--report-to", "none")
     _one_line_error(proc, "train", "already in use", "--gate-port")
-
-
-def test_output_dir_not_writable(tmp_path):
-    proc = _cli("train", "--preset", "learning-demo", "--output-dir", "/dev/full/run")
-    _one_line_error(proc, "train", "cannot write to /dev/full/run", "--output-dir")
 
 
 def test_low_disk_space_is_refused_up_front(tmp_path, monkeypatch):
