@@ -50,8 +50,8 @@ def rows(tmp_path):
     # belongs to another run on the same daemon, which removes it itself.
     assert [c.name for c in sandbox_containers(client) if c.labels["intercept-rl.sandbox"].startswith("sb-")
             and not Path(f"/proc/{c.labels.get(OWNER_PID_LABEL, '0')}").exists()] == []
-    for row in ordered:  # the history-free images the agents' containers were started from (the task images stay)
-        remove_history_images(client, row["image"])
+    # the history-free images the agents' containers were started from (the task images stay)
+    remove_history_images(client, *(row["image"] for row in ordered))
 
 
 def test_oracle_resolves_synthesized_tasks_and_noop_none(tmp_path, rows):

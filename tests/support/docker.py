@@ -111,9 +111,12 @@ class PrivateDockerd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def remove_history_images(client, image: str) -> None:
-    """Remove the history-free images derived from `image` (rollout_worker/environment/sandbox/docker/history.py)."""
+def remove_history_images(client, *images: str) -> None:
+    """Remove the history-free images derived from `images` (rollout_worker/environment/sandbox/docker/history.py),
+    listing the derived images once (a list call per source image costs ~0.1 s, 20 s over the synthesized set)."""
     from rollout_worker.environment.sandbox.docker.history import SOURCE_LABEL
 
-    for derived in client.images.list(filters={"label": f"{SOURCE_LABEL}={image}"}):
-        client.images.remove(derived.id, force=True)
+    sources = set(images)
+    for derived in client.images.list(filters={"label": SOURCE_LABEL}):
+        if derived.labels.get(SOURCE_LABEL) in sources:
+            client.images.remove(derived.id, force=True)
