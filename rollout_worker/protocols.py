@@ -53,6 +53,11 @@ class EngineError(RuntimeError):
         self.status = status
 
 
+class EngineUnreachableError(EngineError):
+    """The engine stopped answering at the transport level (connection refused or dropped on every attempt): the
+    server is gone, not the request at fault. With several replicas it takes that replica out of rotation."""
+
+
 class PromptTooLongError(EngineError):
     """The prompt (plus max_tokens) exceeds the engine's `max_model_len` (vLLM's 400 and ours)."""
 

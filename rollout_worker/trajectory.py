@@ -31,6 +31,7 @@ class Trajectory:
     # Per engine call, in order: the engine's latency and our own time around it (TurnServer's `TurnState`), seconds.
     engine_latency_s: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)
+    replica: str | None = None  # the engine URL every turn was sampled from (rollouts are pinned to one replica)
 
     @property
     def reward(self) -> float | None:
@@ -72,6 +73,7 @@ class Trajectory:
             exit_code=res.exit_code,
             details=res.details,
             agent_output=res.agent_output,
+            replica=self.replica,
         )
 
 

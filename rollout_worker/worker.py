@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from control_plane import GateConfig, InterceptionServer
@@ -26,6 +27,7 @@ from .protocols import EpisodeRunner
 from .run_ahead import RunAheadBound, TrainerFeed
 from .serving.assembly import PromptAssembler
 from .serving.engine_client import EngineClient
+from .serving.replicas import NoReplicaLeftError, ReplicaSet
 from .serving.turns import TurnServer, TurnState
 from .trajectory import Trajectory, build_samples, sample_type, turn_tokens
 from .types import EpisodeResult, Task
@@ -48,7 +50,8 @@ class RolloutWorker:
         episode_runner: runs one agent episode against a rollout endpoint and grades it.
         tokenizer: the policy's tokenizer.
         chat_template: the prefix-preserving training template prompts are rendered with.
-        engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended).
+        engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended), or several: replicas
+            serving the same model; each rollout is pinned to one (rollout_worker/serving/replicas.py).
         gate_host, gate_port, gate_config: where the interception gate listens (port 0: any free port).
     """
 
@@ -60,7 +63,7 @@ class RolloutWorker:
         episode_runner: EpisodeRunner,
         tokenizer,
         chat_template: str,
-        engine_url: str,
+        engine_url: str | Sequence[str],
         gate_host: str = "127.0.0.1",
         gate_port: int = 0,
         gate_config: GateConfig | None = None,
@@ -71,7 +74,11 @@ class RolloutWorker:
         self.episode_runner = episode_runner
         self.tokenizer = tokenizer
         self.assembler = PromptAssembler(tokenizer, chat_template)
-        self.engine_url = engine_url
+        self.engine_urls = [engine_url] if isinstance(engine_url, str) else list(engine_url)
+        if not self.engine_urls:
+            raise ValueError("the worker needs at least one engine URL")
+        self.engine_url = self.engine_urls[0]
+        self.replicas: ReplicaSet | None = None  # set on the loop; its stats are readable once the run has ended
         # gate_secret: what rollout keys are derived from (random when None); a deployment that must reach the gate
         # from outside (a Space) passes its own. Never logged.
         self._gate_args = dict(host=gate_host, port=gate_port, config=gate_config or GateConfig(),
@@ -154,6 +161,8 @@ class RolloutWorker:
         return f"{prefix}-v{version}" if prefix and version > 0 else None
 
     def check_health(self, stale_after_s: float) -> None:
+        if isinstance(self._crash, NoReplicaLeftError):  # the user's to fix (their engines), as its own one line
+            raise self._crash
         if self._crash is not None:
             raise WorkerCrashed(f"rollout worker crashed: {self._crash!r}") from self._crash
         if self._thread is not None and not self._thread.is_alive() and not self.finished.is_set():
@@ -186,6 +195,9 @@ class RolloutWorker:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
+        except NoReplicaLeftError as exc:  # the engines' failure, each already warned about: no traceback
+            self._crash = exc
+            logger.error("%s", exc)
         except BaseException as exc:  # noqa: BLE001 - surfaced through check_health / start
             self._crash = exc
             logger.exception("rollout worker crashed")
@@ -199,23 +211,32 @@ class RolloutWorker:
         self._wakeup = asyncio.Event()
         self.gate = InterceptionServer(**self._gate_args)
         await self.gate.start()
+        clients = [EngineClient(url, self.config.served_model_name, timeout_s=self.config.engine_timeout_s)
+                   for url in self.engine_urls]
         try:
-            async with EngineClient(self.engine_url, self.config.served_model_name,
-                                    timeout_s=self.config.engine_timeout_s) as engine:
-                max_model_len = await engine.max_model_len()
-                self.turns = TurnServer(config=self.config, engine=engine, tokenizer=self.tokenizer,
-                                        max_model_len=max_model_len, model_version=lambda: self._model_version,
-                                        adapter_for_version=self._adapter_for_version)
-                self._ready.set()
-                await self._schedule()
+            self.replicas = ReplicaSet([(url, client) for url, client in zip(self.engine_urls, clients, strict=True)])
+            max_model_len = await self.replicas.max_model_len()
+            # One turn server for all replicas: each rollout passes its pinned replica's engine to `serve`.
+            self.turns = TurnServer(config=self.config, engine=clients[0], tokenizer=self.tokenizer,
+                                    max_model_len=max_model_len, model_version=lambda: self._model_version,
+                                    adapter_for_version=self._adapter_for_version)
+            self._ready.set()
+            await self._schedule()
         finally:
             await self._cancel_inflight()
             await self.gate.stop()
+            for client in clients:
+                await client.close()
 
     async def _schedule(self) -> None:
         cfg = self.config
         while not self._stop_requested.is_set():
             self._flush_backlog()
+            if not self.replicas.up:
+                if not self._inflight:  # what ran on the last replica has been filed; nothing can run now
+                    self.replicas.acquire()  # raises NoReplicaLeftError, naming every replica and why it went
+                await self._wait_for_wakeup()
+                continue
             while (len(self._inflight) < cfg.max_inflight and not self._buffer_full() and self._run_ahead_allows()
                    and (slot := self.scheduler.next_slot()) is not None):
                 rollout_id = f"g{slot.group_id}-{slot.index}-{uuid.uuid4().hex[:8]}"
@@ -225,11 +246,15 @@ class RolloutWorker:
             if not self._inflight and not self._backlog and self.scheduler.exhausted:
                 self.finished.set()
                 return
-            self._wakeup.clear()
-            stop_wait = asyncio.ensure_future(self._stop_requested.wait())
-            wake_wait = asyncio.ensure_future(self._wakeup.wait())
-            await asyncio.wait({stop_wait, wake_wait}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel(), wake_wait.cancel()
+            await self._wait_for_wakeup()
+
+    async def _wait_for_wakeup(self) -> None:
+        """Until a rollout ends, a new version frees run-ahead room, stop is asked, or 1 s passes."""
+        self._wakeup.clear()
+        stop_wait = asyncio.ensure_future(self._stop_requested.wait())
+        wake_wait = asyncio.ensure_future(self._wakeup.wait())
+        await asyncio.wait({stop_wait, wake_wait}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel(), wake_wait.cancel()
 
     def _flush_backlog(self) -> None:
         # Never block the event loop on a full queue: what does not fit waits here, in order, and nothing is lost.
@@ -267,15 +292,23 @@ class RolloutWorker:
         started = time.time()
         stop = asyncio.Event()
         try:
+            replica = self.replicas.acquire()  # pinned for the rollout's whole life: its prefix cache is there
+        except NoReplicaLeftError:  # the last replica went after this launch: `_schedule` ends the run
+            self._inflight.pop(rollout_id, None)
+            self._wakeup.set()
+            return
+        try:
             # how this agent wants a turn the token limit cut (its launcher declares it; the gate config overrides)
             handle = await self.gate.open_rollout(
                 rollout_id, report_truncation=getattr(self.episode_runner, "report_truncation", None))
         except BaseException:
+            self.replicas.release(replica)
             self._inflight.pop(rollout_id, None)
             raise
         conversation = self.assembler.new_conversation()
         endpoint = handle.endpoint
-        server = asyncio.create_task(self.turns.serve(handle, conversation, state, stop))
+        server = asyncio.create_task(self.turns.serve(handle, conversation, state, stop,
+                                                      engine=self.replicas.engine_for(replica)))
         try:
             try:
                 result = await asyncio.wait_for(self.episode_runner.run(slot.task, endpoint, stop),
@@ -293,6 +326,7 @@ class RolloutWorker:
             await handle.close()
             server.cancel()
             await asyncio.gather(server, return_exceptions=True)
+            self.replicas.release(replica)
             self._inflight.pop(rollout_id, None)
             self._wakeup.set()
         result = decide_outcome(result, state.ended_by, self.config.overlong_policy, state.engine_error)
@@ -302,6 +336,7 @@ class RolloutWorker:
                    "discarded_replies": state.discarded_replies},
             first_model_version=state.first_model_version, started_at=started,
             engine_latency_s=list(state.engine_latency_s), overhead_s=list(state.overhead_s),
+            replica=replica.url,
         )
         self._last_progress = time.monotonic()
         self._publish_rollout_metrics(traj, state)

@@ -197,6 +197,7 @@ def rollout_summary(record: RolloutRecord | dict[str, Any]) -> dict[str, Any]:
         "trained": record.trained,
         "dropped": record.group_dropped,
         "group": record.group_id,
+        "replica": record.replica,
     }
 
 
@@ -365,7 +366,8 @@ def render_page(records: list[RolloutRecord] | list[dict[str, Any]], tokenizer, 
             f"{s['context']}</b>, sampled+trained <b class='n-sampled'>{s['sampled']}</b>)</span>"
             f"<span class='kv'>{status}</span>{' '.join(drift)}"
             f"<span class='kv' style='color:#888'>{html.escape(str(s['rollout_id']))} g{s['group']}</span>"
-            "<span class='rendered' style='color:#888'></span></summary>")
+            + (f"<span class='kv' style='color:#888'>engine {html.escape(s['replica'])}</span>" if s["replica"] else "")
+            + "<span class='rendered' style='color:#888'></span></summary>")
         for j, row in enumerate(record.rows):
             label = "row 1" if j == 0 else f"row {j + 1} <span class='fork'>fork</span>"
             n, sampled = len(row.input_ids), row.sampled

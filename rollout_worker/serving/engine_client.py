@@ -20,7 +20,7 @@ import time
 import aiohttp
 import orjson
 
-from ..protocols import EngineError, EngineResponseError, PromptTooLongError
+from ..protocols import EngineError, EngineResponseError, EngineUnreachableError, PromptTooLongError
 from ..types import Completion
 
 RETRYABLE_STATUSES = frozenset({502, 503})
@@ -121,6 +121,7 @@ class EngineClient:
         """One call with the retry rule above; returns the decoded JSON body of a 200."""
         url = f"{self.base_url}{path}"
         last_problem = ""
+        unreachable = False  # the last attempt failed at the transport level (nothing answered)
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -135,14 +136,14 @@ class EngineClient:
             except asyncio.TimeoutError:
                 raise EngineError(f"{method} {url} timed out after {self.timeout_s:.0f}s") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
-                last_problem = f"{type(error).__name__}: {error}"
+                last_problem, unreachable = f"{type(error).__name__}: {error}", True
                 continue
             try:
                 body = json.loads(text) if text else None
             except ValueError:
                 body = None
             if status in RETRYABLE_STATUSES:
-                last_problem = f"HTTP {status}: {_error_message(body, text[:300])}"
+                last_problem, unreachable = f"HTTP {status}: {_error_message(body, text[:300])}", False
                 continue
             if status != 200:
                 message = _error_message(body, text[:500])
@@ -157,7 +158,8 @@ class EngineClient:
             if body is None:
                 raise EngineResponseError(f"{method} {url} answered 200 with a body that is not JSON: {text[:200]!r}")
             return body
-        raise EngineError(f"{method} {url} failed after {self.max_retries + 1} attempts; last: {last_problem}")
+        error = EngineUnreachableError if unreachable else EngineError
+        raise error(f"{method} {url} failed after {self.max_retries + 1} attempts; last: {last_problem}")
 
     async def complete(
         self,

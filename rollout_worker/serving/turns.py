@@ -78,16 +78,17 @@ class TurnServer:
         self.adapter_for_version = adapter_for_version
 
     async def serve(self, handle: RolloutHandle, conversation: Conversation, state: TurnState,
-                    stop: asyncio.Event) -> None:
-        """Answer calls until the rollout is closed (the worker closes it when the episode ends)."""
+                    stop: asyncio.Event, engine: Engine | None = None) -> None:
+        """Answer calls until the rollout is closed (the worker closes it when the episode ends). `engine`: the
+        replica this rollout is pinned to (default: the server's engine)."""
         try:
-            await self._serve(handle, conversation, state, stop)
+            await self._serve(handle, conversation, state, stop, engine or self.engine)
         finally:
             if state.budget_timer is not None:
                 state.budget_timer.cancel()
 
     async def _serve(self, handle: RolloutHandle, conversation: Conversation, state: TurnState,
-                     stop: asyncio.Event) -> None:
+                     stop: asyncio.Event, engine: Engine) -> None:
         while True:
             try:
                 request = await handle.next_request(timeout=self.config.next_call_poll_s)
@@ -96,7 +97,7 @@ class TurnServer:
             except RolloutClosed:
                 return
             try:
-                await self._answer(request, conversation, state, stop)
+                await self._answer(request, conversation, state, stop, engine)
             except RolloutEnded as end:  # the one place a guard's verdict is applied
                 state.ended_by = state.ended_by or end.reason
                 stop.set()
@@ -112,7 +113,7 @@ class TurnServer:
             state.last_activity = time.monotonic()
 
     async def _answer(self, request: InterceptedRequest, conversation: Conversation, state: TurnState,
-                      stop: asyncio.Event) -> None:
+                      stop: asyncio.Event, engine: Engine) -> None:
         """Answer one call, or raise `RolloutEnded` when a guard ends the rollout."""
         cfg = self.config
         t0 = time.perf_counter()
@@ -150,7 +151,7 @@ class TurnServer:
         adapter = self.adapter_for_version(version)
         t1 = time.perf_counter()
         try:
-            completion = await self.engine.complete(
+            completion = await engine.complete(
                 plan.prompt_ids,
                 max_tokens=max_tokens,
                 temperature=cfg.temperature,

@@ -45,3 +45,12 @@ def test_drift_stats_from_the_worker_counters():
     stats = {"forks": 2.0, "sampled_tokens": 10, "trained_tokens": 7, "turns": 4}
     drift = DriftStats.from_stats(stats)
     assert drift == DriftStats(2, 10, 7, 0) and drift.sampled_not_trained == 3
+
+
+def test_the_replica_is_kept_and_an_old_line_without_it_round_trips():
+    line = json.loads(OLD_LINE)
+    assert RolloutRecord.from_json(line).replica is None
+    assert json.dumps(RolloutRecord.from_json(line).to_json()) == json.dumps(line)  # no `replica` key added
+    record = RolloutRecord.from_json({**line, "replica": "http://gpu1:8000"})
+    assert record.replica == "http://gpu1:8000" and record.extra == {}
+    assert record.to_json()["replica"] == "http://gpu1:8000"

@@ -1,0 +1,121 @@
+"""Several engine replicas behind one worker: which replica a rollout talks to, and what happens when one goes.
+
+Routing rule: a rollout is pinned to one replica for its whole life (every turn re-sends the whole context, so only
+the replica that served the previous turn has it in its prefix cache), and a new rollout goes to the replica with the
+fewest rollouts in flight (ties: the first in `--engine-url` order). Rollouts, not calls, are the unit of load: a
+rollout's calls come one after another, so rollouts in flight bound the calls a replica serves at once.
+
+Failure rule: a replica whose transport fails on every retry (`EngineUnreachableError`: connection refused or
+dropped) is taken out of rotation for the rest of the run, with one warning naming it. Its rollouts end at their next
+call with that error (the turn server makes it an engine error: infrastructure, unscorable), new rollouts go to the
+others, and once none is left `acquire` raises `NoReplicaLeftError`. A replica is never put back: one that came back
+would have lost its state (weights version, cache) and the run cannot tell; restart the run instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from intercept_common.errors import UserError
+
+from ..protocols import Engine, EngineUnreachableError
+from ..types import Completion
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaState(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"  # out of rotation for the rest of the run
+
+
+class NoReplicaLeftError(RuntimeError, UserError):
+    """Every engine replica stopped answering; the run cannot go on."""
+
+
+@dataclass
+class Replica:
+    """One engine server and what the router knows of it."""
+
+    url: str
+    engine: Engine
+    state: ReplicaState = ReplicaState.UP
+    in_flight: int = 0  # rollouts pinned to it now
+    rollouts: int = 0  # rollouts ever pinned to it
+    calls: int = 0  # completion calls sent to it
+    down_reason: str = ""
+
+
+class ReplicaSet:
+    """The replicas of one run, in `--engine-url` order. Used from the worker's one event loop only (no locks)."""
+
+    def __init__(self, replicas: list[tuple[str, Engine]]):
+        if not replicas:
+            raise ValueError("a ReplicaSet needs at least one replica")
+        self.replicas = [Replica(url, engine) for url, engine in replicas]
+
+    @property
+    def up(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state is ReplicaState.UP]
+
+    def acquire(self) -> Replica:
+        """Pin a new rollout to the least-loaded replica still up (ties by order); `release` it when it ends."""
+        live = self.up
+        if not live:
+            raise NoReplicaLeftError("every engine replica stopped answering: "
+                                     + "; ".join(f"{r.url} ({r.down_reason})" for r in self.replicas))
+        replica = min(live, key=lambda r: r.in_flight)  # min keeps the first of equals: ties go by order
+        replica.in_flight += 1
+        replica.rollouts += 1
+        return replica
+
+    def release(self, replica: Replica) -> None:
+        replica.in_flight = max(0, replica.in_flight - 1)
+
+    def mark_down(self, replica: Replica, reason: str) -> None:
+        """Take `replica` out of rotation; warns once (every rollout pinned to it would otherwise repeat it)."""
+        if replica.state is ReplicaState.DOWN:
+            return
+        replica.state, replica.down_reason = ReplicaState.DOWN, reason
+        logger.warning("engine replica %s stopped answering and is out of rotation (%d left): %s", replica.url,
+                       len(self.up), reason[:300])
+
+    async def max_model_len(self) -> int:
+        """The replicas' one context length. They must agree: with different ones, whether a long rollout ends
+        overlong (unscorable, or reward 0 under `overlong_policy zero`) would depend on where the router put it,
+        noise in the reward the policy cannot explain. The CLI checks this before starting; this guards direct use."""
+        lengths = [await r.engine.max_model_len() for r in self.replicas]
+        if len(set(lengths)) > 1:
+            listed = ", ".join(f"{r.url}: {n}" for r, n in zip(self.replicas, lengths, strict=True))
+            raise ValueError(f"the engine replicas serve different max_model_len ({listed}); start them alike")
+        return lengths[0]
+
+    def engine_for(self, replica: Replica) -> PinnedEngine:
+        """The `Engine` a rollout pinned to `replica` samples from."""
+        return PinnedEngine(self, replica)
+
+    def stats(self) -> dict[str, dict[str, int | str]]:
+        return {r.url: {"state": r.state.value, "rollouts": r.rollouts, "calls": r.calls} for r in self.replicas}
+
+
+class PinnedEngine:
+    """One replica as an `Engine`: counts its calls, and reports the replica down when its transport fails."""
+
+    def __init__(self, replicas: ReplicaSet, replica: Replica):
+        self._set, self.replica = replicas, replica
+
+    async def complete(self, prompt_ids: list[int], **kwargs) -> Completion:
+        replica = self.replica
+        if replica.state is ReplicaState.DOWN:  # fail at once: its retries already took seconds for the first rollout
+            raise EngineUnreachableError(f"engine replica {replica.url} is out of rotation ({replica.down_reason})")
+        replica.calls += 1
+        try:
+            return await replica.engine.complete(prompt_ids, **kwargs)
+        except EngineUnreachableError as exc:
+            self._set.mark_down(replica, str(exc))
+            raise
+
+    async def max_model_len(self) -> int:
+        return await self.replica.engine.max_model_len()

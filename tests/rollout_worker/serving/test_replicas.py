@@ -1,0 +1,88 @@
+"""The replica router (rollout_worker/serving/replicas.py): least loaded first, ties by order, pinned engines count
+their calls, a replica whose transport fails goes out of rotation with one warning, and none left is an error."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rollout_worker.protocols import EngineError, EngineUnreachableError
+from rollout_worker.serving.replicas import NoReplicaLeftError, ReplicaSet, ReplicaState
+from rollout_worker.types import Completion
+
+
+class FakeEngine:
+    def __init__(self, fail: Exception | None = None):
+        self.fail, self.calls = fail, 0
+
+    async def complete(self, prompt_ids, **kwargs):
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return Completion([1], [-0.5], "stop", len(prompt_ids), 0.0)
+
+    async def max_model_len(self) -> int:
+        return 64
+
+
+def _set(n: int) -> ReplicaSet:
+    return ReplicaSet([(f"http://r{i}", FakeEngine()) for i in range(n)])
+
+
+def test_new_rollouts_go_to_the_least_loaded_replica_ties_by_order():
+    replicas = _set(3)
+    picks = [replicas.acquire().url for _ in range(4)]
+    assert picks == ["http://r0", "http://r1", "http://r2", "http://r0"]  # ties by --engine-url order
+    r1 = replicas.replicas[1]
+    replicas.release(r1)  # r1 now has 0 in flight, the others 2 and 1
+    assert replicas.acquire() is r1
+    replicas.release(replicas.replicas[2])
+    replicas.release(replicas.replicas[2])  # never below zero
+    assert replicas.replicas[2].in_flight == 0
+    assert replicas.acquire().url == "http://r2"
+    assert [r.rollouts for r in replicas.replicas] == [2, 2, 2]
+
+
+async def test_pinned_engine_counts_calls_and_takes_a_gone_replica_out_once(caplog):
+    replicas = ReplicaSet([("http://a", FakeEngine()),
+                           ("http://b", FakeEngine(EngineUnreachableError("connection refused")))])
+    a, b = replicas.acquire(), replicas.acquire()
+    engine_a, engine_b = replicas.engine_for(a), replicas.engine_for(b)
+    await engine_a.complete([1, 2], max_tokens=4)
+    with caplog.at_level(logging.WARNING), pytest.raises(EngineUnreachableError):
+        await engine_b.complete([1, 2], max_tokens=4)
+    assert b.state is ReplicaState.DOWN and replicas.up == [a]
+    with pytest.raises(EngineUnreachableError, match="out of rotation"):  # later calls fail at once, unsent
+        await engine_b.complete([1, 2], max_tokens=4)
+    assert b.engine.calls == 1 and (a.calls, b.calls) == (1, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "http://b" in warnings[0] and "out of rotation" in warnings[0]
+    assert all(replicas.acquire() is a for _ in range(3))  # new rollouts avoid the dead replica
+    assert replicas.stats()["http://b"] == {"state": "down", "rollouts": 1, "calls": 1}
+
+
+async def test_an_answer_that_is_not_a_transport_failure_keeps_the_replica():
+    replicas = ReplicaSet([("http://a", FakeEngine(EngineError("HTTP 500: bug", 500)))])
+    engine = replicas.engine_for(replicas.acquire())
+    with pytest.raises(EngineError):
+        await engine.complete([1], max_tokens=1)
+    assert replicas.up  # a request's failure is not the server's death
+
+
+def test_none_left_is_one_error_naming_every_replica():
+    replicas = _set(2)
+    for replica in replicas.replicas:
+        replicas.mark_down(replica, "ClientConnectorError: refused")
+    with pytest.raises(NoReplicaLeftError, match=r"http://r0 \(ClientConnectorError: refused\); http://r1"):
+        replicas.acquire()
+
+
+async def test_replicas_must_agree_on_max_model_len():
+    class Short(FakeEngine):
+        async def max_model_len(self) -> int:
+            return 32
+
+    assert await _set(2).max_model_len() == 64
+    with pytest.raises(ValueError, match="http://b: 32"):
+        await ReplicaSet([("http://a", FakeEngine()), ("http://b", Short())]).max_model_len()
