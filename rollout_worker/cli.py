@@ -19,13 +19,15 @@ from typing import Literal
 from intercept_common.cli_errors import squash
 from intercept_common.config_tree import build, cli_view, parse_config_tree
 from intercept_common.context_length import MAX_MODEL_LEN_HELP, check_max_model_len
-from intercept_common.errors import UserError
+from intercept_common.errors import ConfigError, UserError
 from intercept_common.run_logging import RunLogging
 
 from .config import WorkerConfig
 from .config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
-from .factory import build_episode_runner, build_worker, load_task_options, load_tokenizer, served_model_name_for
+from .factory import (build_episode_runner, build_worker, load_task_options, load_tokenizer, served_model_name_for,
+                      served_model_name_for_replicas)
 from .preflight import check_agent, check_images, check_sandbox, check_writable
+from .serving.replicas import NoReplicaLeftError
 
 # Set by this command, not by the user: one group per task, every group kept (evaluation), records published.
 _WORKER_FIELDS_SET_HERE = ("max_groups", "keep_trajectories", "drop_zero_variance_groups", "max_queued_samples")
@@ -37,8 +39,14 @@ class RolloutsArguments:
 
     _argument_group_name = "Run: engine, model, output"
 
-    engine_url: str | None = field(
-        default=None, metadata={"help": "Base URL of a running vLLM server or local engine (unset: --engine)."})
+    engine_url: list[str] | None = field(
+        default=None,
+        metadata={"help": "Base URL of a running vLLM server or local engine (unset: --engine). Several replicas of "
+                  "the same model: list them after one --engine-url, space- or comma-separated (a config file's "
+                  "engine_url may be a YAML list); each must answer and serve the same model name and max_model_len "
+                  "before anything starts. Each rollout stays on one replica (its prefix cache), new ones go to the "
+                  "replica with the fewest in flight; one that stops answering is dropped with a warning and its "
+                  "rollouts end unscorable (infra_error). Every record names its replica (docs/scale.md)."})
     engine: Literal["local"] = field(
         default="local", metadata={"help": "Without --engine-url: start the embedded local engine for this run."})
     model: str = field(
@@ -51,6 +59,29 @@ class RolloutsArguments:
 
     def __post_init__(self) -> None:
         check_max_model_len(self.max_model_len)
+        self.engine_url = parse_engine_urls(self.engine_url)
+
+    @property
+    def engine_urls(self) -> list[str]:
+        return list(self.engine_url or [])
+
+
+def parse_engine_urls(value: str | list[str] | None) -> list[str] | None:
+    """`--engine-url` as a list: items may hold comma-separated URLs; a URL given twice would count its server as two
+    replicas (twice its share of rollouts), so it is refused."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    urls = [part.strip().rstrip("/") for item in items for part in str(item).split(",") if part.strip()]
+    if not urls:
+        raise ConfigError("--engine-url names no URL")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--engine-url {url!r} is not an http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        twice = next(url for url in urls if urls.count(url) > 1)
+        raise ConfigError(f"--engine-url lists {twice} twice")
+    return urls
 
 
 WorkerOptions = cli_view(WorkerConfig, exclude=_WORKER_FIELDS_SET_HERE)
@@ -75,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [arg for arg in argv if arg != "--verbose"]
     run_logging = RunLogging(verbose=verbose).start()
     try:
+        _refuse_repeated_engine_url(argv)
         # The whole configuration first (each view validates as its config does): nothing has started yet.
         (run, *parsed), extras = parse_config_tree(build_parser(), argv, extra_keys=EXTRA_KEYS)
         side = build_rollout_side(parsed, extras)
@@ -102,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  max_model_len=run.max_model_len, seed=worker_view.seed).start()
                 engine_url = engine_proc.url
             else:
-                engine_url = run.engine_url
-                served = served_model_name_for(worker_view.served_model_name, engine_url)
+                engine_url = run.engine_urls
+                served = served_model_name_for_replicas(worker_view.served_model_name, engine_url)
         except UserError as exc:  # unreachable, serving another model, or the local engine failed to start
             print(f"intercept-rl rollouts: {squash(str(exc))[:600]}", file=sys.stderr)
             return 1
@@ -116,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if engine_proc is not None:
             engine_proc.stop()
+
+
+def _refuse_repeated_engine_url(argv: list[str]) -> None:
+    """argparse keeps only the last of a repeated flag: a second `--engine-url` would silently drop the first's."""
+    given = [arg for arg in argv if arg.split("=", 1)[0] in ("--engine-url", "--engine_url")]
+    if len(given) > 1:
+        raise ConfigError("--engine-url is given more than once: list every replica after one --engine-url "
+                          "(space- or comma-separated)")
 
 
 def _attach_log(run_logging: RunLogging, out: Path) -> Path | None:
@@ -183,8 +223,8 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None, warnin
                         top = "; ".join(f"{n}x {m}" if n > 1 else m for m, n in counts.most_common(2))
                         line += f" | {sum(counts.values())} warnings ({top})"
                     bar.write(line, file=sys.stderr)
-    except EngineDiedError as exc:
-        print(f"intercept-rl rollouts: {exc}", file=sys.stderr)
+    except (EngineDiedError, NoReplicaLeftError) as exc:
+        print(f"intercept-rl rollouts: {squash(str(exc))[:600]}", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -130,6 +130,41 @@ def served_model_name_for(configured: str, engine_url: str | None) -> str:
     raise EngineNotServingError(f"the engine at {engine_url} serves {names}, not {configured!r}: pass --served-model-name")
 
 
+def served_model_name_for_replicas(configured: str, engine_urls: list[str]) -> str:
+    """`served_model_name_for` over every replica (rollout_worker/serving/replicas.py), checked before anything
+    starts: each must answer, serve the same model name and the same `max_model_len` (a rollout's context limit must
+    not depend on where the router put it); the first bad URL is named in a one-line error."""
+    names = [served_model_name_for(configured, url) for url in engine_urls]
+    first_url, served = engine_urls[0], names[0]
+    for url, name in zip(engine_urls[1:], names[1:]):
+        if name != served:
+            raise EngineNotServingError(f"the engine at {url} serves {name!r} but the one at {first_url} serves "
+                                        f"{served!r}: every --engine-url must serve the same model")
+    if len(engine_urls) > 1:
+        lengths = [_max_model_len(url, served) for url in engine_urls]
+        for url, length in zip(engine_urls[1:], lengths[1:]):
+            if length != lengths[0]:
+                raise EngineNotServingError(f"the engine at {url} serves max_model_len {length} but the one at "
+                                            f"{first_url} serves {lengths[0]}: start every replica with the same "
+                                            "--max-model-len")
+    return served
+
+
+def _max_model_len(engine_url: str, served: str) -> int | None:
+    """The `max_model_len` `/v1/models` gives for `served` (None when the engine does not say)."""
+    import requests
+
+    try:
+        resp = requests.get(f"{engine_url.rstrip('/')}/v1/models", timeout=30)
+        resp.raise_for_status()
+        card = next(c for c in resp.json()["data"] if c.get("id") == served)
+    except (requests.RequestException, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise EngineNotServingError(f"cannot read the model list of the engine at {engine_url} "
+                                    f"({type(exc).__name__}): is it running?") from None
+    value = card.get("max_model_len")
+    return value if isinstance(value, int) else None
+
+
 def _test_executor(sandbox: str):
     """Grading runs in a fresh bubblewrap sandbox on the host for every agent sandbox backend: the grader needs the
     task's pristine `repo_dir` on the host anyway, and a fresh local sandbox has no network and nothing of the
@@ -145,7 +180,7 @@ def _test_executor(sandbox: str):
     return LocalSandboxTestExecutor()
 
 
-def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, engine_url: str,
+def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, engine_url: str | list[str],
                  gate_host: str = "127.0.0.1", gate_port: int = 0, gate_secret: bytes | None = None,
                  gate_config: GateConfig | None = None):
     """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's)."""
