@@ -56,7 +56,8 @@ class RolloutEnded(Exception):
 
 
 class TurnServer:
-    """Answers the calls of one rollout through the shared engine and the rollout's own conversation."""
+    """Answers the calls of one rollout through its engine (the replica it is pinned to, or the one engine) and the
+    rollout's own conversation."""
 
     def __init__(
         self,
