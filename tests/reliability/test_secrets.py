@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from local_engine.embedded import CACHE_ENV, default_cache_root
+
 pytestmark = pytest.mark.slow
 
 ROLLOUT_KEY = re.compile(r"irl-[0-9a-f]{64}")
@@ -17,8 +19,10 @@ ROLLOUT_KEY = re.compile(r"irl-[0-9a-f]{64}")
 def test_planted_secrets_appear_in_no_record_or_output(tmp_path):
     planted = "hf_" + "PlantedSecret" * 3
     out = tmp_path / "out.jsonl"
+    # A bare environment and an empty HOME, but the embedded model's cache kept: rebuilding it under the new HOME
+    # costs minutes and has nothing to do with secrets.
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "HF_TOKEN": planted,
-           "HUGGING_FACE_HUB_TOKEN": planted}
+           "HUGGING_FACE_HUB_TOKEN": planted, CACHE_ENV: str(default_cache_root())}
     proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "rollouts", "--agent", "single-shot",
                            "--tasks", "learning", "--num-generations", "3", "--max-tokens-per-turn", "8",
                            "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
