@@ -85,6 +85,11 @@ class WorkerConfig:
         default=1800.0, metadata={"help": "Hard cap on one rollout (agent + grading); past it the rollout is cancelled."}
     )
     engine_timeout_s: float = field(default=600.0, metadata={"help": "Timeout of one engine completion call."})
+    engine_down_grace_s: float = field(
+        default=60.0,
+        metadata={"help": "When every engine replica has stopped answering (connection refused on every retry), how "
+                  "long to wait for one to answer /health again before the run ends (docs/scale.md)."},
+    )
     queue_maxsize: int = field(
         default=4096, metadata={"help": "Capacity of the sample queue; the worker stops launching when it is full."}
     )
@@ -125,6 +130,8 @@ class WorkerConfig:
             raise ConfigError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}") from None
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0")
+        if self.engine_down_grace_s < 0:
+            raise ConfigError(f"engine_down_grace_s must be >= 0, got {self.engine_down_grace_s}")
         if self.budget_grace_s < 0:
             raise ConfigError("budget_grace_s must be >= 0")
         if self.samples_per_version is not None and self.samples_per_version < 1:

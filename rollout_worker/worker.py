@@ -233,9 +233,14 @@ class RolloutWorker:
         while not self._stop_requested.is_set():
             self._flush_backlog()
             if not self.replicas.up:
-                if not self._inflight:  # what ran on the last replica has been filed; nothing can run now
+                # New rollouts wait; once what ran on the dropped replicas is filed, give one a grace to come back.
+                if not self._inflight and not await self.replicas.wait_for_one_back(cfg.engine_down_grace_s,
+                                                                                    self._stop_requested):
+                    if self._stop_requested.is_set():
+                        return
                     self.replicas.acquire()  # raises NoReplicaLeftError, naming every replica and why it went
-                await self._wait_for_wakeup()
+                if not self.replicas.up:
+                    await self._wait_for_wakeup()
                 continue
             while (len(self._inflight) < cfg.max_inflight and not self._buffer_full() and self._run_ahead_allows()
                    and (slot := self.scheduler.next_slot()) is not None):

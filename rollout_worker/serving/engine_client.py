@@ -195,6 +195,15 @@ class EngineClient:
         body = await self._request("POST", "/v1/completions", payload)
         return parse_completion(body, prompt_ids, time.perf_counter() - started)
 
+    async def healthy(self, timeout_s: float = 5.0) -> bool:
+        """Whether the server answers `GET /health` with 200 within `timeout_s` (one try, no retries)."""
+        try:
+            async with self._http().get(f"{self.base_url}/health",
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
     async def max_model_len(self) -> int:
         """The served model's `max_model_len` from `/v1/models` (cached after the first call)."""
         if self._max_model_len is None:

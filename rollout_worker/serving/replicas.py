@@ -6,17 +6,22 @@ fewest rollouts in flight (ties: the first in `--engine-url` order). Rollouts, n
 rollout's calls come one after another, so rollouts in flight bound the calls a replica serves at once.
 
 Failure rule: a replica whose transport fails on every retry (`EngineUnreachableError`: connection refused or
-dropped) is taken out of rotation for the rest of the run, with one warning naming it. Its rollouts end at their next
-call with that error (the turn server makes it an engine error: infrastructure, unscorable), new rollouts go to the
-others, and once none is left `acquire` raises `NoReplicaLeftError`. A replica is never put back: one that came back
-would have lost its state (weights version, cache) and the run cannot tell; restart the run instead.
+dropped) is taken out of rotation, with one warning naming it. Its rollouts end at their next call with that error
+(the turn server makes it an engine error: infrastructure, unscorable) and new rollouts go to the others. While
+another replica is up, a dropped one stays out (a server that flaps would keep failing rollouts). Once none is up, the
+worker waits up to `WorkerConfig.engine_down_grace_s` for one to answer `/health` again and puts it back: a lone
+engine gone for seconds (a restart, a network blip; tests/reliability/test_faults.py's `engine_away`) must not end the
+run. After the grace, `acquire` raises `NoReplicaLeftError` and the run ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from intercept_common.errors import UserError
 
@@ -24,6 +29,15 @@ from ..protocols import Engine, EngineUnreachableError
 from ..types import Completion
 
 logger = logging.getLogger(__name__)
+
+
+_PROBE_EVERY_S = 1.0
+
+
+class ReplicaEngine(Engine, Protocol):
+    """An `Engine` that can also say whether its server answers at all (`EngineClient`)."""
+
+    async def healthy(self) -> bool: ...
 
 
 class ReplicaState(enum.StrEnum):
@@ -40,7 +54,7 @@ class Replica:
     """One engine server and what the router knows of it."""
 
     url: str
-    engine: Engine
+    engine: ReplicaEngine
     state: ReplicaState = ReplicaState.UP
     in_flight: int = 0  # rollouts pinned to it now
     rollouts: int = 0  # rollouts ever pinned to it
@@ -51,7 +65,7 @@ class Replica:
 class ReplicaSet:
     """The replicas of one run, in `--engine-url` order. Used from the worker's one event loop only (no locks)."""
 
-    def __init__(self, replicas: list[tuple[str, Engine]]):
+    def __init__(self, replicas: list[tuple[str, ReplicaEngine]]):
         if not replicas:
             raise ValueError("a ReplicaSet needs at least one replica")
         self.replicas = [Replica(url, engine) for url, engine in replicas]
@@ -82,6 +96,25 @@ class ReplicaSet:
         logger.warning("engine replica %s stopped answering and is out of rotation (%d left): %s", replica.url,
                        len(self.up), reason[:300])
 
+    async def wait_for_one_back(self, grace_s: float, stop: asyncio.Event) -> bool:
+        """With none up: probe the dropped replicas' `/health` every second for up to `grace_s`; put the first that
+        answers back into rotation (True). False when none came back in time or `stop` was set."""
+        deadline = time.monotonic() + grace_s
+        while not stop.is_set():
+            for replica in self.replicas:
+                if await replica.engine.healthy():
+                    replica.state, replica.down_reason = ReplicaState.UP, ""
+                    logger.warning("engine replica %s answers again and is back in rotation", replica.url)
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=min(_PROBE_EVERY_S, left))
+            except asyncio.TimeoutError:
+                pass
+        return False
+
     async def max_model_len(self) -> int:
         """The replicas' one context length. They must agree: with different ones, whether a long rollout ends
         overlong (unscorable, or reward 0 under `overlong_policy zero`) would depend on where the router put it,
@@ -107,9 +140,9 @@ class PinnedEngine:
         self._set, self.replica = replicas, replica
 
     async def complete(self, prompt_ids: list[int], **kwargs) -> Completion:
+        # Sent even when the replica is out of rotation: a rollout pinned to it stays there (its context is cached
+        # there), and if the server is back the rollout lives on; if not, the client's retries end it in seconds.
         replica = self.replica
-        if replica.state is ReplicaState.DOWN:  # fail at once: its retries already took seconds for the first rollout
-            raise EngineUnreachableError(f"engine replica {replica.url} is out of rotation ({replica.down_reason})")
         replica.calls += 1
         try:
             return await replica.engine.complete(prompt_ids, **kwargs)

@@ -91,3 +91,11 @@ async def test_connection_refused_on_every_try_is_unreachable():
     async with EngineClient("http://127.0.0.1:9", "policy", max_retries=1, backoff_s=0.01) as client:
         with pytest.raises(EngineUnreachableError, match="127.0.0.1:9"):
             await client.complete([1, 2], max_tokens=1)
+
+
+def test_the_all_down_grace_is_checked_with_the_config():
+    from rollout_worker.config import WorkerConfig
+
+    assert WorkerConfig().engine_down_grace_s == 60.0
+    with pytest.raises(ConfigError, match="engine_down_grace_s must be >= 0"):
+        WorkerConfig(engine_down_grace_s=-1)

@@ -57,11 +57,12 @@ def engines(tiny_model_dir):
             proc.stop()
 
 
-def _worker(tokenizer, urls, *, n_tasks, max_inflight, turns):
+def _worker(tokenizer, urls, *, n_tasks, max_inflight, turns, down_grace_s=60.0):
     tasks = [Task(instance_id=f"task{i}", repo="demo/repo", base_commit="0" * 40, problem_statement="fix it")
              for i in range(n_tasks)]
     config = WorkerConfig(num_generations=1, max_inflight=max_inflight, max_groups=n_tasks, max_tokens_per_turn=8,
-                          seed=0, keep_trajectories=True, drop_zero_variance_groups=False)
+                          seed=0, keep_trajectories=True, drop_zero_variance_groups=False,
+                          engine_down_grace_s=down_grace_s)
     runner = ScriptedAgentRunner({"SCRIPTED_TURNS": str(turns)})
     worker = RolloutWorker(config, tasks=tasks, episode_runner=runner, tokenizer=tokenizer,
                            chat_template=resolve_training_template(tokenizer), engine_url=urls)
@@ -146,11 +147,12 @@ def _wait(predicate, timeout_s: float) -> bool:
 
 
 def test_when_the_last_replica_goes_the_run_ends_with_one_line(engines, tokenizer, tmp_path, capsys):
-    """After the kill test only the first engine is left: kill it mid-run under the `rollouts` command's own loop."""
+    """After the kill test only the first engine is left: kill it mid-run under the `rollouts` command's own loop.
+    It is given 2 s to answer /health again (engine_down_grace_s), then the run ends."""
     from rollout_worker.cli import _run
 
     last = engines[0]
-    worker, runner = _worker(tokenizer, [last.url], n_tasks=3, max_inflight=1, turns=6)
+    worker, runner = _worker(tokenizer, [last.url], n_tasks=3, max_inflight=1, turns=6, down_grace_s=2.0)
     killer = threading.Thread(target=lambda: _wait(lambda: worker.replicas is not None
                                                    and worker.replicas.replicas[0].calls >= 2, 120)
                               and last.proc.kill())

@@ -25,6 +25,9 @@ class FakeEngine:
     async def max_model_len(self) -> int:
         return 64
 
+    async def healthy(self) -> bool:
+        return self.fail is None
+
 
 def _set(n: int) -> ReplicaSet:
     return ReplicaSet([(f"http://r{i}", FakeEngine()) for i in range(n)])
@@ -53,13 +56,13 @@ async def test_pinned_engine_counts_calls_and_takes_a_gone_replica_out_once(capl
     with caplog.at_level(logging.WARNING), pytest.raises(EngineUnreachableError):
         await engine_b.complete([1, 2], max_tokens=4)
     assert b.state is ReplicaState.DOWN and replicas.up == [a]
-    with pytest.raises(EngineUnreachableError, match="out of rotation"):  # later calls fail at once, unsent
+    with pytest.raises(EngineUnreachableError):  # a pinned rollout still tries its replica; no second warning
         await engine_b.complete([1, 2], max_tokens=4)
-    assert b.engine.calls == 1 and (a.calls, b.calls) == (1, 1)
+    assert b.engine.calls == 2 and (a.calls, b.calls) == (1, 2)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "http://b" in warnings[0] and "out of rotation" in warnings[0]
     assert all(replicas.acquire() is a for _ in range(3))  # new rollouts avoid the dead replica
-    assert replicas.stats()["http://b"] == {"state": "down", "rollouts": 1, "calls": 1}
+    assert replicas.stats()["http://b"] == {"state": "down", "rollouts": 1, "calls": 2}
 
 
 async def test_an_answer_that_is_not_a_transport_failure_keeps_the_replica():
@@ -86,3 +89,20 @@ async def test_replicas_must_agree_on_max_model_len():
     assert await _set(2).max_model_len() == 64
     with pytest.raises(ValueError, match="http://b: 32"):
         await ReplicaSet([("http://a", FakeEngine()), ("http://b", Short())]).max_model_len()
+
+
+async def test_with_none_up_the_first_replica_that_answers_again_comes_back():
+    import asyncio
+
+    replicas = ReplicaSet([("http://a", FakeEngine(EngineUnreachableError("refused"))), ("http://b", FakeEngine())])
+    for replica in replicas.replicas:
+        replicas.mark_down(replica, "refused")
+    assert await replicas.wait_for_one_back(5.0, asyncio.Event())  # b answers /health: back at once
+    assert [r.url for r in replicas.up] == ["http://b"]
+
+    dead = ReplicaSet([("http://a", FakeEngine(EngineUnreachableError("refused")))])
+    dead.mark_down(dead.replicas[0], "refused")
+    assert not await dead.wait_for_one_back(0.2, asyncio.Event())  # the grace ends: the caller ends the run
+    stop = asyncio.Event()
+    stop.set()
+    assert not await dead.wait_for_one_back(60.0, stop)  # a stop request ends the wait at once
