@@ -29,6 +29,7 @@ from tests.support.docker import docker_client_or_skip, remove_history_images
 pytestmark = pytest.mark.timeout(1800)
 
 TEST_TIMEOUT_S = 30.0  # the grading test run's limit here, so that hanging on purpose is quick to judge
+ATTACKS_AT_ONCE = 3
 
 # Each attack: Python run by the agent in its repository. `packages()` are the repository's own packages (where the
 # agent's code runs inside the test process), `test_dirs()` the directories holding tests.
@@ -175,11 +176,20 @@ async def test_every_attack_scores_zero_and_the_oracle_one(make_gate, state_dir,
     oracle = await _run(make_gate, sandbox, task, "oracle", state_dir)
     assert (oracle.status, oracle.reward) == (EpisodeStatus.COMPLETED, 1.0), oracle.details
     results, failures = {}, []
-    for name, code in ATTACKS.items():
-        started = time.monotonic()
-        result = await _run(make_gate, sandbox, task, _agent(code), state_dir)
+    # The attacks run a few at a time (each is its own sandbox, rollout and grading run): most of an episode is spent
+    # waiting on process starts and the grading run (measured at load 10: 181 s for both settings, 276 s one by one).
+    limit = asyncio.Semaphore(ATTACKS_AT_ONCE)
+
+    async def attack(code: str) -> tuple[object, float]:
+        async with limit:
+            started = time.monotonic()
+            result = await _run(make_gate, sandbox, task, _agent(code), state_dir)
+            return result, time.monotonic() - started
+
+    finished = await asyncio.gather(*(attack(code) for code in ATTACKS.values()))
+    for name, (result, seconds) in zip(ATTACKS, finished, strict=True):
         d = result.details
-        results[name] = (result.status.value, result.reward, round(time.monotonic() - started, 1),
+        results[name] = (result.status.value, result.reward, round(seconds, 1),
                          f"agent exit {result.exit_code}, patch {d.get('agent_patch_bytes')} B, dropped "
                          f"{len(d.get('agent_files_skipped') or []) + len(d.get('test_config_changes_dropped') or [])}"
                          f" paths; {d.get('reason', '')}")
