@@ -207,6 +207,9 @@ def parse_config_tree(parser: Any, argv: list[str], *, defaults: dict[str, Any] 
             (extras if key in extra_keys else values)[key] = value
     if values:
         parser.set_defaults(**values)
+        for action in parser._actions:  # a required option the file gives is not required on the command line too
+            if action.dest in values:
+                action.required = False
     prog = getattr(parser, "prog", "intercept-rl")
 
     def refuse(message: str):  # argparse's error(): one line instead of the usage block and SystemExit(2)

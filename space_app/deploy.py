@@ -20,20 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intercept_common.errors import UserError
-from intercept_common.served_model import DEFAULT_SERVED_MODEL_NAME
+from .options import (  # noqa: F401 - re-exported: the deploy API's names
+    DEFAULT_HARDWARE, DEFAULT_MODEL, SPACE_MAX_MODEL_LEN, DeployOptions, PlanError)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = Path(__file__).resolve().parent
 
-DEFAULT_HARDWARE = "l40sx4"  # 4 x 48 GB: vLLM on GPU 0, the FSDP2 trainer on GPUs 1-3 (see space_app/README.md)
-DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
-# The Space's own cap on vLLM's context, where every other command defaults to the model's max positions
-# (intercept_common.context_length): vLLM refuses to start when one full-length sequence's KV cache does not fit the
-# GPU memory left after the weights, and a Space gives vLLM one GPU whatever `--model` is. E.g. an 8B model with 131072
-# positions (Llama 3.1) needs 16 GB of bf16 weights plus 131072 x 128 KB = 16 GB of KV cache: no 24 GB card starts it.
-# 32768 fits there and still holds multi-turn agent episodes.
-SPACE_MAX_MODEL_LEN = 32768
 APP_PORT = 7860
 
 HF_TOKEN_SECRET = "HF_TOKEN"
@@ -48,10 +40,6 @@ PACKAGE_FILES = ["pyproject.toml", "intercept_rl_cli.py", "LICENSE"]
 PACKAGE_DIRS = ["control_plane", "rollout_worker", "trainer", "local_engine", "doctor", "intercept_common",
                 "space_app", "locks"]
 EXCLUDE = ["__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".*", "*.db", "*.log"]
-
-
-class PlanError(RuntimeError, UserError):
-    """The plan cannot be made or run (missing token, bad option)."""
 
 
 @dataclass(frozen=True)
@@ -101,25 +89,6 @@ class ApiCall:
                 value = value.value
             out[key] = value
         return out
-
-
-@dataclass
-class DeployOptions:
-    """What `intercept-rl space deploy` was asked for (its flags); `build_plan()` turns them into a `Plan`."""
-
-    space_id: str
-    hardware: str = DEFAULT_HARDWARE
-    private: bool = True
-    model: str = DEFAULT_MODEL
-    served_model_name: str = DEFAULT_SERVED_MODEL_NAME
-    max_model_len: int = SPACE_MAX_MODEL_LEN
-    dtype: str = "bfloat16"
-    train_args: str = ""
-    trackio_project: str | None = None
-    trackio_space_id: str | None = None
-    pause_when_done: bool = True
-    allow_unsandboxed: bool = False
-    commit_message: str = "Deploy intercept-rl training Space"
 
 
 @dataclass
@@ -198,19 +167,6 @@ def resolve_hf_token(environ: dict[str, str] | None = None) -> SecretValue:
     return SecretValue(HF_TOKEN_SECRET, "MISSING: set HF_TOKEN or run `hf auth login`", None)
 
 
-def validate(options: DeployOptions) -> None:
-    from huggingface_hub import SpaceHardware
-
-    owner, _, name = options.space_id.partition("/")
-    if not owner or not name or "/" in name:
-        raise PlanError(f"--space-id must be OWNER/NAME, got {options.space_id!r}")
-    known = [hw.value for hw in SpaceHardware]
-    if options.hardware not in known:
-        raise PlanError(f"--hardware {options.hardware!r} is not a Space hardware; known: {', '.join(known)}")
-    if options.max_model_len < 1:
-        raise PlanError("--max-model-len must be >= 1")
-
-
 def space_variables(options: DeployOptions) -> dict[str, str]:
     """The Space's variables (not secret): what `start.sh` reads."""
     name = options.space_id.partition("/")[2]
@@ -234,7 +190,6 @@ def space_variables(options: DeployOptions) -> dict[str, str]:
 def build_plan(options: DeployOptions, *, hf_token: SecretValue | None = None, gate_secret: SecretValue | None = None,
                root: Path = PROJECT_ROOT) -> Plan:
     """The ordered `HfApi` calls of a deployment. Secrets are `SecretValue`s (name only in every printout)."""
-    validate(options)
     hf_token = hf_token if hf_token is not None else resolve_hf_token()
     gate_secret = gate_secret if gate_secret is not None else SecretValue(
         GATE_SECRET, "freshly generated (secrets.token_urlsafe(32))", secrets.token_urlsafe(32))

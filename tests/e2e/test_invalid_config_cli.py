@@ -99,7 +99,7 @@ OTHER_COMMANDS = [
     (["tasks", "synth", "--out", "{tmp}/out", "--manifest", "{tmp}/missing.toml"], "does not exist"),
     (["tasks", "synth", "--out", "{tmp}/out", "--manifest", "{tmp}/m.toml", "--package", "a==1"], "not both"),
     (["space", "nope"], "invalid choice: 'nope'"),
-    (["space", "deploy", "--dry-run"], "the following arguments are required: --space-id"),
+    (["space", "deploy", "--dry-run"], "the following arguments are required: --space_id/--space-id"),
     (["space", "deploy", "--space-id", "not a space", "--dry-run"], "--space-id must be OWNER/NAME"),
     (["space", "deploy", "--space-id", "o/n", "--max-model-len", "0", "--dry-run"], "--max-model-len must be >= 1"),
     (["space", "deploy", "--space-id", "o/n", "--max-model-len", "x", "--dry-run"], "invalid int value: 'x'"),

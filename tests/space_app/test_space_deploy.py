@@ -73,6 +73,20 @@ def test_dry_run_without_any_token_still_plans_and_says_it_is_missing(tmp_path):
     assert "MISSING: set HF_TOKEN" in proc.stdout
 
 
+def test_options_come_from_a_config_file_by_section_and_flags_win(tmp_path):
+    """`space deploy` reads the same config tree as every command: its options under `space:`, how it runs under
+    `run:`; a key in the wrong section is refused naming both."""
+    config = tmp_path / "space.yaml"
+    config.write_text("space: {space_id: someone/test, public: true, hardware: a100x4}\nrun: {dry_run: true}\n")
+    proc = run_cli("--config", str(config), "--hardware", "l4x1", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "private=False" in proc.stdout and "hardware='l4x1'" in proc.stdout
+    config.write_text("space: {space_id: someone/test, dry_run: true}\n")
+    proc = run_cli("--config", str(config), tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "'dry_run' does not belong in section 'space'" in proc.stderr and "run" in proc.stderr
+
+
 def test_bad_space_id_and_hardware_are_clear_errors(tmp_path):
     proc = run_cli("--dry-run", "--space-id", "no-owner", tmp_path=tmp_path)
     assert proc.returncode == 2 and "OWNER/NAME" in proc.stderr
