@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from intercept_common.config_tree import parse_config_tree
 from intercept_common.context_length import MAX_MODEL_LEN_HELP, check_max_model_len, resolve_max_model_len
 from intercept_common.errors import ConfigError
 from tests.paths import REPO
@@ -69,4 +70,7 @@ def test_the_space_keeps_one_deliberate_cap():
     start = (REPO / "space_app" / "start.sh").read_text()
     assert re.search(r'MAX_MODEL_LEN="\$\{INTERCEPT_RL_MAX_MODEL_LEN:-(\d+)\}"', start).group(1) == \
         str(SPACE_MAX_MODEL_LEN)
-    assert "default=SPACE_MAX_MODEL_LEN" in (REPO / "space_app" / "cli.py").read_text()
+    from space_app.cli import build_deploy_parser  # the flag's default is the same constant
+
+    (options, _run), _ = parse_config_tree(build_deploy_parser(), ["--space-id", "o/n"])
+    assert options.max_model_len == SPACE_MAX_MODEL_LEN
