@@ -23,12 +23,17 @@ lock-upgrade:
 doctor: setup
 	.venv/bin/intercept-rl doctor
 
-# Everything, slow end-to-end tests (real agents, training, dashboard) included. CI runs this.
+# Everything, slow end-to-end tests (real agents, training, dashboard) included, but not the benchmark smoke runs
+# marked `bench` (`make test-bench`; benchmarks stay outside CI). CI runs this.
 # Docker comes up first (scripts/docker_up.sh; the Docker tests skip with the reason where it cannot) and the daemon
 # it started, if any, is stopped afterwards.
 test: setup
 	bash scripts/docker_up.sh
-	$(PYTEST) -m "slow or not slow" -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
+	$(PYTEST) -m "not bench" -p no:cacheprovider; rc=$$?; bash scripts/docker_down.sh; exit $$rc
+
+# The benchmark scripts' smoke runs that take a minute or more each (tests/test_bench.py, marked `bench`).
+test-bench: setup
+	$(PYTEST) tests/test_bench.py -m bench -p no:cacheprovider
 
 # The full reliability suite (>= 10,000 hostile requests, 500-rollout fault runs, the reward-hacking battery, 32
 # containers at once, the Docker leak run): every full-scale piece in one invocation, ending with one summary table.

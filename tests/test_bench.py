@@ -121,6 +121,7 @@ def table_rows(output: str, header_start: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # 75 s on an idle 2-core box: `make test-bench`, outside CI
 def test_gate_overhead_script_prints_its_tables():
     out = run_script("gate_overhead", "--concurrency", "1", "3", "--duration", "1", "--warmup", "0.5",
                      "--paced-rate", "20", "--sdk-rate", "5")
@@ -136,6 +137,7 @@ def test_gate_overhead_script_prints_its_tables():
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # 61 s on an idle 2-core box: `make test-bench`, outside CI
 def test_concurrency_script_prints_its_tables():
     out = run_script("concurrency", "--levels", "4", "8", "--window", "2", "--think-s", "0.5")
     memory = table_rows(out, "open rollouts | RSS delta MB")

@@ -21,16 +21,21 @@ def client():
     assert [c.name for c in sandbox_containers(client) if c.labels["intercept-rl.sandbox"].startswith("sb-")] == []
 
 
-def test_oracle_resolves_every_embedded_task_in_containers_and_noop_none(tmp_path, client):
+# Four of the embedded tasks: every one is checked in bubblewrap (tests/e2e/test_rollouts_e2e.py), and the container
+# path is the same for each (all 13 here took 88 s of CI time).
+CONTAINER_TASKS = 4
+
+
+def test_oracle_resolves_embedded_tasks_in_containers_and_noop_none(tmp_path, client):
     records, summary = _rollouts(tmp_path, "--sandbox", "docker", "--agent", "oracle", "--tasks", "embedded",
-                                 "--num-generations", "1", "--max-inflight", "2")
-    assert len(records) == len(embedded_task_names()) >= 12
+                                 "--max-tasks", str(CONTAINER_TASKS), "--num-generations", "1", "--max-inflight", "2")
+    assert len(records) == CONTAINER_TASKS <= len(embedded_task_names())
     assert all(r["reward"] == 1.0 and r["resolved"] and r["scorable"] for r in records), [
         (r["task_id"], r["status"], r.get("details", {}).get("reason")) for r in records if r["reward"] != 1.0]
     assert summary["reward_mean"] == 1.0
     records, summary = _rollouts(tmp_path, "--sandbox", "docker", "--agent", "noop", "--tasks", "embedded",
-                                 "--num-generations", "1", "--max-inflight", "2")
-    assert len(records) == len(embedded_task_names())
+                                 "--max-tasks", str(CONTAINER_TASKS), "--num-generations", "1", "--max-inflight", "2")
+    assert len(records) == CONTAINER_TASKS
     assert all(r["reward"] == 0.0 and r["scorable"] for r in records) and summary["reward_mean"] == 0.0
 
 
