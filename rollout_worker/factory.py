@@ -114,14 +114,47 @@ def served_model_name_for(configured: str, engine_url: str | None) -> str:
     and the engine serves exactly one other; else a clear error listing what the engine serves."""
     if engine_url is None:
         return configured
+    return _served_name(configured, engine_url, _model_cards(engine_url))
+
+
+def served_model_name_for_replicas(configured: str, engine_urls: list[str]) -> str:
+    """`served_model_name_for` over every replica (rollout_worker/serving/replicas.py), checked before anything
+    starts: each must answer, serve the same model name and the same `max_model_len` (a rollout's context limit must
+    not depend on where the router put it); the first bad URL is named in a one-line error. One `/v1/models` request
+    per replica gives both."""
+    cards = {url: _model_cards(url) for url in engine_urls}
+    names = [_served_name(configured, url, cards[url]) for url in engine_urls]
+    first_url, served = engine_urls[0], names[0]
+    for url, name in zip(engine_urls[1:], names[1:]):
+        if name != served:
+            raise EngineNotServingError(f"the engine at {url} serves {name!r} but the one at {first_url} serves "
+                                        f"{served!r}: every --engine-url must serve the same model")
+    lengths = [_max_model_len(cards[url], served) for url in engine_urls]
+    for url, length in zip(engine_urls[1:], lengths[1:]):
+        if length != lengths[0]:
+            raise EngineNotServingError(f"the engine at {url} serves max_model_len {length} but the one at "
+                                        f"{first_url} serves {lengths[0]}: start every replica with the same "
+                                        "--max-model-len")
+    return served
+
+
+def _model_cards(engine_url: str) -> list[dict]:
+    """The engine's `/v1/models` cards, or a one-line error saying it cannot be reached."""
     import requests
 
     try:
         resp = requests.get(f"{engine_url.rstrip('/')}/v1/models", timeout=30)
         resp.raise_for_status()
-        names = [card["id"] for card in resp.json()["data"]]
+        cards = resp.json()["data"]
+        if not all(isinstance(card, dict) and "id" in card for card in cards):
+            raise KeyError("id")  # every card must name its model
     except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
         raise EngineNotServingError(f"cannot reach the engine at {engine_url} ({type(exc).__name__}): is it running?") from None
+    return cards
+
+
+def _served_name(configured: str, engine_url: str, cards: list[dict]) -> str:
+    names = [card["id"] for card in cards]
     if configured in names:
         return configured
     default = next(f.default for f in fields(WorkerConfig) if f.name == "served_model_name")
@@ -130,38 +163,9 @@ def served_model_name_for(configured: str, engine_url: str | None) -> str:
     raise EngineNotServingError(f"the engine at {engine_url} serves {names}, not {configured!r}: pass --served-model-name")
 
 
-def served_model_name_for_replicas(configured: str, engine_urls: list[str]) -> str:
-    """`served_model_name_for` over every replica (rollout_worker/serving/replicas.py), checked before anything
-    starts: each must answer, serve the same model name and the same `max_model_len` (a rollout's context limit must
-    not depend on where the router put it); the first bad URL is named in a one-line error."""
-    names = [served_model_name_for(configured, url) for url in engine_urls]
-    first_url, served = engine_urls[0], names[0]
-    for url, name in zip(engine_urls[1:], names[1:]):
-        if name != served:
-            raise EngineNotServingError(f"the engine at {url} serves {name!r} but the one at {first_url} serves "
-                                        f"{served!r}: every --engine-url must serve the same model")
-    if len(engine_urls) > 1:
-        lengths = [_max_model_len(url, served) for url in engine_urls]
-        for url, length in zip(engine_urls[1:], lengths[1:]):
-            if length != lengths[0]:
-                raise EngineNotServingError(f"the engine at {url} serves max_model_len {length} but the one at "
-                                            f"{first_url} serves {lengths[0]}: start every replica with the same "
-                                            "--max-model-len")
-    return served
-
-
-def _max_model_len(engine_url: str, served: str) -> int | None:
-    """The `max_model_len` `/v1/models` gives for `served` (None when the engine does not say)."""
-    import requests
-
-    try:
-        resp = requests.get(f"{engine_url.rstrip('/')}/v1/models", timeout=30)
-        resp.raise_for_status()
-        card = next(c for c in resp.json()["data"] if c.get("id") == served)
-    except (requests.RequestException, ValueError, KeyError, TypeError, StopIteration) as exc:
-        raise EngineNotServingError(f"cannot read the model list of the engine at {engine_url} "
-                                    f"({type(exc).__name__}): is it running?") from None
-    value = card.get("max_model_len")
+def _max_model_len(cards: list[dict], served: str) -> int | None:
+    """The `max_model_len` the card of `served` gives (None when the engine does not say)."""
+    value = next(card for card in cards if card["id"] == served).get("max_model_len")
     return value if isinstance(value, int) else None
 
 
