@@ -6,7 +6,8 @@ parses a line with `RolloutRecord.from_json` and reads attributes, never string 
 in the order the files always had, so `json.dumps(RolloutRecord.from_json(d).to_json()) == json.dumps(d)` for every
 line written since the format has had these keys; lines from older versions (no `drift`, missing keys) still load,
 with the defaults below, and keys this class does not know are kept in `extra` and written back after the known ones.
-`replica` (the engine URL that served the rollout) is written only when known, so older lines round-trip unchanged.
+`replica` (the engine URL that served the rollout) and `node` (the rollout node that ran it) are written only when
+known, so older lines round-trip unchanged.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class RecordRow:
 
 _KNOWN = ("rollout_id", "task_id", "group_id", "group_index", "status", "reward", "resolved", "scorable", "advantage",
           "group_dropped", "turns", "rows", "drift", "model_version", "timings", "turn_timings", "exit_code",
-          "details", "agent_output", "replica")
+          "details", "agent_output", "replica", "node")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class RolloutRecord:
     details: dict[str, Any] = field(default_factory=dict)
     agent_output: str = ""
     replica: str | None = None  # the engine replica's URL that sampled every turn (None: a line from before it)
+    node: str | None = None  # the rollout node that ran it: "local" or a Ray node's "host/node-id" (docs/scale.md)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other versions, written back unchanged
 
     @property
@@ -113,8 +115,9 @@ class RolloutRecord:
         """The JSON line's dict, keys in the files' order."""
         line = {name: getattr(self, name) for name in _KNOWN}
         line["rows"] = [row.to_json() for row in self.rows]
-        if self.replica is None:
-            del line["replica"]
+        for optional in ("replica", "node"):
+            if line[optional] is None:
+                del line[optional]
         if self.drift is None:
             del line["drift"]
         else:

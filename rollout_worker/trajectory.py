@@ -32,6 +32,7 @@ class Trajectory:
     engine_latency_s: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)
     replica: str | None = None  # the engine URL every turn was sampled from (rollouts are pinned to one replica)
+    node: str | None = None  # the rollout node that ran it ("local": the coordinator's process; docs/scale.md)
 
     @property
     def reward(self) -> float | None:
@@ -74,6 +75,7 @@ class Trajectory:
             details=res.details,
             agent_output=res.agent_output,
             replica=self.replica,
+            node=self.node,
         )
 
 

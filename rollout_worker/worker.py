@@ -14,23 +14,22 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from control_plane import GateConfig, InterceptionServer
+from control_plane import GateConfig
 
 from .config import WorkerConfig
-from .final_status import decide_outcome
 from .groups import GroupScheduler, Slot, group_advantages
+from .nodes import RolloutExecutor, RolloutNodes
+from .nodes.local import LocalNodes
 from .outcomes import EpisodeStatus, TurnEnd
 from .protocols import EpisodeRunner
 from .run_ahead import RunAheadBound, TrainerFeed
-from .serving.assembly import PromptAssembler
-from .serving.engine_client import EngineClient
-from .serving.replicas import NoReplicaLeftError, ReplicaSet
-from .serving.turns import TurnServer, TurnState
+from .serving.replicas import NoReplicaLeftError
+from .serving.turns import TurnState
 from .trajectory import Trajectory, build_samples, sample_type, turn_tokens
-from .types import EpisodeResult, Task
+from .types import Task
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +52,9 @@ class RolloutWorker:
         engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended), or several: replicas
             serving the same model; each rollout is pinned to one (rollout_worker/serving/replicas.py).
         gate_host, gate_port, gate_config: where the interception gate listens (port 0: any free port).
+        nodes: where rollouts run, built on the worker's loop (`rollout_worker/nodes/`); None: in this process, by
+            `episode_runner` through one gate (the default). `--cluster ray` passes `RayNodes`, which run them on
+            rollout-node actors, each with its own gate, runner and replicas.
     """
 
     def __init__(
@@ -68,21 +70,21 @@ class RolloutWorker:
         gate_port: int = 0,
         gate_config: GateConfig | None = None,
         gate_secret: bytes | None = None,
+        nodes: Callable[[], RolloutNodes] | None = None,
     ):
         self.config = config
         self.tasks = tasks
         self.episode_runner = episode_runner
         self.tokenizer = tokenizer
-        self.assembler = PromptAssembler(tokenizer, chat_template)
+        self.chat_template = chat_template
         self.engine_urls = [engine_url] if isinstance(engine_url, str) else list(engine_url)
         if not self.engine_urls:
             raise ValueError("the worker needs at least one engine URL")
         self.engine_url = self.engine_urls[0]
-        self.replicas: ReplicaSet | None = None  # set on the loop; its stats are readable once the run has ended
-        # gate_secret: what rollout keys are derived from (random when None); a deployment that must reach the gate
-        # from outside (a Space) passes its own. Never logged.
-        self._gate_args = dict(host=gate_host, port=gate_port, config=gate_config or GateConfig(),
-                               served_model_name=config.served_model_name, secret=gate_secret)
+        self._gate_args = dict(gate_host=gate_host, gate_port=gate_port, gate_config=gate_config or GateConfig(),
+                               gate_secret=gate_secret)
+        self._nodes_factory = nodes
+        self.nodes: RolloutNodes | None = None  # set on the loop
         self.scheduler: GroupScheduler[Trajectory] = GroupScheduler(
             tasks, config.num_generations, seed=config.seed, max_groups=config.max_groups
         )
@@ -107,7 +109,6 @@ class RolloutWorker:
         self._started_at = 0.0
         self._inflight: dict[str, tuple[asyncio.Task, TurnState]] = {}
         self._backlog: collections.deque = collections.deque()
-        self.gate: InterceptionServer | None = None
         self.counters = {"rollouts": 0, "groups": 0, "samples": 0, "zero_variance_groups": 0,
                          "no_scorable_groups": 0, "dropped_metrics": 0}
 
@@ -142,6 +143,8 @@ class RolloutWorker:
     def update_model_version(self, model_version: int) -> None:
         self._taken_at_version = self.rollout_buffer.taken_fresh
         self._model_version = int(model_version)
+        if self.nodes is not None:
+            self.nodes.set_model_version(self._model_version)  # remote nodes stamp turns with the version pushed
         loop, wakeup = self._loop, getattr(self, "_wakeup", None)
         if self.run_ahead is not None and loop is not None and wakeup is not None:
             try:  # a new version frees run-ahead room: launch now, not at the next 1 s poll
@@ -209,40 +212,50 @@ class RolloutWorker:
     async def _main(self) -> None:
         self._stop_requested = asyncio.Event()
         self._wakeup = asyncio.Event()
-        self.gate = InterceptionServer(**self._gate_args)
-        await self.gate.start()
-        clients = [EngineClient(url, self.config.served_model_name, timeout_s=self.config.engine_timeout_s)
-                   for url in self.engine_urls]
+        self.nodes = self._nodes_factory() if self._nodes_factory is not None else LocalNodes(self._local_executor())
         try:
-            self.replicas = ReplicaSet([(url, client) for url, client in zip(self.engine_urls, clients, strict=True)])
-            max_model_len = await self.replicas.max_model_len()
-            # One turn server for all replicas: each rollout passes its pinned replica's engine to `serve`.
-            self.turns = TurnServer(config=self.config, engine=clients[0], tokenizer=self.tokenizer,
-                                    max_model_len=max_model_len, model_version=lambda: self._model_version,
-                                    adapter_for_version=self._adapter_for_version)
+            await self.nodes.start()
+            self.nodes.set_model_version(self._model_version)
             self._ready.set()
             await self._schedule()
         finally:
             await self._cancel_inflight()
-            await self.gate.stop()
-            for client in clients:
-                await client.close()
+            await self.nodes.stop()
+
+    def _local_executor(self) -> RolloutExecutor:
+        return RolloutExecutor(self.config, episode_runner=self.episode_runner, tokenizer=self.tokenizer,
+                               chat_template=self.chat_template, engine_urls=self.engine_urls,
+                               model_version=lambda: self._model_version,
+                               adapter_for_version=self._adapter_for_version, node="local", **self._gate_args)
+
+    @property
+    def replicas(self):
+        """The in-process node's engine replicas (None before the loop started them, or under `--cluster`)."""
+        return getattr(self.nodes, "replicas", None)
+
+    @property
+    def gate(self):
+        """The in-process node's gate (None before the loop started it, or under `--cluster`)."""
+        executor = getattr(self.nodes, "executor", None)
+        return executor.gate if executor is not None else None
 
     async def _schedule(self) -> None:
         cfg = self.config
         while not self._stop_requested.is_set():
             self._flush_backlog()
-            if not self.replicas.up:
-                # New rollouts wait; once what ran on the dropped replicas is filed, give one a grace to come back.
-                if not self._inflight and not await self.replicas.wait_for_one_back(cfg.engine_down_grace_s,
-                                                                                    self._stop_requested):
+            if not self.nodes.usable:
+                # New rollouts wait; once what ran on the dropped replicas (or nodes) is filed, give one a grace to
+                # come back.
+                if not self._inflight and not await self.nodes.wait_usable(cfg.engine_down_grace_s,
+                                                                           self._stop_requested):
                     if self._stop_requested.is_set():
                         return
-                    self.replicas.acquire()  # raises NoReplicaLeftError, naming every replica and why it went
-                if not self.replicas.up:
+                    self.nodes.raise_unusable()  # one line naming every replica (or node) and why it went
+                if not self.nodes.usable:
                     await self._wait_for_wakeup()
                 continue
-            while (len(self._inflight) < cfg.max_inflight and not self._buffer_full() and self._run_ahead_allows()
+            while (len(self._inflight) < cfg.max_inflight and self.nodes.has_room() and not self._buffer_full()
+                   and self._run_ahead_allows()
                    and (slot := self.scheduler.next_slot()) is not None):
                 rollout_id = f"g{slot.group_id}-{slot.index}-{uuid.uuid4().hex[:8]}"
                 state = TurnState()
@@ -294,57 +307,21 @@ class RolloutWorker:
             await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S / 2)
 
     async def _run_rollout(self, rollout_id: str, slot: Slot, state: TurnState) -> None:
-        started = time.time()
-        stop = asyncio.Event()
         try:
-            replica = self.replicas.acquire()  # pinned for the rollout's whole life: its prefix cache is there
-        except NoReplicaLeftError:  # the last replica went after this launch: `_schedule` ends the run
-            self._inflight.pop(rollout_id, None)
-            self._wakeup.set()
-            return
-        try:
-            # how this agent wants a turn the token limit cut (its launcher declares it; the gate config overrides)
-            handle = await self.gate.open_rollout(
-                rollout_id, report_truncation=getattr(self.episode_runner, "report_truncation", None))
-        except BaseException:
-            self.replicas.release(replica)
-            self._inflight.pop(rollout_id, None)
-            raise
-        conversation = self.assembler.new_conversation()
-        endpoint = handle.endpoint
-        server = asyncio.create_task(self.turns.serve(handle, conversation, state, stop,
-                                                      engine=self.replicas.engine_for(replica)))
-        try:
-            try:
-                result = await asyncio.wait_for(self.episode_runner.run(slot.task, endpoint, stop),
-                                                timeout=self.config.episode_timeout_s)
-            except asyncio.TimeoutError:
-                result = EpisodeResult(status=EpisodeStatus.CANCELLED, reward=None, scorable=False,
-                                       details={"error": f"episode exceeded {self.config.episode_timeout_s} s"})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - an infrastructure failure is unscorable, never reward 0
-                logger.exception("episode %s failed", rollout_id)
-                result = EpisodeResult(status=EpisodeStatus.INFRA_ERROR, reward=None, scorable=False,
-                                       details={"error": f"{type(exc).__name__}: {exc}"})
+            outcome = await self.nodes.run(rollout_id, slot.task, state)
         finally:
-            await handle.close()
-            server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
-            self.replicas.release(replica)
             self._inflight.pop(rollout_id, None)
             self._wakeup.set()
-        result = decide_outcome(result, state.ended_by, self.config.overlong_policy, state.engine_error)
+        if outcome is None:  # no replica (or node) left after this launch: `_schedule` waits or ends the run
+            return
         traj = Trajectory(
-            rollout_id=rollout_id, slot=slot, result=result, rows=conversation.rows(),
-            stats={**conversation.stats, "parse_failures": state.parse_failures,
-                   "discarded_replies": state.discarded_replies},
-            first_model_version=state.first_model_version, started_at=started,
-            engine_latency_s=list(state.engine_latency_s), overhead_s=list(state.overhead_s),
-            replica=replica.url,
+            rollout_id=rollout_id, slot=slot, result=outcome.result, rows=outcome.rows, stats=outcome.stats,
+            first_model_version=outcome.first_model_version, started_at=outcome.started_at,
+            finished_at=outcome.finished_at, engine_latency_s=outcome.engine_latency_s,
+            overhead_s=outcome.overhead_s, replica=outcome.replica, node=outcome.node,
         )
         self._last_progress = time.monotonic()
-        self._publish_rollout_metrics(traj, state)
+        self._publish_rollout_metrics(traj, outcome.ended_by)
         group = self.scheduler.finish(slot, traj)
         if group is not None:
             self._complete_group(group)
@@ -377,7 +354,7 @@ class RolloutWorker:
         metrics["rollout/queue_depth"] = float(self.rollout_buffer.qsize())
         self._put_metrics(metrics)
 
-    def _publish_rollout_metrics(self, traj: Trajectory, state: TurnState) -> None:
+    def _publish_rollout_metrics(self, traj: Trajectory, ended_by: TurnEnd | None) -> None:
         self.counters["rollouts"] += 1
         res, stats = traj.result, traj.stats
         self.rollout_buffer.generated_tokens += int(stats.get("sampled_tokens", 0))
@@ -389,20 +366,20 @@ class RolloutWorker:
             "rollout/forks_total": float(stats.get("forks", 0)),
             "rollout/sampled_tokens_total": float(stats.get("sampled_tokens", 0)),
             "rollout/trained_tokens_total": float(stats.get("trained_tokens", 0)),
-            "rollout/parse_failures_total": float(state.parse_failures),
+            "rollout/parse_failures_total": float(stats.get("parse_failures", 0)),
             "rollout/overlong_total": float(res.status is EpisodeStatus.OVERLONG),
             "rollout/unscorable_total": float(not res.scorable),
             # ended by the turn server because the policy moved past max_staleness (it could no longer be trained)
-            "rollout/aborted_stale_total": float(state.ended_by is TurnEnd.STALE),
+            "rollout/aborted_stale_total": float(ended_by is TurnEnd.STALE),
             "rollout/scorable": (float(res.scorable), 1.0),
         }
         if res.scorable and res.reward is not None:
             m["rollout/reward_mean"] = float(res.reward)
             m["rollout/resolved"] = (float(res.resolved), 1.0)
-        if state.engine_latency_s:
-            m["rollout/engine_latency_s"] = sum(state.engine_latency_s) / len(state.engine_latency_s)
-        if state.overhead_s:
-            m["rollout/gate_overhead_ms"] = 1000 * sum(state.overhead_s) / len(state.overhead_s)
+        if traj.engine_latency_s:
+            m["rollout/engine_latency_s"] = sum(traj.engine_latency_s) / len(traj.engine_latency_s)
+        if traj.overhead_s:
+            m["rollout/gate_overhead_ms"] = 1000 * sum(traj.overhead_s) / len(traj.overhead_s)
         self._put_metrics(m)
 
     def _put_metrics(self, metrics: dict[str, Any]) -> None:

@@ -1,0 +1,45 @@
+"""Where rollouts run: rollout nodes, each a gate shard with the turn serving and the sandbox backend of its host.
+
+The coordinator (`RolloutWorker`) launches rollouts through one `RolloutNodes`: `LocalNodes` runs them in its own
+process (the default), `RayNodes` on rollout-node actors placed on a Ray cluster's machines (`--cluster ray`,
+docs/scale.md). Ray is imported only by the latter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from ..serving.turns import TurnState
+from ..types import Task
+from .executor import RolloutExecutor, RolloutOutcome
+
+
+class RolloutNodes(Protocol):
+    """The coordinator's view of the nodes. Every method but `set_model_version` is called on the worker's loop.
+
+    `start` once before the first rollout; `has_room` before each launch; `run` once per rollout (its result is
+    None when nothing could run it: no engine replica or node left, which `usable` then reports); `wait_usable` and
+    `raise_unusable` when `usable` is False and nothing is in flight; `stop` once at the end, after in-flight
+    rollouts were cancelled. `set_model_version` is called from the trainer's thread on every policy update.
+    """
+
+    async def start(self) -> None: ...
+
+    def has_room(self) -> bool: ...
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def run(self, rollout_id: str, task: Task, state: TurnState) -> RolloutOutcome | None: ...
+
+    async def wait_usable(self, grace_s: float, stop: asyncio.Event) -> bool: ...
+
+    def raise_unusable(self) -> None: ...
+
+    def set_model_version(self, version: int) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+__all__ = ["RolloutExecutor", "RolloutNodes", "RolloutOutcome"]
