@@ -26,6 +26,7 @@ from .config import WorkerConfig
 from .config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
 from .factory import (build_episode_runner, build_worker, load_task_options, load_tokenizer, served_model_name_for,
                       served_model_name_for_replicas)
+from .nodes.cluster import connect_cluster
 from .preflight import check_agent, check_images, check_sandbox, check_writable
 from .serving.replicas import NoReplicaLeftError
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = load_task_options(side.task_options, worker_view.seed)  # may download: after the checks
         check_images(options.sandbox, tasks)
         log_path = _attach_log(run_logging, Path(run.out))
+        cluster = connect_cluster(worker_view.cluster, worker_view.max_inflight)
     except UserError as exc:  # what the user can fix, as one line; anything else is a bug and keeps its traceback
         print(f"intercept-rl rollouts: {squash(str(exc))}", file=sys.stderr)
         return 2
@@ -142,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         config = build(WorkerConfig, worker_view, served_model_name=served, max_groups=len(tasks),
                        keep_trajectories=True, drop_zero_variance_groups=False)
         worker = build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=load_tokenizer(run.model),
-                              engine_url=engine_url, gate_config=side.gate)
+                              engine_url=engine_url, gate_config=side.gate, cluster=cluster, model=run.model,
+                              episode_parts=(options, side.episode, side.grading, side.container_grading))
         return _run(worker, len(tasks) * config.num_generations, Path(run.out), quiet=run.quiet,
                     engine_proc=engine_proc, warnings=None if verbose else run_logging.summary, log_path=log_path)
     finally:
         if engine_proc is not None:
             engine_proc.stop()
+        if cluster is not None:
+            cluster.close()
 
 
 def _refuse_repeated_engine_url(argv: list[str]) -> None:
@@ -219,6 +224,8 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None, warnin
                     reward = "unscorable" if not rec["scorable"] else f"reward={rec['reward']:.2f}"
                     line = (f"[{written}/{expected}] {rec['task_id']} #{rec['group_index']} {rec['status']} {reward} "
                             f"turns={rec['turns']} {rec['timings'].get('total', 0):.1f}s")
+                    if rec.get("node", "local") != "local":
+                        line += f" node={rec['node']}"
                     if counts:
                         top = "; ".join(f"{n}x {m}" if n > 1 else m for m, n in counts.most_common(2))
                         line += f" | {sum(counts.values())} warnings ({top})"

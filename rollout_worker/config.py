@@ -85,6 +85,14 @@ class WorkerConfig:
         default=1800.0, metadata={"help": "Hard cap on one rollout (agent + grading); past it the rollout is cancelled."}
     )
     engine_timeout_s: float = field(default=600.0, metadata={"help": "Timeout of one engine completion call."})
+    cluster: str | None = field(
+        default=None,
+        metadata={"help": "Run rollouts on rollout nodes of a Ray cluster (the `ray` extra): `ray` (a Ray instance "
+                  "started for this run on this machine, max_inflight sandbox slots), `ray:auto` (the cluster this "
+                  "machine joined with ray start) or `ray:HOST:PORT`. Each machine advertising a sandbox_slots "
+                  "resource gets one node (a gate shard, its sandboxes, at most that many rollouts at once); records "
+                  "name their node. Unset: every rollout in this process (docs/scale.md)."},
+    )
     engine_down_grace_s: float = field(
         default=60.0,
         metadata={"help": "When every engine replica has stopped answering (connection refused on every retry), how "
@@ -130,6 +138,10 @@ class WorkerConfig:
             raise ConfigError(f"overlong_policy must be 'exclude' or 'zero', got {self.overlong_policy!r}") from None
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0")
+        if self.cluster is not None:
+            from .nodes.cluster import ClusterSpec
+
+            ClusterSpec.parse(self.cluster)
         if self.engine_down_grace_s < 0:
             raise ConfigError(f"engine_down_grace_s must be >= 0, got {self.engine_down_grace_s}")
         if self.budget_grace_s < 0:

@@ -186,15 +186,31 @@ def _test_executor(sandbox: str):
 
 def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tokenizer, engine_url: str | list[str],
                  gate_host: str = "127.0.0.1", gate_port: int = 0, gate_secret: bytes | None = None,
-                 gate_config: GateConfig | None = None):
-    """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's)."""
+                 gate_config: GateConfig | None = None, cluster=None, model: str | None = None,
+                 episode_parts: tuple | None = None):
+    """A `RolloutWorker` with the training template resolved (explicit template > prefix-preserving > TRL's).
+
+    `cluster` (a `rollout_worker.nodes.cluster.ClusterConnection`, for `--cluster`): rollouts run on rollout-node
+    actors of that Ray cluster, each building its runner from `episode_parts` (EpisodeOptions, EpisodeConfig,
+    GradingConfig, ContainerGradingConfig) and its tokenizer from `model`; `episode_runner` is then unused."""
     from .serving.chat_template import resolve_training_template
     from .worker import RolloutWorker
 
     template = resolve_training_template(tokenizer, config.chat_template)
+    nodes = None
+    if cluster is not None:
+        if model is None or episode_parts is None:
+            raise ValueError("rollout nodes on a cluster need the model and the episode parts to build their own")
+        from .nodes.ray_actor import NodeSpec
+        from .nodes.ray_nodes import RayNodes
+
+        urls = [engine_url] if isinstance(engine_url, str) else list(engine_url)
+        gate = gate_config or GateConfig()
+        nodes = lambda adapter_prefix: RayNodes(cluster, NodeSpec(  # noqa: E731
+            config, tuple(episode_parts), model, template, urls, gate, adapter_prefix))
     return RolloutWorker(config, tasks=tasks, episode_runner=episode_runner, tokenizer=tokenizer,
                          chat_template=template, engine_url=engine_url, gate_host=gate_host, gate_port=gate_port,
-                         gate_secret=gate_secret, gate_config=gate_config)
+                         gate_secret=gate_secret, gate_config=gate_config, nodes=nodes)
 
 
 def load_tokenizer(model: str):

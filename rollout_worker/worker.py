@@ -52,9 +52,10 @@ class RolloutWorker:
         engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended), or several: replicas
             serving the same model; each rollout is pinned to one (rollout_worker/serving/replicas.py).
         gate_host, gate_port, gate_config: where the interception gate listens (port 0: any free port).
-        nodes: where rollouts run, built on the worker's loop (`rollout_worker/nodes/`); None: in this process, by
-            `episode_runner` through one gate (the default). `--cluster ray` passes `RayNodes`, which run them on
-            rollout-node actors, each with its own gate, runner and replicas.
+        nodes: where rollouts run, built on the worker's loop from the adapter prefix (`sample_from_adapters`) by
+            this callable (`rollout_worker/nodes/`); None: in this process, by `episode_runner` through one gate
+            (the default). `--cluster ray` passes one making `RayNodes`: rollout-node actors, each with its own
+            gate, runner and replicas.
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class RolloutWorker:
         gate_port: int = 0,
         gate_config: GateConfig | None = None,
         gate_secret: bytes | None = None,
-        nodes: Callable[[], RolloutNodes] | None = None,
+        nodes: Callable[[str | None], RolloutNodes] | None = None,
     ):
         self.config = config
         self.tasks = tasks
@@ -212,7 +213,8 @@ class RolloutWorker:
     async def _main(self) -> None:
         self._stop_requested = asyncio.Event()
         self._wakeup = asyncio.Event()
-        self.nodes = self._nodes_factory() if self._nodes_factory is not None else LocalNodes(self._local_executor())
+        self.nodes = (self._nodes_factory(self._adapter_prefix) if self._nodes_factory is not None
+                      else LocalNodes(self._local_executor()))
         try:
             await self.nodes.start()
             self.nodes.set_model_version(self._model_version)
@@ -259,6 +261,7 @@ class RolloutWorker:
                    and (slot := self.scheduler.next_slot()) is not None):
                 rollout_id = f"g{slot.group_id}-{slot.index}-{uuid.uuid4().hex[:8]}"
                 state = TurnState()
+                self.nodes.claim()
                 task = asyncio.create_task(self._run_rollout(rollout_id, slot, state), name=rollout_id)
                 self._inflight[rollout_id] = (task, state)
             if not self._inflight and not self._backlog and self.scheduler.exhausted:

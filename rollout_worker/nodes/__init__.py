@@ -18,7 +18,8 @@ from .executor import RolloutExecutor, RolloutOutcome
 class RolloutNodes(Protocol):
     """The coordinator's view of the nodes. Every method but `set_model_version` is called on the worker's loop.
 
-    `start` once before the first rollout; `has_room` before each launch; `run` once per rollout (its result is
+    `start` once before the first rollout; `has_room` before each launch and `claim` right after it (the launched
+    rollout's `run` has not begun yet, so the room it will take is reserved); `run` once per rollout (its result is
     None when nothing could run it: no engine replica or node left, which `usable` then reports); `wait_usable` and
     `raise_unusable` when `usable` is False and nothing is in flight; `stop` once at the end, after in-flight
     rollouts were cancelled. `set_model_version` is called from the trainer's thread on every policy update.
@@ -27,6 +28,8 @@ class RolloutNodes(Protocol):
     async def start(self) -> None: ...
 
     def has_room(self) -> bool: ...
+
+    def claim(self) -> None: ...
 
     @property
     def usable(self) -> bool: ...

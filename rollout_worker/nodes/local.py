@@ -20,7 +20,10 @@ class LocalNodes:
         await self.executor.start()
 
     def has_room(self) -> bool:
-        return True
+        return True  # the coordinator's max_inflight is the bound
+
+    def claim(self) -> None:
+        pass
 
     @property
     def usable(self) -> bool:
