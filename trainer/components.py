@@ -74,12 +74,13 @@ def vllm_weight_transfer(script: SweTrainArguments, training):
 
 
 def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str,
-                         keep_trajectories: bool = False, tasks: list | None = None):
+                         keep_trajectories: bool = False, tasks: list | None = None, cluster=None):
     """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples.
 
     Agent, sandbox and reward names become parts in `rollout_worker.factory`, the one place `rollouts` and `train`
     share. `keep_trajectories` makes the worker publish one record per finished rollout on `worker.trajectories`.
-    `tasks`: loaded already (`train` loads them before it starts the engine), else loaded here.
+    `tasks`: loaded already (`train` loads them before it starts the engine), else loaded here. `cluster`: the
+    `--cluster` connection (rollouts then run on rollout-node actors, docs/scale.md).
     """
     from transformers import AutoTokenizer
 
@@ -99,7 +100,9 @@ def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str
     return build_worker(config, tasks=tasks, episode_runner=runner, tokenizer=AutoTokenizer.from_pretrained(model_path),
                         engine_url=engine_url, gate_host=script.gate_host,
                         gate_port=script.gate_port, gate_secret=secret.encode() if secret else None,
-                        gate_config=script.gate)
+                        gate_config=script.gate, cluster=cluster, model=model_path,
+                        episode_parts=(script.episode_options, script.episode, script.grading,
+                                       script.container_grading))
 
 
 def engine_url_if_remote(script: SweTrainArguments) -> str | None:

@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from rollout_worker.factory import load_task_options
+    from rollout_worker.nodes.cluster import closing_cluster, connect_cluster
     from trainer import traces
     from trainer.components import build_rollout_worker, follow_adapter_sync, start_engine
 
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             check_images(script.episode_options.sandbox, tasks)
         model_path = resolve_model_path(script.model_name_or_path)
         resolve_token_budget(script, training, model_path)
+        cluster = connect_cluster(script.worker.cluster, script.worker.max_inflight) if main_process else None
     except UserError as error:
         print(f"intercept-rl train: {squash(str(error))}", file=sys.stderr)
         return 2
@@ -389,9 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[intercept-rl] {script.episode_options.agent} on {script.task_options.tasks} tasks, "
           f"{training.max_steps} steps; "
           f"log: {log_path}", flush=True)
-    with start_engine(script, training, model_path) as engine:
+    with start_engine(script, training, model_path) as engine, closing_cluster(cluster):
         worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
-                                      keep_trajectories=True, tasks=tasks)
+                                      keep_trajectories=True, tasks=tasks, cluster=cluster)
         load_worker_state(worker, checkpoint)
         collector = traces.install(worker, training.report_to or [], tokenizer=getattr(worker, "tokenizer", None))
         watch_engine(worker, engine.url)

@@ -7,6 +7,7 @@ Ray itself would wait minutes for an address that does not answer, so the addres
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -70,6 +71,16 @@ class ClusterConnection:
 def connect_cluster(value: str | None, local_slots: int) -> ClusterConnection | None:
     """`--cluster`'s connection for a command (None without the flag: nothing of Ray is imported)."""
     return connect(ClusterSpec.parse(value), local_slots=local_slots) if value else None
+
+
+@contextlib.contextmanager
+def closing_cluster(connection: ClusterConnection | None):
+    """Close the connection (or stop this run's own Ray) when the block ends, on every path."""
+    try:
+        yield connection
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def connect(spec: ClusterSpec, *, local_slots: int) -> ClusterConnection:

@@ -1,0 +1,156 @@
+"""`--cluster ray:ADDRESS` on a real local Ray cluster of three nodes (`ray.cluster_utils.Cluster`: a head and two
+workers, each its own raylet, as separate machines would be), two real local engines, the real mini-swe-agent in
+bubblewrap, the real `intercept-rl rollouts` and `train` entry points (issue #28, docs/scale.md).
+
+- rollouts spread over the nodes by their sandbox slots, every record names its node and its replica;
+- a node removed mid-run: its rollout ends infra_error (unscorable), the run goes on, a node that joins afterwards
+  receives rollouts, and nothing is left on the surviving nodes (counted: sandbox directories, processes);
+- a short training run over the cluster, first step on-policy;
+- bad `--cluster` values and an unreachable head are one line before anything starts.
+
+The cluster and the engines are shared by the module; the run that removes a node adds one back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.paths import REPO
+from tests.rollout_worker.test_replicas_e2e import engines  # noqa: F401 - the module's two local engines
+from tests.support.sandboxes import pids_with
+
+SLOTS = "sandbox_slots"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    # num_cpus 1 per node: Ray's own worker pool, not a limit on rollouts (the node actor asks for 0 CPUs).
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {SLOTS: 2},
+                                                      "include_dashboard": False})
+    try:
+        workers = [c.add_node(num_cpus=1, resources={SLOTS: 1}) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c, workers
+    finally:
+        c.shutdown()
+
+
+def _short(node) -> str:
+    return node.node_id[:8]
+
+
+def _rollouts(*argv: str) -> tuple[int, str]:
+    """The real CLI in this process (it connects to the cluster and disconnects at the end)."""
+    from rollout_worker.cli import main
+
+    return main(list(argv)), ""
+
+
+def _config(tmp_path: Path) -> tuple[Path, Path]:
+    state = tmp_path / "sandboxes"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"sandbox: {{backend: local, state_dir: {state}}}\n")
+    return config, state
+
+
+def _leftovers(state: Path) -> tuple[list[str], list[int]]:
+    dirs = sorted(p.name for p in state.glob("sb-*")) if state.exists() else []
+    return dirs, pids_with(str(state))
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(cluster, engines, tmp_path):  # noqa: F811
+    c, workers = cluster
+    urls = [e.url for e in engines]
+    config, state = _config(tmp_path)
+    out = tmp_path / "r.jsonl"
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(code=_rollouts(
+        "--config", str(config), "--cluster", f"ray:{c.address}", "--engine-url", ",".join(urls),
+        "--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tasks", "8", "--max-inflight", "4",
+        "--max-turns", "1", "--quiet", "--out", str(out))[0]))
+    run.start()
+    # The first wave fills every slot (2 + 1 + 1); then one worker machine goes away mid-rollout.
+    deadline = time.monotonic() + 300
+    while len(list(state.glob("sb-*")) if state.exists() else []) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert time.monotonic() < deadline, "the first four rollouts did not start"
+    removed = workers[1]
+    c.remove_node(removed)
+    joined = c.add_node(num_cpus=1, resources={SLOTS: 1})
+    run.join(timeout=900)
+    assert not run.is_alive(), "the run did not end"
+    assert result["code"] == 0
+
+    records = _records(out)
+    assert len(records) == 8
+    by_node = Counter(r["node"].rsplit("/", 1)[1] for r in records)
+    lost = [r for r in records if r["node"].endswith(_short(removed))]
+    # the lost node's rollout: unscorable, never reward 0
+    assert len(lost) == 1 and lost[0]["status"] == "infra_error" and not lost[0]["scorable"], lost
+    assert "died" in lost[0]["details"]["error"] or "left" in lost[0]["details"]["error"]
+    # every slot of the first wave was used: the head's two, each worker's one; the machine that joined got work
+    assert by_node[_short(c.head_node)] >= 2 and by_node[_short(workers[0])] >= 1, by_node
+    assert by_node[_short(joined)] >= 1, by_node
+    others = [r for r in records if r not in lost]
+    assert all(r["scorable"] and r["turns"] >= 1 for r in others), [(r["status"], r["turns"]) for r in others]
+    assert {r["replica"] for r in records if r["turns"]} <= set(urls)
+    assert {r["replica"] for r in others} == set(urls), "both engine replicas served rollouts"
+    # Nothing left on the surviving nodes: no sandbox directory or process of a node that is still alive. (The
+    # lost machine's own sandbox directory may stay, as on a machine that died; its processes died with it.)
+    dirs, pids = _leftovers(state)
+    assert pids == [], "processes of the run are still alive"
+    owners = {json.loads((state / d / "state.json").read_text())["owner_pid"] for d in dirs}
+    assert len(dirs) <= 1 and all(not Path(f"/proc/{pid}").exists() for pid in owners), (dirs, owners)
+
+
+@pytest.mark.slow
+def test_train_over_the_cluster_first_step_on_policy(cluster, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "cpu-demo", "--max-steps", "1",
+            "--cluster", f"ray:{c.address}", "--output-dir", str(out), "--project", "ray-test"]
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("TRACKIO_DIR", None)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    records = _records(out / "rollouts.jsonl")
+    live = {n.node_id[:8] for n in [c.head_node, *c.worker_nodes]}
+    assert records and all(r["node"].rsplit("/", 1)[1] in live for r in records), [r["node"] for r in records]
+    with sqlite3.connect(out / "trackio" / "ray-test.db") as conn:
+        rows = [json.loads(m) for (m,) in conn.execute("SELECT metrics FROM metrics ORDER BY id")]
+    first = next(m for m in rows if "train/ratio" in m)
+    assert abs(first["train/ratio"] - 1.0) <= 1e-5  # sampled on the nodes, trained here: token-exact
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("nope", "cluster must be 'ray' or 'ray:ADDRESS'"),
+    ("ray:somewhere", "is not auto or HOST:PORT"),
+    ("ray:127.0.0.1:9", "cannot reach the Ray cluster's head at 127.0.0.1:9"),
+])
+def test_bad_cluster_is_one_line_before_anything_starts(value, says, tmp_path, capsys):
+    from rollout_worker.cli import main
+
+    out = tmp_path / "r.jsonl"
+    code = main(["--cluster", value, "--tasks", "embedded", "--agent", "oracle", "--max-tasks", "1",
+                 "--out", str(out)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith("intercept-rl rollouts: ") and says in lines[-1], lines
+    assert not out.exists()
