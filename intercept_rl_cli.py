@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("rollout_worker.environment.tasks.synth.cli", "synthesize validated SWE-bench-format tasks from "
               "real Python packages (`tasks synth`)"),
     "grade": ("rollout_worker.grade_cli", "grade a saved SWE-bench test log with the official harness (offline)"),
+    "warm-start": ("trainer.warm_start.build", "build (once, cached) the warm-started tiny policy that emits "
+                   "mini-swe-agent tool calls (scripted teacher, real agent, supervised fine-tune)"),
     "inspect": ("trainer.inspect_page", "a token-level HTML page of a run's rollouts (mask, logprobs, versions)"),
     "doctor": ("doctor.cli", "check the machine and installs against the locks, one line each with its remedy"),
     "space": ("space_app.cli", "deploy to a Hugging Face Space (`space deploy --dry-run` prints the plan)"),
