@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -206,8 +207,10 @@ def build_worker(config: WorkerConfig, *, tasks: list[Task], episode_runner, tok
 
         urls = [engine_url] if isinstance(engine_url, str) else list(engine_url)
         gate = gate_config or GateConfig()
-        nodes = lambda adapter_prefix: RayNodes(cluster, NodeSpec(  # noqa: E731
-            config, tuple(episode_parts), model, template, urls, gate, adapter_prefix))
+        spec = NodeSpec(config, functools.partial(build_episode_runner, *episode_parts),
+                        functools.partial(load_tokenizer, model), template, urls, gate)
+        nodes = lambda adapter_prefix: RayNodes(  # noqa: E731
+            cluster, dataclasses.replace(spec, adapter_prefix=adapter_prefix))
     return RolloutWorker(config, tasks=tasks, episode_runner=episode_runner, tokenizer=tokenizer,
                          chat_template=template, engine_url=engine_url, gate_host=gate_host, gate_port=gate_port,
                          gate_secret=gate_secret, gate_config=gate_config, nodes=nodes)

@@ -8,13 +8,14 @@ engine replicas and a gate shard with a secret of its own — and runs the rollo
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from control_plane import GateConfig
 
 from ..config import WorkerConfig
+from ..protocols import EpisodeRunner
 from ..serving.turns import TurnState
 from ..types import Task
 from .executor import RolloutExecutor, RolloutOutcome, this_host
@@ -22,12 +23,14 @@ from .executor import RolloutExecutor, RolloutOutcome, this_host
 
 @dataclass
 class NodeSpec:
-    """Everything a node needs to build its parts: the same configs the coordinator's command parsed (plain
-    dataclasses, pickled to the node) and the resolved chat template."""
+    """Everything a node needs to build its parts, pickled to it: the worker config, builders of the episode runner
+    and the tokenizer (module functions over the parsed configs: `functools.partial(build_episode_runner, ...)`,
+    called on the node, so the sandbox backend and the model files are the node's own) and the resolved chat
+    template."""
 
     config: WorkerConfig
-    episode_parts: tuple[Any, Any, Any, Any]  # EpisodeOptions, EpisodeConfig, GradingConfig, ContainerGradingConfig
-    model: str  # where the tokenizer comes from (the same path or hub name on every machine)
+    episode_runner: Callable[[], EpisodeRunner]
+    tokenizer: Callable[[], Any]  # the same model path or hub name must resolve on every machine
     chat_template: str
     engine_urls: Sequence[str]
     gate_config: GateConfig
@@ -44,12 +47,10 @@ class RolloutNodeActor:
         self.executor: RolloutExecutor | None = None
 
     async def start(self) -> dict[str, Any]:
-        from ..factory import build_episode_runner, load_tokenizer
-
         spec = self.spec
         prefix = spec.adapter_prefix
         self.executor = RolloutExecutor(
-            spec.config, episode_runner=build_episode_runner(*spec.episode_parts), tokenizer=load_tokenizer(spec.model),
+            spec.config, episode_runner=spec.episode_runner(), tokenizer=spec.tokenizer(),
             chat_template=spec.chat_template, engine_urls=spec.engine_urls, model_version=lambda: self._version,
             adapter_for_version=lambda v: f"{prefix}-v{v}" if prefix and v > 0 else None, node=self.name,
             gate_config=spec.gate_config)

@@ -5,10 +5,13 @@ bubblewrap, the real `intercept-rl rollouts` and `train` entry points (issue #28
 - rollouts spread over the nodes by their sandbox slots, every record names its node and its replica;
 - a node removed mid-run: its rollout ends infra_error (unscorable), the run goes on, a node that joins afterwards
   receives rollouts, and nothing is left on the surviving nodes (counted: sandbox directories, processes);
-- a short training run over the cluster, first step on-policy;
+- a short training run over the cluster: the full stack (it replaced tests/e2e/test_trainer_e2e.py, the same run
+  with every rollout in the trainer's process, which `make demo`'s and the resume tests' runs still cover), first step
+  on-policy, the checkpoint, nothing left behind;
 - bad `--cluster` values and an unreachable head are one line before anything starts.
 
-The cluster and the engines are shared by the module; the run that removes a node adds one back.
+The cluster is shared by the module (the run that removes a node adds one back), the two engines by the package
+(tests/rollout_worker/conftest.py).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.paths import REPO
-from tests.rollout_worker.test_replicas_e2e import engines  # noqa: F401 - the module's two local engines
 from tests.support.sandboxes import pids_with
 
 SLOTS = "sandbox_slots"
@@ -75,7 +78,7 @@ def _records(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(cluster, engines, tmp_path):  # noqa: F811
+def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(cluster, engines, tmp_path):
     c, workers = cluster
     urls = [e.url for e in engines]
     config, state = _config(tmp_path)
@@ -120,23 +123,69 @@ def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(clu
     assert len(dirs) <= 1 and all(not Path(f"/proc/{pid}").exists() for pid in owners), (dirs, owners)
 
 
+def _processes_with_marker(marker: str) -> set[int]:
+    """Processes whose environment carries `marker`: everything the command started inherits it (the engine, the
+    Ray driver's children, bwrap), unlike a parent pid, which orphans lose. (Node actors are Ray's processes,
+    started by the raylets: their sandboxes are counted by `_leftovers`.)"""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.mark.slow
-def test_train_over_the_cluster_first_step_on_policy(cluster, tmp_path):
+def test_train_over_the_cluster_full_stack_first_step_on_policy(cluster, tmp_path):
+    """`train --preset cpu-demo --cluster ray:ADDRESS`: the real mini-swe-agent in bubblewrap on the nodes, the local
+    engine, host-side grading on the nodes, TRL's AsyncGRPOTrainer and weight sync here; F1 at the first optimizer
+    step from the run's own Trackio database, the checkpoint with the worker's state, a clean shutdown."""
     c, _ = cluster
     out = tmp_path / "out"
+    config, state = _config(tmp_path)
     argv = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "cpu-demo", "--max-steps", "1",
-            "--cluster", f"ray:{c.address}", "--output-dir", str(out), "--project", "ray-test"]
-    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+            "--save-steps", "1", "--config", str(config), "--cluster", f"ray:{c.address}", "--output-dir", str(out),
+            "--project", "e2e-test"]
+    marker_value = uuid.uuid4().hex
+    marker = f"INTERCEPT_RL_E2E_MARKER={marker_value}"
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", "INTERCEPT_RL_E2E_MARKER": marker_value}
     env.pop("TRACKIO_DIR", None)
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, output[-6000:]
+    leftovers = _processes_with_marker(marker)
+    for pid in leftovers:  # clean up before failing, so a failure does not leak into other tests
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert leftovers == set(), "the command left processes behind (engine, agents or sandboxes)"
+    assert _leftovers(state) == ([], []), "a node left a sandbox behind"
+
     records = _records(out / "rollouts.jsonl")
     live = {n.node_id[:8] for n in [c.head_node, *c.worker_nodes]}
     assert records and all(r["node"].rsplit("/", 1)[1] in live for r in records), [r["node"] for r in records]
-    with sqlite3.connect(out / "trackio" / "ray-test.db") as conn:
+    with sqlite3.connect(out / "trackio" / "e2e-test.db") as conn:
         rows = [json.loads(m) for (m,) in conn.execute("SELECT metrics FROM metrics ORDER BY id")]
     first = next(m for m in rows if "train/ratio" in m)
+    print(f"full-stack F1 over the cluster: ratio={first['train/ratio']!r} kl={first['train/kl']!r}")
     assert abs(first["train/ratio"] - 1.0) <= 1e-5  # sampled on the nodes, trained here: token-exact
+    assert first["train/kl"] <= 1e-6
+    assert first.get("train/rollout/rollouts_total", 0) >= 2  # real agent episodes produced the step's samples
+
+    worker_state = json.loads((out / "checkpoint-1" / "rollout_worker_state.json").read_text())
+    assert worker_state["scheduler"] and "counters" in worker_state
+    assert "[intercept-rl] step 1/1" in output
+    assert f"TRACKIO_DIR={out / 'trackio'} trackio show --project e2e-test" in output
 
 
 @pytest.mark.parametrize(("value", "says"), [
@@ -154,3 +203,9 @@ def test_bad_cluster_is_one_line_before_anything_starts(value, says, tmp_path, c
     assert code == 2 and "Traceback" not in "\n".join(lines)
     assert lines[-1].startswith("intercept-rl rollouts: ") and says in lines[-1], lines
     assert not out.exists()
+
+
+def test_the_default_path_never_imports_ray():
+    code = ("import sys, rollout_worker.cli, rollout_worker.worker, rollout_worker.factory, trainer.components; "
+            "sys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=300).returncode == 0

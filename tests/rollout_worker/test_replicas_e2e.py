@@ -6,8 +6,9 @@ scripted openai-SDK agent processes, and the real `intercept-rl rollouts` entry 
   others (and rollouts launched after) finish on the survivor, nothing is left running;
 - a second URL that does not answer is a one-line error before anything starts.
 
-The engines are shared by the module (each takes ~10 s to start on an idle 2-core box, far longer under load); the
-kill test kills the second one, so it runs last.
+The engines are shared with tests/rollout_worker/test_ray_cluster.py (tests/rollout_worker/conftest.py: each takes
+~10 s to start on an idle 2-core box, far longer under load); the kill tests kill them, so they run last: this module
+comes after test_ray_cluster.py, and the kill tests are its last.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import threading
 
 import pytest
 
-from intercept_common.engine_process import LocalEngineProcess
 from rollout_worker.config import WorkerConfig
 from rollout_worker.outcomes import EpisodeStatus
 from rollout_worker.serving.chat_template import resolve_training_template
@@ -29,32 +29,6 @@ from rollout_worker.worker import RolloutWorker
 from tests.rollout_worker.test_worker import ScriptedAgentRunner, _drain
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def engines(tiny_model_dir):
-    """Two local engines on the tiny model, started at once (each start is mostly waiting on its own imports)."""
-    procs = [LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) for _ in range(2)]
-    errors: list[BaseException] = []
-
-    def start(proc: LocalEngineProcess) -> None:
-        try:
-            proc.start()
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(p,)) for p in procs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    try:
-        if errors or any(t.is_alive() for t in threads):
-            raise RuntimeError(f"an engine did not start: {errors}")
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def _worker(tokenizer, urls, *, n_tasks, max_inflight, turns, down_grace_s=60.0):
