@@ -26,6 +26,7 @@ from .config import WorkerConfig
 from .config_views import EXTRA_KEYS, build_rollout_side, rollout_side_views
 from .factory import (build_episode_runner, build_worker, load_task_options, load_tokenizer, served_model_name_for,
                       served_model_name_for_replicas)
+from .environment.agents import get_agent
 from .nodes.cluster import connect_cluster
 from .preflight import check_agent, check_images, check_sandbox, check_writable
 from .serving.replicas import NoReplicaLeftError
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     engine_proc = None
     try:
         try:
-            if run.engine_url is None:
+            if run.engine_url is None and not getattr(get_agent(options.agent), "calls_model", True):
+                engine_url, served = [], worker_view.served_model_name  # the oracle, noop: no engine to start
+            elif run.engine_url is None:
                 from intercept_common.engine_process import LocalEngineProcess
 
                 served = served_model_name_for(worker_view.served_model_name, None)

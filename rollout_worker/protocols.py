@@ -101,6 +101,8 @@ class AgentLauncher(Protocol):
     Optional: a class attribute `report_truncation` (bool): True when the CLI handles a reply the token limit cut
     that is reported as cut (`length`, `max_tokens`, `incomplete`, `MAX_TOKENS`), False when it aborts or retries
     such a turn, so the gate reports it as a normal end of turn. A launcher without it gets the gate's default.
+    Optional: `calls_model` (bool, default True): False for an agent that never calls the model (the oracle, noop),
+    for which `intercept-rl rollouts` starts no engine.
     """
 
     name: str

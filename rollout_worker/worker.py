@@ -50,7 +50,8 @@ class RolloutWorker:
         tokenizer: the policy's tokenizer.
         chat_template: the prefix-preserving training template prompts are rendered with.
         engine_url: base URL of vLLM or the local engine (`/v1/completions` is appended), or several: replicas
-            serving the same model; each rollout is pinned to one (rollout_worker/serving/replicas.py).
+            serving the same model; each rollout is pinned to one (rollout_worker/serving/replicas.py). Empty: the
+            agent never calls the model (`calls_model = False`) and no engine runs.
         gate_host, gate_port, gate_config: where the interception gate listens (port 0: any free port).
         nodes: where rollouts run, built on the worker's loop from the adapter prefix (`sample_from_adapters`) by
             this callable (`rollout_worker/nodes/`); None: in this process, by `episode_runner` through one gate
@@ -79,9 +80,7 @@ class RolloutWorker:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.engine_urls = [engine_url] if isinstance(engine_url, str) else list(engine_url)
-        if not self.engine_urls:
-            raise ValueError("the worker needs at least one engine URL")
-        self.engine_url = self.engine_urls[0]
+        self.engine_url = self.engine_urls[0] if self.engine_urls else None
         self._gate_args = dict(gate_host=gate_host, gate_port=gate_port, gate_config=gate_config or GateConfig(),
                                gate_secret=gate_secret)
         self._nodes_factory = nodes

@@ -24,7 +24,7 @@ from ..outcomes import EpisodeStatus, TurnEnd
 from ..protocols import EpisodeRunner
 from ..serving.assembly import PromptAssembler, TrainingRow
 from ..serving.engine_client import EngineClient
-from ..serving.replicas import NoReplicaLeftError, ReplicaSet
+from ..serving.replicas import NoEngine, NoReplicaLeftError, ReplicaSet
 from ..serving.turns import TurnServer, TurnState
 from ..types import EpisodeResult, Task
 
@@ -60,6 +60,7 @@ class RolloutExecutor:
     Args:
         model_version: the policy version to stamp on sampled turns now (the coordinator's, or the last one pushed
             to a remote node).
+        engine_urls: the engine replicas; empty for an agent that never calls the model (no engine runs).
         node: the name records carry for where they ran.
     """
 
@@ -68,8 +69,6 @@ class RolloutExecutor:
                  adapter_for_version: Callable[[int], str | None], node: str,
                  gate_host: str = "127.0.0.1", gate_port: int = 0, gate_config: GateConfig | None = None,
                  gate_secret: bytes | None = None):
-        if not engine_urls:
-            raise ValueError("a rollout node needs at least one engine URL")
         self.config = config
         self.episode_runner = episode_runner
         self.tokenizer = tokenizer
@@ -90,10 +89,12 @@ class RolloutExecutor:
         await self.gate.start()
         self._clients = [EngineClient(url, self.config.served_model_name, timeout_s=self.config.engine_timeout_s)
                          for url in self.engine_urls]
-        self.replicas = ReplicaSet(list(zip(self.engine_urls, self._clients, strict=True)))
+        # No URL: the agent never calls the model (`calls_model = False`), and no engine was started for it.
+        engines = list(zip(self.engine_urls, self._clients, strict=True)) or [("", NoEngine())]
+        self.replicas = ReplicaSet(engines)
         max_model_len = await self.replicas.max_model_len()
         # One turn server for all replicas: each rollout passes its pinned replica's engine to `serve`.
-        self.turns = TurnServer(config=self.config, engine=self._clients[0], tokenizer=self.tokenizer,
+        self.turns = TurnServer(config=self.config, engine=engines[0][1], tokenizer=self.tokenizer,
                                 max_model_len=max_model_len, model_version=self.model_version,
                                 adapter_for_version=self.adapter_for_version)
 
@@ -147,5 +148,5 @@ class RolloutExecutor:
                    "discarded_replies": state.discarded_replies},
             first_model_version=state.first_model_version, started_at=started, finished_at=time.time(),
             engine_latency_s=list(state.engine_latency_s), overhead_s=list(state.overhead_s),
-            replica=replica.url, node=self.node, ended_by=state.ended_by,
+            replica=replica.url or None, node=self.node, ended_by=state.ended_by,
         )

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from intercept_common.errors import UserError
 
-from ..protocols import Engine, EngineUnreachableError
+from ..protocols import Engine, EngineError, EngineUnreachableError
 from ..types import Completion
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,24 @@ class ReplicaEngine(Engine, Protocol):
     """An `Engine` that can also say whether its server answers at all (`EngineClient`)."""
 
     async def healthy(self) -> bool: ...
+
+
+class NoEngine:
+    """The engine of a run whose agent never calls the model (its launcher's `calls_model = False`: the oracle,
+    noop), for which no engine is started. A call means that declaration is wrong: it fails as an engine error."""
+
+    async def complete(self, prompt_ids: list[int], **kwargs) -> Completion:
+        raise EngineError("the agent called the model, but this run started no engine: its launcher declares "
+                          "calls_model = False")
+
+    async def max_model_len(self) -> int:
+        return 1 << 30  # no context limit applies: nothing is ever sampled
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
 
 
 class ReplicaState(enum.StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rollout_worker.environment.agents.base import openai_env
 from rollout_worker.types import AgentCommand
@@ -38,6 +38,7 @@ class OracleAgent:
     """Applies the task's gold patch (written into this sandbox only, for this agent only) and exits."""
 
     name: str = "oracle"
+    calls_model: ClassVar[bool] = False  # `rollouts` starts no engine for it
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         if not task.patch.strip():
@@ -53,6 +54,7 @@ class NoopAgent:
     """Changes nothing and exits: grading then sees the base repository (reward 0 on a real task)."""
 
     name: str = "noop"
+    calls_model: ClassVar[bool] = False
 
     def prepare(self, sandbox: Sandbox, endpoint: RolloutEndpoint | None, task: Task) -> AgentCommand:
         return AgentCommand(["true"])
