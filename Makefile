@@ -66,7 +66,7 @@ demo:
 	@INTERCEPT_RL_BIG_AGENTS=0 bash scripts/bootstrap.sh
 	.venv/bin/intercept-rl train --preset $(or $(PRESET),learning-demo)
 
-BENCHMARKS := gate_overhead concurrency tokenize_scaling cpu_train_step learning
+BENCHMARKS := gate_overhead concurrency tokenize_scaling cpu_train_step learning gate_shards ray_overhead
 
 # Each benchmark prints its numbers next to its targets (docs/benchmarks.md); --quick keeps each under ~3 minutes.
 bench: setup

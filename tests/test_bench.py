@@ -164,3 +164,23 @@ def test_tokenize_scaling_script_prints_its_table():
     out = run_script("tokenize_scaling", "--quick", machine_line=False)
     assert "held tokens" in out and "0 forks" in out
     assert len(re.findall(r"^target: .* -> (met|NOT met)$", out, re.M)) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.bench  # ~60 s: `make test-bench`, outside CI
+def test_gate_shards_script_prints_its_tables():
+    out = run_script("gate_shards", "--concurrency", "4", "--duration", "1", "--warmup", "0.3", "--paced-rate", "20")
+    throughput = table_rows(out, "rollouts | 1 shard turns/s")
+    assert [row[0] for row in throughput] == ["4"] and all(float(v) > 0 for v in throughput[0][1:3])
+    latency = table_rows(out, "rollouts | shards")
+    assert [(row[0], row[1]) for row in latency] == [("4", "1"), ("4", "2")]
+    assert all(row[-1] == "0" for row in latency), latency  # no errors through either layout
+    assert re.search(r"^target: turns/s through 2 gate shards / 1 .* -> (met|NOT met)$", out, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.bench  # ~20 s: a real Ray instance
+def test_ray_overhead_script_prints_its_table():
+    out = run_script("ray_overhead", "--tokens", "1000", "--calls", "5")
+    rows = table_rows(out, "context tokens | pickled MB")
+    assert [row[0] for row in rows] == ["1000"] and float(rows[0][3]) > float(rows[0][2]) > 0
