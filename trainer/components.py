@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from trainer.config import GATE_SECRET_ENV, SweTrainArguments, worker_config
 from trainer.modes import VllmWeightSync
@@ -18,10 +19,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class EngineHandle:
     """Where rollouts are generated and how weights get there. `weight_transfer` is None when TRL syncs itself
-    (vLLM over NCCL, or a LoRA adapter)."""
+    (vLLM over NCCL, or a LoRA adapter). `urls`: every replica (`--engine-replicas`); `url` is the first."""
 
     url: str
     weight_transfer: object | None
+    urls: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.urls = self.urls or [self.url]
 
 
 @contextlib.contextmanager
@@ -34,18 +39,23 @@ def start_engine(script: SweTrainArguments, training, model_path: str) -> Iterat
         return
 
     from intercept_common.engine_process import LocalEngineProcess
-    from trainer.weight_transfer import LocalEngineWeightTransfer
+    from trainer.weight_transfer import LocalEngineWeightTransfer, ReplicatedWeightTransfer
 
-    with LocalEngineProcess(
-        model_path,
-        served_model_name=served_model_name(script),
-        max_model_len=script.max_model_len,
-        dtype=training.dtype if training.dtype in ("float32", "bfloat16") else "float32",
-        seed=training.seed,
-        startup_timeout_s=script.engine_startup_timeout_s,
-    ) as engine:
-        logger.info("local engine up at %s", engine.url)
-        yield EngineHandle(url=engine.url, weight_transfer=LocalEngineWeightTransfer(engine.url))
+    engines = [LocalEngineProcess(model_path, served_model_name=served_model_name(script),
+                                  max_model_len=script.max_model_len,
+                                  dtype=training.dtype if training.dtype in ("float32", "bfloat16") else "float32",
+                                  seed=training.seed, startup_timeout_s=script.engine_startup_timeout_s)
+               for _ in range(script.engine_replicas)]
+    with contextlib.ExitStack() as stack:
+        for engine in engines:
+            stack.callback(engine.stop)  # every path, a replica that failed to start included
+        with ThreadPoolExecutor(len(engines)) as pool:  # each start is mostly its own imports: side by side
+            list(pool.map(LocalEngineProcess.start, engines))
+        urls = [engine.url for engine in engines]
+        logger.info("local engine%s up at %s", "s" if len(urls) > 1 else "", ", ".join(urls))
+        transfers = [LocalEngineWeightTransfer(url) for url in urls]
+        yield EngineHandle(url=urls[0], urls=urls,
+                           weight_transfer=transfers[0] if len(transfers) == 1 else ReplicatedWeightTransfer(transfers))
 
 
 def vllm_command(script: SweTrainArguments, training, model_path: str) -> str:
@@ -73,7 +83,7 @@ def vllm_weight_transfer(script: SweTrainArguments, training):
     return None
 
 
-def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str,
+def build_rollout_worker(script: SweTrainArguments, training, *, model_path: str, engine_url: str | list[str],
                          keep_trajectories: bool = False, tasks: list | None = None, cluster=None):
     """The real `RolloutWorker`: tasks → sandboxed agent episodes graded on the host → GRPO samples.
 

@@ -158,6 +158,12 @@ class SweTrainArguments:
     engine_startup_timeout_s: float = field(
         default=300.0, metadata={"help": "How long to wait for the local engine to become healthy."}
     )
+    engine_replicas: int = field(
+        default=1,
+        metadata={"help": "Local engines to start (without --vllm-url), each a replica of the policy: every rollout "
+                  "stays on one, new ones go to the least loaded, and each weight update reaches every replica (all "
+                  "paused, each pushed and checked, all resumed) before the version is announced (docs/scale.md)."},
+    )
     use_peft: bool = field(
         default=False, metadata={"help": "Train a LoRA adapter (peft) instead of a full fine-tune."}
     )
@@ -346,6 +352,11 @@ def validate(script_args: SweTrainArguments, training_args) -> None:
     if script_args.vllm_weight_sync is not VllmWeightSync.NCCL and not script_args.vllm_url:
         raise ConfigError(f"--vllm-weight-sync {script_args.vllm_weight_sync} needs --vllm-url (without it the local "
                          "engine runs here and syncs over HTTP)")
+    if script_args.engine_replicas < 1:
+        raise ConfigError(f"--engine-replicas must be >= 1, got {script_args.engine_replicas}")
+    if script_args.engine_replicas > 1 and script_args.vllm_url:
+        raise ConfigError("--engine-replicas starts local engines; with --vllm-url the one vLLM server is the engine "
+                          "(several vLLM servers under train: docs/scale.md)")
     if script_args.vllm_weight_sync is VllmWeightSync.LORA and not script_args.use_peft:
         raise ConfigError("--vllm-weight-sync lora publishes a LoRA adapter: add --use-peft")
     if script_args.use_peft and script_args.lora_target_modules:

@@ -392,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{training.max_steps} steps; "
           f"log: {log_path}", flush=True)
     with start_engine(script, training, model_path) as engine, closing_cluster(cluster):
-        worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.url,
+        worker = build_rollout_worker(script, training, model_path=model_path, engine_url=engine.urls,
                                       keep_trajectories=True, tasks=tasks, cluster=cluster)
         load_worker_state(worker, checkpoint)
         collector = traces.install(worker, training.report_to or [], tokenizer=getattr(worker, "tokenizer", None))
-        watch_engine(worker, engine.url)
+        for url in engine.urls:  # every replica gets every weight update: one gone ends the run
+            watch_engine(worker, url)
         trainer = build_trainer(args, worker, engine.weight_transfer, reporter=reporter,
                                 callbacks=[traces.make_trace_callback(collector)])
         restore_model_version(trainer, worker, engine.weight_transfer, checkpoint)

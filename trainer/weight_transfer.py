@@ -145,3 +145,65 @@ class LocalEngineWeightTransfer:
                 f"{action} of the local engine at {self.engine_url} answered HTTP {response.status_code}: "
                 f"{response.text[:500]}"
             )
+
+
+class ReplicatedWeightTransfer:
+    """Several local engine replicas as one TRL `WeightTransferProtocol` (`train --engine-replicas N`).
+
+    TRL pauses, sends, resumes, and only then hands the new version to the worker (`update_model_version`). So every
+    replica is paused before any receives, each gets the same tensors (TRL's iterator is consumed once: they are
+    held on the CPU for the 2nd..Nth push), each is checked to hold the new version (`/weights_version`), and only
+    then are they resumed: no replica samples under the new version number before every replica has its weights.
+    """
+
+    def __init__(self, transfers: list[LocalEngineWeightTransfer]):
+        if not transfers:
+            raise ValueError("ReplicatedWeightTransfer needs at least one replica")
+        self.transfers = transfers
+
+    @property
+    def version(self) -> int:
+        return self.transfers[0].version
+
+    @version.setter
+    def version(self, value: int) -> None:  # a resumed run continues the checkpoint's count on every replica
+        for transfer in self.transfers:
+            transfer.version = value
+
+    @property
+    def last_push(self) -> dict[str, float]:
+        return self.transfers[0].last_push
+
+    def init_weight_transfer(self) -> None:
+        for transfer in self.transfers:
+            transfer.init_weight_transfer()
+
+    def pause(self) -> None:
+        for transfer in self.transfers:
+            transfer.pause()
+
+    def send_weights(self, iterator: Iterator[tuple[str, torch.Tensor]]) -> None:
+        from local_engine.client import get_weights_version
+
+        held = [(name, tensor.detach().to("cpu")) for name, tensor in iterator]
+        for transfer in self.transfers:
+            transfer.send_weights(iter(held))
+        versions = {}
+        for transfer in self.transfers:
+            url = transfer.engine_url
+            try:
+                versions[url] = get_weights_version(url, timeout=transfer.control_timeout_s)
+            except requests.RequestException as error:
+                raise WeightTransferError(f"reading the weights version of {url} failed: {error}") from error
+        wanted = self.transfers[0].version
+        if any(v != wanted for v in versions.values()):
+            raise WeightTransferError(f"after weight sync v{wanted} the replicas hold versions {versions}: refusing to "
+                                      "announce a version not every replica serves")
+
+    def resume(self) -> None:
+        for transfer in self.transfers:
+            transfer.resume()
+
+    def destroy(self) -> None:
+        for transfer in self.transfers:
+            transfer.destroy()

@@ -24,7 +24,8 @@ GATE = [(["--max-body-bytes", "0"], "max_body_bytes"), (["--request-timeout-s", 
         (["--rollout-request-burst", "0"], "rollout_request_burst"), (["--stream-chunk-chars", "0"], "stream_chunk_chars")]
 WORKER_OWN = [(["--max-inflight", "0"], "max_inflight"), (["--overlong-policy", "drop"], "overlong"),
               (["--budget-grace-s", "-1"], "budget_grace_s"), (["--max-tokens-per-turn", "0"], "max_tokens_per_turn"),
-              (["--max-turns", "0"], "max_turns")]
+              (["--max-turns", "0"], "max_turns"), (["--cluster", "nope"], "cluster must be 'ray' or 'ray:ADDRESS'"),
+              (["--cluster", "ray:nowhere"], "is not auto or HOST:PORT")]
 ROLLOUT_SIDE = [
     (["--max-tasks", "0"], "max_tasks"), (["--sandbox", "nope"], "unknown sandbox backend 'nope'"),
     (["--agent-wall-time-s", "0"], "agent_wall_time_s"), (["--file-setup-timeout-s", "0"], "file_setup_timeout_s"),
@@ -63,6 +64,8 @@ TRAIN = [
     (["--num-generations", "0"], "num_generations"), (["--temperature", "-1"], "temperature"),
     (["--per-device-train-batch-size", "0"], "per-device-train-batch-size"),
     (["--learning-rate", "fast"], "invalid float value"),
+    (["--engine-replicas", "0"], "--engine-replicas must be >= 1"),
+    (["--engine-replicas", "2", "--vllm-url", "http://127.0.0.1:9"], "--engine-replicas starts local engines"),
     *WORKER_OWN, *ROLLOUT_SIDE,
 ]
 ENGINE = [

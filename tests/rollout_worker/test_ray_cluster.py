@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -140,14 +141,14 @@ def _processes_with_marker(marker: str) -> set[int]:
 
 @pytest.mark.slow
 def test_train_over_the_cluster_full_stack_first_step_on_policy(cluster, tmp_path):
-    """`train --preset cpu-demo --cluster ray:ADDRESS`: the real mini-swe-agent in bubblewrap on the nodes, the local
+    """`train --preset cpu-demo --engine-replicas 2 --cluster ray:ADDRESS`: the real mini-swe-agent in bubblewrap on the nodes, the local
     engine, host-side grading on the nodes, TRL's AsyncGRPOTrainer and weight sync here; F1 at the first optimizer
     step from the run's own Trackio database, the checkpoint with the worker's state, a clean shutdown."""
     c, _ = cluster
     out = tmp_path / "out"
     config, state = _config(tmp_path)
     argv = [sys.executable, "-m", "intercept_rl_cli", "train", "--preset", "cpu-demo", "--max-steps", "1",
-            "--save-steps", "1", "--config", str(config), "--cluster", f"ray:{c.address}", "--output-dir", str(out),
+            "--save-steps", "1", "--engine-replicas", "2", "--config", str(config), "--cluster", f"ray:{c.address}", "--output-dir", str(out),
             "--project", "e2e-test"]
     marker_value = uuid.uuid4().hex
     marker = f"INTERCEPT_RL_E2E_MARKER={marker_value}"
@@ -174,6 +175,9 @@ def test_train_over_the_cluster_full_stack_first_step_on_policy(cluster, tmp_pat
     records = _records(out / "rollouts.jsonl")
     live = {n.node_id[:8] for n in [c.head_node, *c.worker_nodes]}
     assert records and all(r["node"].rsplit("/", 1)[1] in live for r in records), [r["node"] for r in records]
+    # --engine-replicas 2: both local engines sampled, and every weight sync was pushed to both and checked there
+    assert len({r["replica"] for r in records}) == 2, [r["replica"] for r in records]
+    assert len(re.findall(r"weight sync v1: ", output)) == 2 or "weight sync v1" not in output, output[-3000:]
     with sqlite3.connect(out / "trackio" / "e2e-test.db") as conn:
         rows = [json.loads(m) for (m,) in conn.execute("SELECT metrics FROM metrics ORDER BY id")]
     first = next(m for m in rows if "train/ratio" in m)

@@ -169,3 +169,43 @@ def test_vllm_serve_command_per_weight_sync_mode():
         assert part in lora
     with pytest.raises(ValueError):
         vllm_serve_command("m", "policy", 4096, "bfloat16", weight_sync="shm")
+
+
+@pytest.mark.slow
+def test_replicated_sync_gives_every_replica_the_version_before_any_resumes(engine, tiny_model_dir):
+    """`train --engine-replicas 2`'s transfer (trainer.weight_transfer.ReplicatedWeightTransfer): both real engines
+    are paused, get the same tensors from one pass of the iterator, hold the new version, and then sample alike."""
+    from transformers import AutoModelForCausalLM
+
+    from intercept_common.engine_process import LocalEngineProcess
+    from local_engine.client import get_weights_version
+    from tests.trainer.test_trainer_helpers import engine_complete
+    from trainer.weight_transfer import ReplicatedWeightTransfer
+
+    probe = list(range(1000, 1040))
+    with LocalEngineProcess(str(tiny_model_dir), served_model_name="policy", max_model_len=4096) as second:
+        urls = [engine.url, second.url]
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+        transfer = ReplicatedWeightTransfer([LocalEngineWeightTransfer(url) for url in urls])
+        transfer.version = max(get_weights_version(url) for url in urls)  # the module's engine may hold some already
+        before = engine_complete(second.url, probe, max_tokens=4, temperature=1.0, seed=3)
+        passes = []
+
+        def once():  # TRL's iterator: one pass only
+            passes.append(1)
+            yield from model.named_parameters()
+
+        transfer.init_weight_transfer()
+        transfer.pause()
+        transfer.send_weights(once())
+        transfer.resume()
+        transfer.destroy()
+        assert passes == [1]
+        assert [get_weights_version(url) for url in urls] == [transfer.version] * 2
+        after = [engine_complete(url, probe, max_tokens=4, temperature=1.0, seed=3) for url in urls]
+        assert after[0] == after[1], after  # the same weights on both replicas: same ids, same logprobs
+        assert after[1] != before  # and they moved
