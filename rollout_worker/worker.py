@@ -21,7 +21,7 @@ from control_plane import GateConfig
 
 from .config import WorkerConfig
 from .groups import GroupScheduler, Slot, group_advantages
-from .nodes import RolloutExecutor, RolloutNodes
+from .nodes import NODE_START_TIMEOUT_S, RolloutExecutor, RolloutNodes
 from .nodes.local import LocalNodes
 from .outcomes import EpisodeStatus, TurnEnd
 from .protocols import EpisodeRunner
@@ -121,8 +121,11 @@ class RolloutWorker:
         self._started_at = self._last_progress = time.monotonic()
         self._thread = threading.Thread(target=self._thread_main, name="rollout-worker", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout=120):
-            raise WorkerCrashed("rollout worker did not come up within 120 s")
+        # Rollout nodes on a cluster each import the stack and load the tokenizer before they answer (RayNodes
+        # bounds that itself, and says which node did not start).
+        ready_timeout_s = 120.0 if self._nodes_factory is None else 120.0 + NODE_START_TIMEOUT_S
+        if not self._ready.wait(timeout=ready_timeout_s):
+            raise WorkerCrashed(f"rollout worker did not come up within {ready_timeout_s:.0f} s")
         if self._crash is not None:
             raise WorkerCrashed(f"rollout worker failed to start: {self._crash!r}") from self._crash
 

@@ -14,6 +14,10 @@ from ..serving.turns import TurnState
 from ..types import Task
 from .executor import RolloutExecutor, RolloutOutcome
 
+# How long a rollout node may take to start (import the stack, load the tokenizer, read the engines' context length):
+# tens of seconds on a loaded 2-core box, and several nodes start at once.
+NODE_START_TIMEOUT_S = 300.0
+
 
 class RolloutNodes(Protocol):
     """The coordinator's view of the nodes. Every method but `set_model_version` is called on the worker's loop.
@@ -45,4 +49,4 @@ class RolloutNodes(Protocol):
     async def stop(self) -> None: ...
 
 
-__all__ = ["RolloutExecutor", "RolloutNodes", "RolloutOutcome"]
+__all__ = ["NODE_START_TIMEOUT_S", "RolloutExecutor", "RolloutNodes", "RolloutOutcome"]

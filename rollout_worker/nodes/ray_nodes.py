@@ -19,13 +19,13 @@ from ..outcomes import EpisodeStatus
 from ..serving.replicas import NoReplicaLeftError
 from ..serving.turns import TurnState
 from ..types import EpisodeResult, Task
+from . import NODE_START_TIMEOUT_S
 from .cluster import SLOT_RESOURCE, ClusterConnection
 from .executor import RolloutOutcome
 from .ray_actor import NodeSpec, RolloutNodeActor
 
 logger = logging.getLogger(__name__)
 
-_START_TIMEOUT_S = 300.0  # a node imports torch/transformers and loads the tokenizer before it answers
 _STOP_TIMEOUT_S = 30.0
 _REFRESH_EVERY_S = 2.0
 _LIVENESS_TICK_S = 5.0
@@ -77,7 +77,7 @@ class RayNodes:
     async def start(self) -> None:
         self._refresh(force=True)
         if self._starts:
-            await asyncio.wait(set(self._starts), timeout=_START_TIMEOUT_S + 5)
+            await asyncio.wait(set(self._starts), timeout=NODE_START_TIMEOUT_S + 5)
         if not any(n.state is NodeState.UP for n in self.nodes.values()):
             reasons = "; ".join(f"{n.name}: {n.reason}" for n in self.nodes.values()) or "no machine offers slots"
             raise NoNodeLeftError(f"no rollout node started on the Ray cluster at {self.connection.address}: "
@@ -119,7 +119,7 @@ class RayNodes:
 
     async def _await_start(self, node: _Node) -> None:
         try:
-            node.info = await asyncio.wait_for(_awaitable(node.handle.start.remote()), _START_TIMEOUT_S)
+            node.info = await asyncio.wait_for(_awaitable(node.handle.start.remote()), NODE_START_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a node that cannot start is left out, with its reason
             self._gone(node, f"did not start ({_why(exc)})")
             self._kill(node)
