@@ -10,6 +10,7 @@ the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -107,11 +108,16 @@ class RayNodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         name = f"{host}/{node_id[:8]}"
+        # Each node routes over the replicas by its own load; rotating their order per node (the order breaks ties)
+        # spreads the nodes' first rollouts over the replicas instead of sending every node's to the first.
+        urls, shift = list(self.spec.engine_urls), len(self.nodes)
+        spec = dataclasses.replace(self.spec, engine_urls=urls[shift % len(urls):] + urls[:shift % len(urls)]
+                                   if urls else urls)
         actor_class = ray.remote(RolloutNodeActor)
         handle = actor_class.options(
             num_cpus=0, resources={SLOT_RESOURCE: slots}, max_restarts=0, max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(self.spec, name)
+        ).remote(spec, name)
         node = self.nodes[node_id] = _Node(name=name, ray_node_id=node_id, capacity=slots, handle=handle)
         task = asyncio.get_running_loop().create_task(self._await_start(node))
         self._starts.add(task)
