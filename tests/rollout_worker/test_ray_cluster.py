@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.paths import REPO
 from tests.support.sandboxes import pids_with
@@ -74,6 +75,17 @@ def _leftovers(state: Path) -> tuple[list[str], list[int]]:
     return dirs, pids_with(str(state))
 
 
+def _owners(state: Path) -> set[int]:
+    """The processes (rollout nodes) that own the sandbox directories under `state`."""
+    owners = set()
+    for directory in state.glob("sb-*") if state.exists() else []:
+        try:
+            owners.add(json.loads((directory / "state.json").read_text())["owner_pid"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written or removed right now
+    return owners
+
+
 def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
@@ -90,14 +102,27 @@ def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(clu
         "--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tasks", "8", "--max-inflight", "4",
         "--max-turns", "1", "--quiet", "--out", str(out))[0]))
     run.start()
-    # The first wave fills every slot (2 + 1 + 1); then one worker machine goes away mid-rollout.
+    # The first wave fills every slot (2 + 1 + 1).
     deadline = time.monotonic() + 300
-    while len(list(state.glob("sb-*")) if state.exists() else []) < 4 and time.monotonic() < deadline:
+    while len(_owners(state)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert time.monotonic() < deadline, "the first four rollouts did not start"
-    removed = workers[1]
-    c.remove_node(removed)
-    joined = c.add_node(num_cpus=1, resources={SLOTS: 1})
+    first_wave = _owners(state)
+    assert len(first_wave) == 3, "the first rollouts did not start on every node"
+    # Hold every model call (the engines' own pause, as a weight sync does) so that no rollout of a surviving node can
+    # end and take the next task before the machine that joins is up: then only that machine has a free slot.
+    for url in urls:
+        requests.post(f"{url}/pause", timeout=30).raise_for_status()
+    try:
+        removed = workers[1]
+        c.remove_node(removed)  # one worker machine goes away mid-rollout
+        joined = c.add_node(num_cpus=1, resources={SLOTS: 1})
+        deadline = time.monotonic() + 300
+        while not _owners(state) - first_wave and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _owners(state) - first_wave, "the machine that joined got no rollout"
+    finally:
+        for url in urls:
+            requests.post(f"{url}/resume", timeout=30).raise_for_status()
     run.join(timeout=900)
     assert not run.is_alive(), "the run did not end"
     assert result["code"] == 0
