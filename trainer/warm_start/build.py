@@ -27,6 +27,7 @@ from pathlib import Path
 from intercept_common.errors import UserError
 
 WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v1"
+DEFAULT_STEPS = 720  # enough rows for well-formed tool calls from the 2-layer model (docs/benchmarks.md, warm start)
 TEACHER_GENERATIONS = 3  # one per look variant of the teacher
 TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tokens-per-turn", "1024",
                         "--max-turns", "6", "--max-inflight", "2", "--sandbox", "local"]
@@ -117,6 +118,12 @@ def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path 
     return target
 
 
+def ensure_warm_model(seed: int = 0, steps: int = DEFAULT_STEPS, cache_dir: str | os.PathLike | None = None,
+                      log=print) -> Path:
+    """Path of the warm-started policy for (seed, steps), built on first use (see the module docstring)."""
+    return build_warm_model(warm_model_dir(seed, steps, cache_dir), seed=seed, steps=steps, log=log)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage block
         print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
@@ -126,7 +133,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(prog="intercept-rl warm-start", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="Seed of the fine-tune (row order).")
-    parser.add_argument("--steps", type=int, default=240, help="Rows of supervised fine-tuning (batch of one).")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help="Rows of supervised fine-tuning (batch of one).")
     parser.add_argument("--cache-dir", default=None, help="Cache root (default $INTERCEPT_RL_CACHE or "
                         "~/.cache/intercept-rl); the model goes to <root>/models/.")
     parser.add_argument("--teacher-data", default=None, help="Reuse recorded teacher rollouts (JSONL) instead of "

@@ -69,3 +69,25 @@ def summarize(records: list[dict], tokenizer) -> dict:
 
 def read_records(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.warm_start.measure ROLLOUTS.jsonl …`: one JSON summary line per file."""
+    import sys
+
+    paths = list(sys.argv[1:] if argv is None else argv)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if not paths or missing:
+        print(f"usage: python -m trainer.warm_start.measure ROLLOUTS.jsonl ...; no such file: {missing}",
+              file=sys.stderr)
+        return 2
+    from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+
+    tokenizer = load_qwen3_tokenizer()
+    for path in paths:
+        print(json.dumps({"file": path, **summarize(read_records(path), tokenizer)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

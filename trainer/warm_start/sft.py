@@ -1,4 +1,4 @@
-"""The supervised warm start: the embedded architecture fine-tuned on recorded rollout rows, loss on sampled tokens only.
+"""The supervised warm start: the embedded architecture fine-tuned on recorded rollout rows, loss on sampled tokens.
 
 The rows are exactly what the worker recorded (`intercept-rl rollouts` records: `input_ids`, `completion_mask`), so
 the model learns to continue the very token sequences mini-swe-agent and the gate produce, prompt rendering and
@@ -21,8 +21,8 @@ import torch
 
 @dataclass
 class SftConfig:
-    steps: int = 240  # rows seen (batch of one row)
-    lr: float = 3e-3
+    steps: int = 720  # rows seen (batch of one row)
+    lr: float = 1e-2
     weight_decay: float = 0.0
     warmup_steps: int = 10
     seed: int = 0

@@ -1,0 +1,96 @@
+"""The warm start (#26) through real parts (slow): the real mini-swe-agent in bubblewrap, the real gate, worker, host
+grading and local engine.
+
+- The scripted teacher's rollouts resolve the embedded tasks in 3 turns with 0 forks: the warm-start data is what
+  the agent really sends.
+- The warm-started policy's multi-turn rollouts are token-exact: `old_log_probs` equal a teacher-forced forward of
+  the served weights within 1e-5, every sampled token is trained, and tool outputs (inside `<tool_response>`) are
+  never trained.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
+from trainer.warm_start.build import record_teacher_rollouts
+from trainer.warm_start.measure import read_records
+
+pytestmark = pytest.mark.slow
+TEMPERATURE = 1.0
+
+
+def test_teacher_rollouts_resolve_every_task_in_three_turns_without_forks(tmp_path):
+    out = tmp_path / "teacher.jsonl"
+    summary = record_teacher_rollouts(out, generations=1, log=lambda line: None)
+    records = read_records(out)
+    assert len(records) == summary["rollouts"] == 13
+    assert summary["solve_rate"] == 1.0 and summary["turns_mean"] == 3.0, summary
+    assert summary["forks"] == 0 and summary["parse_failures"] == 0 and summary["tool_call_rate"] == 1.0, summary
+    assert all(len(r["rows"]) == 1 for r in records)
+
+
+def tool_output_spans(ids: list[int], open_id: int, close_id: int) -> list[tuple[int, int]]:
+    """(start, end) of every `<tool_response> … </tool_response>` in a row, markers included."""
+    spans, start = [], None
+    for i, token in enumerate(ids):
+        if token == open_id:
+            start = i
+        elif token == close_id and start is not None:
+            spans.append((start, i + 1))
+            start = None
+    return spans
+
+
+def check_token_exact(records: list[dict], model_dir) -> dict:
+    """Assert the exactness claims on every row of `records`; return counts of what was checked."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_qwen3_tokenizer()
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["<tool_response>", "</tool_response>"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    checked = {"rows": 0, "multi_turn_rows": 0, "tool_outputs": 0, "sampled": 0}
+    for rec in records:
+        assert rec["drift"]["trained_tokens"] == rec["drift"]["sampled_tokens"] > 0, rec["drift"]
+        for row in rec["rows"]:
+            ids, mask = row["input_ids"], np.array(row["completion_mask"], dtype=bool)
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float() / TEMPERATURE, dim=-1)
+            ref = np.concatenate([[0.0], logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()])
+            got = np.array(row["old_log_probs"])
+            assert np.abs(got[mask] - ref[mask]).max() < 1e-5
+            assert np.all(got[~mask] == 0.0)
+            spans = tool_output_spans(ids, open_id, close_id)
+            assert all(not mask[a:b].any() for a, b in spans)  # tool outputs are context, never trained
+            runs = np.count_nonzero(np.diff(np.concatenate([[0], mask.astype(int)])) == 1)
+            checked["rows"] += 1
+            checked["multi_turn_rows"] += runs >= 2
+            checked["tool_outputs"] += len(spans)
+            checked["sampled"] += int(mask.sum())
+    return checked
+
+
+@pytest.mark.timeout(1800)
+def test_warm_policy_multi_turn_rollouts_are_token_exact(tmp_path):
+    from trainer.warm_start.build import ensure_warm_model
+
+    model_dir = ensure_warm_model()
+    out = tmp_path / "warm.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "intercept_rl_cli", "rollouts", "--model", str(model_dir),
+                           "--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tasks", "3",
+                           "--num-generations", "1", "--max-inflight", "2", "--max-turns", "5",
+                           "--max-tokens-per-turn", "512", "--temperature", str(TEMPERATURE), "--quiet",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_records(out)
+    assert len(records) == 3
+    checked = check_token_exact(records, model_dir)
+    # multi-turn: at least one row holds two sampled turns with a real tool output between them
+    assert checked["multi_turn_rows"] >= 1 and checked["tool_outputs"] >= 1, checked
+    print("\nwarm policy exactness:", json.dumps(checked))
