@@ -162,7 +162,7 @@ def test_the_training_worker_is_built_by_the_rollouts_factory(tmp_path):
     assert runner.grader.config.reward_mode == "fraction"
     assert runner.config.agent_wall_time_s == 42.0
     assert worker.config.keep_trajectories and worker.config.seed == training.seed
-    assert worker.assembler is not None and len(worker.tasks) == len(load_tasks("embedded"))
+    assert "{%" in worker.chat_template and len(worker.tasks) == len(load_tasks("embedded"))  # the training template
 
 
 # -- stop after 2 steps, resume to 4: the real CLI --------------------------------------------------------------
