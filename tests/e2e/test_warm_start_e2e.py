@@ -1,4 +1,4 @@
-"""The warm start (#26) through real parts (slow): the real mini-swe-agent in bubblewrap, the real gate, worker, host
+"""The warm start (#26) through real parts (long: `make test-long`): the real mini-swe-agent in bubblewrap, the real gate, worker, host
 grading and local engine.
 
 - The scripted teacher's rollouts resolve the embedded tasks in 3 turns with 0 forks: the warm-start data is what
@@ -23,7 +23,9 @@ from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from trainer.warm_start.build import record_teacher_rollouts
 from trainer.warm_start.measure import read_records
 
-pytestmark = pytest.mark.slow
+# Several minutes each on 2 cores, and the second needs the warm model (~30 min to build on a fresh machine): `make
+# test-long`, outside CI, until issue #26 is done.
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 TEMPERATURE = 1.0
 
 
