@@ -200,8 +200,8 @@ def _run(worker, expected: int, out: Path, quiet: bool, engine_proc=None, warnin
     warned = 0
     started = time.monotonic()
     rewards, resolved, unscorable, written = [], 0, 0, 0
-    worker.start()
     try:
+        worker.start()
         with out.open("w") as fh:
             while written < expected:
                 _check_engine(engine_proc)

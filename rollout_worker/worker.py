@@ -126,6 +126,8 @@ class RolloutWorker:
         ready_timeout_s = 120.0 if self._nodes_factory is None else 120.0 + NODE_START_TIMEOUT_S
         if not self._ready.wait(timeout=ready_timeout_s):
             raise WorkerCrashed(f"rollout worker did not come up within {ready_timeout_s:.0f} s")
+        if isinstance(self._crash, NoReplicaLeftError):  # no engine or rollout node to start on: the user's one line
+            raise self._crash
         if self._crash is not None:
             raise WorkerCrashed(f"rollout worker failed to start: {self._crash!r}") from self._crash
 
