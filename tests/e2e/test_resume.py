@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.groups import GroupScheduler
 from tests.paths import REPO
+from tests.support.sandboxes import processes_with_marker, run_to_end
 from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter
 from trainer.train_swe_async_grpo import (
     WORKER_STATE_FILE,
@@ -172,41 +172,21 @@ FAST = ["--preset", "cpu-demo", "--tasks", "embedded", "--agent", "single-shot",
         "--per-device-train-batch-size", "2", "--report-to", "none", "--save-steps", "2", "--seed", "5"]
 
 
-def _processes_with_marker(marker: bytes) -> set[int]:
-    """Processes whose environment carries `marker`: everything the command started inherits it (engine, bwrap)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _train(out: Path, tmp: Path, marker: str, extra: list[str]) -> tuple[str, float]:
     argv = [sys.executable, "-m", "intercept_rl_cli", "train", *FAST, "--output-dir", str(out), *extra]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", "RESUME_TEST_MARKER": marker,
            "TMPDIR": str(tmp)}  # the run's sandboxes and grading dirs land here, so leftovers are visible
     env.pop("TRACKIO_DIR", None)
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=30)
+    code, output = run_to_end(argv, cwd=REPO, env=env, timeout=600)
     elapsed = time.monotonic() - started
-    leftovers = _processes_with_marker(f"RESUME_TEST_MARKER={marker}".encode())
+    leftovers = processes_with_marker(f"RESUME_TEST_MARKER={marker}")
     for pid in leftovers:  # clean up before failing, so a failure does not leak into other tests
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-    assert proc.returncode == 0, output[-6000:]
+    assert code == 0, output[-6000:]
     assert leftovers == set(), f"the run left processes behind (engine, agents or sandboxes): {leftovers}"
     # The sandbox registry's state dir stays (a later run reaps orphans from it), empty; nothing else may remain.
     state_dir = tmp / f"intercept-rl-{os.getuid()}"

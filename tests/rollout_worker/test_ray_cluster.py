@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from tests.paths import REPO
-from tests.support.sandboxes import pids_with
+from tests.support.sandboxes import pids_with, processes_with_marker, run_to_end
 
 SLOTS = "sandbox_slots"
 
@@ -149,21 +149,6 @@ def test_rollouts_spread_by_slots_survive_a_lost_node_and_use_one_that_joins(clu
     assert len(dirs) <= 1 and all(not Path(f"/proc/{pid}").exists() for pid in owners), (dirs, owners)
 
 
-def _processes_with_marker(marker: str) -> set[int]:
-    """Processes whose environment carries `marker`: everything the command started inherits it (the engine, the
-    Ray driver's children, bwrap), unlike a parent pid, which orphans lose. (Node actors are Ray's processes,
-    started by the raylets: their sandboxes are counted by `_leftovers`.)"""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.slow
 def test_train_over_the_cluster_full_stack_first_step_on_policy(cluster, tmp_path):
     """`train --preset cpu-demo --engine-replicas 2 --cluster ray:ADDRESS`: the real mini-swe-agent in bubblewrap on the nodes, the local
@@ -179,16 +164,9 @@ def test_train_over_the_cluster_full_stack_first_step_on_policy(cluster, tmp_pat
     marker = f"INTERCEPT_RL_E2E_MARKER={marker_value}"
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", "INTERCEPT_RL_E2E_MARKER": marker_value}
     env.pop("TRACKIO_DIR", None)
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=30)
-    assert proc.returncode == 0, output[-6000:]
-    leftovers = _processes_with_marker(marker)
+    code, output = run_to_end(argv, cwd=REPO, env=env, timeout=900)
+    assert code == 0, output[-6000:]
+    leftovers = processes_with_marker(marker)
     for pid in leftovers:  # clean up before failing, so a failure does not leak into other tests
         try:
             os.kill(pid, 9)

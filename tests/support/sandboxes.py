@@ -59,6 +59,34 @@ def pids_with(marker: str) -> list[int]:
     return found
 
 
+def processes_with_marker(marker: str) -> set[int]:
+    """Processes whose environment carries `marker`: everything a command started inherits it (the engine, bwrap),
+    unlike a parent pid, which orphans lose."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def run_to_end(argv: list[str], *, cwd, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a command in its own session, stdout and stderr merged; on a timeout (or any failure to wait) its whole
+    process group is killed. Returns (exit code, output)."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
+    return proc.returncode, output
+
+
 def pids_running(*argv: str) -> list[int]:
     """Host pids whose command line is exactly `argv`."""
     wanted = b"\0".join(a.encode() for a in argv) + b"\0"
