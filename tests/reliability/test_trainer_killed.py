@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_resume import FAST, REPO, _processes_with_marker
+from tests.e2e.test_resume import FAST, REPO
+from tests.support.sandboxes import processes_with_marker
 
 from .conftest import FULL
 
@@ -95,7 +96,7 @@ def test_a_sigkilled_trainer_resumes_and_leaves_nothing(tmp_path):
             os.killpg(resumed.pid, signal.SIGKILL)
     assert resumed.returncode == 0, output[-5000:]
     assert (out / "checkpoint-4").is_dir()
-    leftovers = _processes_with_marker(f"RESUME_TEST_MARKER={marker}".encode())
+    leftovers = processes_with_marker(f"RESUME_TEST_MARKER={marker}")
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)
