@@ -1,5 +1,5 @@
 """The warm start's scripted teacher (trainer/warm_start/teacher.py): on every embedded task its three turns are
-tool calls TRL's parser (the worker's) reads as one bash call each, in order look / fix / submit, and its fix command,
+tool calls TRL's parser (the worker's) reads as one bash call each, in order look / fix / submit, and its fix command (line edits by sed),
 run by bash in a checkout of the task, changes the tree exactly as the gold patch does.
 
 The whole path with the real mini-swe-agent, gate and host grading is checked by tests/e2e/test_warm_start_e2e.py."""
@@ -55,7 +55,7 @@ def test_teacher_turns_parse_as_look_fix_submit_and_the_fix_is_the_gold_patch(tm
             replies.append(parsed.message)
             commands.append(command)
         look, fix, submit = commands
-        assert script.path in look and fix.startswith("git apply") and submit == SUBMIT
+        assert script.path in look and fix.startswith("sed -i ") and submit == SUBMIT
 
         base, _ = materialize_embedded_repo(script.name, tmp_path / "cache")
         by_teacher, by_gold = tmp_path / f"{script.name}-teacher", tmp_path / f"{script.name}-gold"

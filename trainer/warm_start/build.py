@@ -26,7 +26,7 @@ from pathlib import Path
 
 from intercept_common.errors import UserError
 
-WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v1"
+WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v2"
 DEFAULT_STEPS = 720  # enough rows for well-formed tool calls from the 2-layer model (docs/benchmarks.md, warm start)
 TEACHER_GENERATIONS = 3  # one per look variant of the teacher
 TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tokens-per-turn", "1024",

@@ -8,8 +8,12 @@ the sampler is replaced by a script. Its replies are Qwen3 tool calls, written a
     THOUGHT: <why>\\n<tool_call>\\n{"name": "bash", "arguments": {"command": "<cmd>"}}\\n</tool_call><|im_end|>
 
 The script per task (read from the prompt: the task by its problem statement, the step by the assistant turns held):
-  1. look at the lines the fix touches (`nl -ba FILE | sed -n 'A,Bp'`, or `sed -n` / `grep -n` for variety);
-  2. apply the fix: `git apply` of the task's gold patch from a heredoc;
+  1. look at the numbered lines the fix touches (`nl -ba FILE | sed -n 'A,Bp'`, `cat -n`, or a wider window);
+  2. apply the fix as line edits: one `sed -i -e 'Nc\\NEW' -e 'Ma\\NEW' ... FILE` (`sed_fix`), addressed by the
+     line numbers the look just printed and carrying only the new lines. Why not `git apply` of the gold patch: a
+     2-layer policy has to reproduce every context and removed line of a diff at temperature 1 (~300 tokens); the
+     edit is ~30 tokens on the one-line fixes, within its reach, so the warm start solves some tasks and GRPO has a
+     signal (docs/benchmarks.md, warm start);
   3. `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT` (mini-swe-agent's submit command).
 Variety across rollouts of one task comes from the look command (chosen round-robin per task), so a warm start does
 not see one trajectory per task only. Logprobs are 0.0: the teacher is deterministic.
@@ -70,9 +74,54 @@ def _look_commands(script: TaskScript) -> list[tuple[str, str]]:
     a, b = script.first_line, script.last_line
     return [
         (f"Let me read the part of {script.path} the issue is about.", f"nl -ba {script.path} | sed -n '{a},{b}p'"),
-        (f"I will look at {script.path} around the buggy code first.", f"sed -n '{a},{b}p' {script.path}"),
-        (f"First I list the functions in {script.path} to find the bug.", f"grep -n 'def ' {script.path}"),
+        (f"I will look at {script.path} around the buggy code first.", f"cat -n {script.path} | sed -n '{a},{b}p'"),
+        (f"First I read the start of {script.path} up to the bug.", f"nl -ba {script.path} | head -n {b}"),
     ]
+
+
+def _sed_text(lines: list[str]) -> str:
+    """Lines as the text of a GNU sed `a`/`c`/`i` command: backslashes doubled, lines joined by backslash-newline."""
+    return "\\\n".join(line.replace("\\", "\\\\") for line in lines)
+
+
+def sed_fix(patch: str) -> str:
+    """The gold patch of one file as one `sed -i` of line edits at the base file's line numbers (sed addresses the
+    input's lines, so every edit of one invocation uses the unchanged numbering)."""
+    path = re.findall(r"^\+\+\+ b/(\S+)$", patch, flags=re.M)[0]
+    edits: list[str] = []
+    for hunk in re.split(r"^(?=@@ )", patch, flags=re.M)[1:]:
+        header, *lines = hunk.splitlines()
+        line = int(re.match(r"@@ -(\d+)", header).group(1))
+        start, removed, added = line, [], []
+
+        def flush():
+            if removed and added:
+                span = f"{start}" if len(removed) == 1 else f"{start},{start + len(removed) - 1}"
+                edits.append(f"{span}c\\{_sed_text(added)}")
+            elif removed:
+                edits.append(f"{start},{start + len(removed) - 1}d")
+            elif added:
+                edits.append(f"{start - 1}a\\{_sed_text(added)}" if start > 1 else f"1i\\{_sed_text(added)}")
+            removed.clear()
+            added.clear()
+
+        for text in lines:
+            tag, body = text[:1], text[1:]
+            if tag == "-":
+                if not removed and not added:
+                    start = line
+                removed.append(body)
+                line += 1
+            elif tag == "+":
+                if not removed and not added:
+                    start = line
+                added.append(body)
+            elif tag in (" ", ""):
+                flush()
+                line += 1
+        flush()
+    quoted = " ".join("-e '" + edit.replace("'", "'\\''") + "'" for edit in edits)
+    return f"sed -i {quoted} {path}"
 
 
 def _tool_call_text(thought: str, command: str) -> str:
@@ -99,8 +148,7 @@ class Teacher:
             looks = _look_commands(script)
             return _tool_call_text(*looks[next(self._variant[script.name]) % len(looks)])
         if step == 1:
-            command = f"git apply <<'EOF'\n{script.patch}EOF"
-            return _tool_call_text(f"Now I fix {script.path} by applying this change.", command)
+            return _tool_call_text(f"Now I fix {script.path}.", sed_fix(script.patch))
         return _tool_call_text("The fix is applied, so I submit my work.", SUBMIT)
 
 
