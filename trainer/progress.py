@@ -1,9 +1,9 @@
 """Quiet, informative terminal output for `intercept-rl train` (and `intercept-rl rollouts`).
 
 The terminal gets one progress bar and one line per optimizer step (step, reward, ratio, kl, rollouts/s, tokens
-trained, staleness, `util` = sampled tokens trained ÷ generated in the step, step seconds); warnings that matter are
-summarised on that line (stale samples dropped, stale rollouts aborted, unscorable rollouts, forks, and a count of
-logged warnings) instead of one line each. Everything else (TRL's metric
+trained, staleness, `util` = sampled tokens trained ÷ generated in the step, step seconds, turns per rollout, solve
+rate); warnings that matter are summarised on that line (stale samples dropped, stale rollouts aborted, unscorable
+rollouts, forks, parse failures, and a count of logged warnings) instead of one line each. Everything else (TRL's metric
 dicts, INFO logs of TRL / accelerate / transformers / ours) goes to `<output_dir>/train.log`, or to the terminal as
 well with `--verbose`. Errors still print at once. At the end of a run `reward_chart` draws reward per step.
 """
@@ -72,11 +72,12 @@ class ProgressReporter:
     COLUMNS = (("reward", "reward", ".3f"), ("ratio", "ratio", ".3f"), ("kl", "kl", ".2g"),
                ("rollouts/s", "rollout/rollouts_per_s", ".2f"), ("tokens", "batch/trained_tokens_per_step", ".0f"),
                ("stale", "sample/staleness_mean", ".1f"), ("util", "off_policy/generation_utilisation", ".2f"),
-               ("step_s", "perf/step_s", ".1f"))
+               ("step_s", "perf/step_s", ".1f"), ("turns", "rollout/turns", ".1f"), ("solved", "rollout/resolved", ".2f"))
     # Per-step counts of what the run threw away or repaired (keys with `total` are per-logging-window sums).
     EVENTS = (("sample/dropped_stale_total", "stale dropped"), ("rollout/aborted_stale_total", "stale aborted"),
               ("rollout/unscorable_total", "unscorable"),
-              ("rollout/forks_total", "forks"), ("rollout/overlong_total", "overlong"),
+              ("rollout/forks_total", "forks"), ("rollout/parse_failures_total", "parse failures"),
+              ("rollout/overlong_total", "overlong"),
               ("batch/dropped_oversize_total", "oversize dropped"))
 
     def __init__(self, summary: WarningSummary | None = None, log_path: Path | None = None, show_bar: bool = True):

@@ -12,11 +12,12 @@ def test_step_line_has_every_column_and_the_steps_events():
     logs = {"loss": 0.1, "reward": 0.75, "ratio": 1.0, "kl": 1e-9, "rollout/rollouts_per_s": 2.5,
             "batch/trained_tokens_per_step": 32.0, "sample/staleness_mean": 0.0, "perf/step_s": 8.4,
             "off_policy/generation_utilisation": 0.97, "sample/dropped_stale_total": 16.0,
-            "rollout/aborted_stale_total": 1.0, "rollout/forks_total": 0.0, "rollout/unscorable_total": 2.0}
+            "rollout/aborted_stale_total": 1.0, "rollout/forks_total": 0.0, "rollout/unscorable_total": 2.0,
+            "rollout/turns": 3.25, "rollout/resolved": 0.5, "rollout/parse_failures_total": 3.0}
     line = ProgressReporter().format_line(3, 30, logs)
     assert line.startswith("[intercept-rl] step 3/30 reward=0.750 ratio=1.000 kl=1e-09 rollouts/s=2.50 tokens=32 "
-                           "stale=0.0 util=0.97 step_s=8.4")
-    assert line.endswith("| stale dropped 16, stale aborted 1, unscorable 2")  # zero counts are left out
+                           "stale=0.0 util=0.97 step_s=8.4 turns=3.2 solved=0.50")
+    assert line.endswith("| stale dropped 16, stale aborted 1, unscorable 2, parse failures 3")  # zero counts are left out
 
 
 def test_warnings_are_counted_per_step_not_printed(capsys, tmp_path):
