@@ -105,6 +105,30 @@ PRESETS["learning-demo"] = {
     "output_dir": "runs/learning-demo",
     "project": "intercept-rl-learning-demo",
 }
+# Multi-turn learning with a real agent (issue 26, bench/multiturn_learning.py): the warm-started tiny Qwen3
+# (`intercept-rl warm-start`, built on first use) acts as mini-swe-agent's model over several turns — look at the
+# code, edit it with sed, submit — in bubblewrap; the reward is the tasks' own tests. The tasks are the embedded ones
+# whose fix is one or two line edits (22-42 tokens of sed), the ones the 2-layer policy sometimes gets right, so
+# GRPO has groups with both outcomes. Every step on-policy, as in learning-demo.
+PRESETS["mini-swe-warm"] = {
+    **PRESETS["cpu-demo"],
+    "model_name_or_path": "embedded-mini-warm",
+    "tasks": "embedded:dateranges,iniconf,lrukit,wraptext,intervals,retrykit",
+    "agent": "mini-swe-agent",
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+    "max_inflight": 4,
+    "max_turns": 4,
+    "max_tokens_per_turn": 128,
+    "max_completion_length": 2048,
+    "learning_rate": 2e-3,
+    "max_staleness": 0,
+    "max_steps": 16,
+    "seed": 0,
+    "save_steps": 100000,
+    "output_dir": "runs/mini-swe-warm",
+    "project": "intercept-rl-mini-swe-warm",
+}
 
 
 @dataclass

@@ -41,12 +41,16 @@ class TrainArgs:
 
 
 def resolve_model_path(model_name_or_path: str) -> str:
-    """An embedded model's name (`embedded`, `embedded-64k`, `embedded-peaked`: local_engine.embedded) → its cached
-    directory (built on first use); anything else is passed to TRL unchanged."""
+    """An embedded model's name (`embedded`, `embedded-64k`, `embedded-peaked`: local_engine.embedded; and
+    `embedded-mini-warm`: trainer.warm_start) → its cached directory (built on first use); anything else is passed to
+    TRL unchanged."""
     from local_engine.embedded import EMBEDDED_MODELS, embedded_model_dir
+    from trainer.warm_start.build import WARM_MODEL_ALIAS, ensure_warm_model
 
     if model_name_or_path in EMBEDDED_MODELS:
         return str(embedded_model_dir(model_name_or_path))
+    if model_name_or_path == WARM_MODEL_ALIAS:
+        return str(ensure_warm_model(log=logger.warning))
     return model_name_or_path
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from intercept_common.errors import UserError
 
 WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v2"
+WARM_MODEL_ALIAS = "embedded-mini-warm"  # what `train --model-name-or-path` (and the mini-swe-warm preset) call it
 DEFAULT_STEPS = 720  # enough rows for well-formed tool calls from the 2-layer model (docs/benchmarks.md, warm start)
 TEACHER_GENERATIONS = 3  # one per look variant of the teacher
 TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tokens-per-turn", "1024",
@@ -121,6 +122,10 @@ def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path 
 def ensure_warm_model(seed: int = 0, steps: int = DEFAULT_STEPS, cache_dir: str | os.PathLike | None = None,
                       log=print) -> Path:
     """Path of the warm-started policy for (seed, steps), built on first use (see the module docstring)."""
+    target = warm_model_dir(seed, steps, cache_dir)
+    if not (target / "config.json").is_file():
+        log(f"building the warm-started policy into {target} (first use: ~25 min on 2 cores; "
+            "`intercept-rl warm-start` builds it ahead)")
     return build_warm_model(warm_model_dir(seed, steps, cache_dir), seed=seed, steps=steps, log=log)
 
 
