@@ -186,13 +186,13 @@ def test_an_unknown_preset_is_refused_before_trl_is_imported(how, tmp_path):
     if how == "config file":
         (tmp_path / "c.yaml").write_text("preset: nope\n")
         argv = ["--config", str(tmp_path / "c.yaml")]
-    with pytest.raises(ConfigError, match="^unknown preset 'nope'; known: cpu-demo, learning-demo$"):
+    with pytest.raises(ConfigError, match="^unknown preset 'nope'; known: cpu-demo, learning-demo, mini-swe-warm$"):
         early_trackio_dir(argv)
     probe = ("import sys; from trainer.config import parse_train_args\n"
              f"try:\n    parse_train_args({argv!r})\nexcept ValueError as e:\n    print(e)\n"
              "print('trl' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.stdout.splitlines() == ["unknown preset 'nope'; known: cpu-demo, learning-demo", "False"], proc.stderr
+    assert proc.stdout.splitlines() == ["unknown preset 'nope'; known: cpu-demo, learning-demo, mini-swe-warm", "False"], proc.stderr
 
 
 def test_token_budget_defaults_to_the_local_engine_context_but_not_with_vllm():
