@@ -14,7 +14,9 @@ held in a partial group or still running), `k` is the mean number of samples per
 completes, `k` is unknown and only that group runs), and `taken_this_version` the
 samples the trainer already took for training at the current version (stale ones it drops do not count: they fill no
 slot). A group whose first member was launched is always completed, so a group never waits for members that the
-bound would refuse. Rollouts that fall behind anyway (a slow multi-turn rollout overtaken by faster ones) are aborted
+bound would refuse. When nothing is pending and the trainer still waits, a rollout is always admitted, even if `k`
+exceeds what fits (a forking agent on a small batch): otherwise nothing would ever start. Rollouts that fall behind
+anyway (a slow multi-turn rollout overtaken by faster ones) are aborted
 at their next turn by the turn server's stale check and counted (`rollout/aborted_stale_total`).
 
 `TrainerFeed` is the worker's `rollout_buffer`: a `queue.Queue` whose `_get` hook (the documented subclass hook, run
@@ -51,7 +53,11 @@ class RunAheadBound:
         an agent whose history forks trains one sample per row)."""
         if group_partly_launched:
             return True
-        return pending + per_rollout <= self.capacity - taken_this_version
+        room = self.capacity - taken_this_version
+        # Nothing ahead and the trainer still waiting: always launch, even when one rollout is expected to give more
+        # samples than fit (a forking agent's mean can exceed a small batch; refusing would leave the trainer
+        # waiting forever).
+        return pending + per_rollout <= room or (pending <= 0 and room > 0)
 
 
 def token_staleness_metrics(versions: list[tuple[int, int]], trainer_version: int) -> dict[str, tuple[float, float]]:
