@@ -14,8 +14,8 @@ held in a partial group or still running), `k` is the mean number of samples per
 completes, `k` is unknown and only that group runs), and `taken_this_version` the
 samples the trainer already took for training at the current version (stale ones it drops do not count: they fill no
 slot). A group whose first member was launched is always completed, so a group never waits for members that the
-bound would refuse. When nothing is pending and the trainer still waits, a rollout is always admitted, even if `k`
-exceeds what fits (a forking agent on a small batch): otherwise nothing would ever start. Rollouts that fall behind
+bound would refuse. When nothing is in flight and the samples pending fall short of what the trainer takes, a rollout
+is always admitted, even if `k` exceeds the gap (a forking agent): otherwise the trainer would wait forever. Rollouts that fall behind
 anyway (a slow multi-turn rollout overtaken by faster ones) are aborted
 at their next turn by the turn server's stale check and counted (`rollout/aborted_stale_total`).
 
@@ -48,16 +48,17 @@ class RunAheadBound:
         return (self.max_staleness + 1) * self.samples_per_version
 
     def admits(self, pending: float, taken_this_version: int, group_partly_launched: bool = False,
-               per_rollout: float = 1.0) -> bool:
+               per_rollout: float = 1.0, in_flight: int = 0) -> bool:
         """`pending` in samples; a new rollout adds `per_rollout` samples (the worker's running mean, at least 1:
-        an agent whose history forks trains one sample per row)."""
+        an agent whose history forks trains one sample per row); `in_flight` rollouts are still running or held in
+        a partial group (their samples in `pending` are estimates)."""
         if group_partly_launched:
             return True
         room = self.capacity - taken_this_version
-        # Nothing ahead and the trainer still waiting: always launch, even when one rollout is expected to give more
-        # samples than fit (a forking agent's mean can exceed a small batch; refusing would leave the trainer
-        # waiting forever).
-        return pending + per_rollout <= room or (pending <= 0 and room > 0)
+        # Every sample counted and still short of what the trainer takes at this version: always launch, even when
+        # a rollout is expected to give more samples than fit (a forking agent's mean can exceed the gap; refusing
+        # would leave the trainer waiting forever).
+        return pending + per_rollout <= room or (in_flight == 0 and pending < room)
 
 
 def token_staleness_metrics(versions: list[tuple[int, int]], trainer_version: int) -> dict[str, tuple[float, float]]:

@@ -297,10 +297,10 @@ class RolloutWorker:
         if self.counters["groups"] == 0 and self.scheduler.groups_started and not self.scheduler.group_partly_launched:
             return False  # samples per rollout unknown until a group completes: one group first
         per_rollout = max(1.0, self.counters["samples"] / max(1, self.counters["groups"] * self.config.num_generations))
-        pending = (len(self._backlog) + self.rollout_buffer.qsize()
-                   + per_rollout * (len(self._inflight) + self.scheduler.held_results))
+        in_flight = len(self._inflight) + self.scheduler.held_results
+        pending = len(self._backlog) + self.rollout_buffer.qsize() + per_rollout * in_flight
         taken = self.rollout_buffer.taken_fresh - self._taken_at_version
-        return self.run_ahead.admits(pending, taken, self.scheduler.group_partly_launched, per_rollout)
+        return self.run_ahead.admits(pending, taken, self.scheduler.group_partly_launched, per_rollout, in_flight)
 
     def _buffer_full(self) -> bool:
         limit = self.config.max_queued_samples or self.config.queue_maxsize // 2

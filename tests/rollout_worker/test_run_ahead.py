@@ -24,11 +24,17 @@ def test_staleness_zero_admits_exactly_one_version_of_samples():
 
 def test_a_rollout_expected_to_fork_past_the_batch_still_starts_when_the_trainer_waits():
     """Found by the multi-turn training test: mini-swe-agent's forks gave 3 samples per rollout on a batch of 2, so
-    `pending + 3 <= 2` refused every launch after the first step and the run hung."""
+    `pending + 3 <= 2` refused every launch after the first step and the run hung; likewise a batch one sample short
+    with a mean above 1 per rollout."""
     bound = RunAheadBound(max_staleness=0, samples_per_version=2)
     assert bound.admits(pending=0, taken_this_version=0, per_rollout=3.0)
-    assert not bound.admits(pending=3, taken_this_version=0, per_rollout=3.0)  # one is on its way: wait for it
+    # one is on its way (its 3 samples an estimate): wait for it
+    assert not bound.admits(pending=3, taken_this_version=0, per_rollout=3.0, in_flight=1)
     assert not bound.admits(pending=0, taken_this_version=2, per_rollout=3.0)  # the version's batch is complete
+    # a group of 4 gave 7 samples for a batch of 8, none in flight: one more rollout, though it may give 2
+    bound = RunAheadBound(max_staleness=0, samples_per_version=8)
+    assert bound.admits(pending=7, taken_this_version=0, per_rollout=1.9)
+    assert not bound.admits(pending=7.6, taken_this_version=0, per_rollout=1.9, in_flight=2)
 
 
 def test_staleness_two_runs_ahead_two_versions():
