@@ -6,7 +6,7 @@ tool calls the policy samples, the gate, the local engine serving the warm-start
 (`intercept-rl warm-start`), host-side grading by the tasks' own tests, TRL's AsyncGRPOTrainer and the weight sync.
 One run per seed; the seed changes sampling and the task order, not the warm start.
 
-    python bench/multiturn_learning.py [--seeds 0 1 2] [--steps 16] [--quick]
+    python bench/multiturn_learning.py [--seeds 0 1 2] [--steps 10] [--quick]
 
 Per step it prints what the run's log recorded (`<output_dir>/train.log`, one metrics line per step): reward of the
 trained batch, solve rate, turns per rollout, parse failures, forks, and the fraction of sampled tokens trained. The
@@ -65,7 +65,7 @@ def run_seed(seed: int, steps: int, work: Path, extra: list[str]) -> tuple[list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="One seed, 4 steps: shows the machinery, not the rise.")
     parser.add_argument("--output-dir", default=None)
     args, extra = parser.parse_known_args(argv)  # anything else goes to `intercept-rl train`
