@@ -123,9 +123,6 @@ def test_the_real_worker_launches_only_what_the_trainer_can_train_fresh(engine):
     """Real worker, gate, engine and scripted openai-SDK agents (4 turns, one fork: 2 samples per rollout). A stand-in
     trainer takes 4 samples per version at `max_staleness 0`, as TRL's fixed-count batcher would: every sample it takes
     is of its current version (nothing would be dropped), and the worker never ran ahead of it."""
-    import threading
-    import time
-
     from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
     from rollout_worker.serving.chat_template import resolve_training_template
     from rollout_worker.worker import RolloutWorker
@@ -138,26 +135,19 @@ def test_the_real_worker_launches_only_what_the_trainer_can_train_fresh(engine):
                           max_staleness=0, samples_per_version=4, drop_zero_variance_groups=False)
     worker = RolloutWorker(config, tasks=tasks, episode_runner=ScriptedAgentRunner(), tokenizer=tokenizer,
                            chat_template=resolve_training_template(tokenizer), engine_url=engine.url)
-    peak_pending, stop = [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            pending = len(worker._inflight) + worker.rollout_buffer.qsize() + len(worker._backlog)
-            peak_pending[0] = max(peak_pending[0], pending)
-            time.sleep(0.05)
-
-    threading.Thread(target=watch, daemon=True).start()
     worker.start()
-    taken = []
+    taken, started = [], []
     try:
         for version in range(3):
             for _ in range(4):
                 taken.append((version, worker.rollout_buffer.get(timeout=120)))
+            started.append(worker.scheduler.groups_started)  # before the weights move
             worker.update_model_version(version + 1)
     finally:
-        stop.set()
         worker.stop()
     assert [sample.model_version for _, sample in taken] == [version for version, _ in taken]
     assert worker.rollout_buffer.taken_fresh == 12
-    # two rollouts of 2 samples fill a version (the first group runs alone until its samples per rollout are known)
-    assert peak_pending[0] <= 2
+    # one group (two rollouts of 2 samples) fills a version, and none started before the version it trains at (the
+    # first group ran alone until its samples per rollout were known). (A peak of queued + running, sampled from
+    # another thread, raced the consumer under load: 4 once on a busy machine.)
+    assert started == [1, 2, 3]
