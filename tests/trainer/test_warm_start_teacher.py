@@ -73,3 +73,19 @@ def test_teacher_gives_each_rollout_of_a_task_the_next_look_variant():
     prompt = f"<|im_start|>user\nPlease solve this issue: {scripts[0].marker}<|im_end|>\n<|im_start|>assistant\n"
     looks = [bash_command(teacher.reply(prompt)) for _ in range(4)]
     assert len(set(looks[:3])) == 3 and looks[3] == looks[0]
+
+
+def test_warm_start_tasks_are_embedded_ones_and_a_subset_is_cached_apart(tmp_path):
+    import pytest
+
+    from intercept_common.errors import UserError
+    from trainer.warm_start.build import check_teacher_tasks, warm_model_dir
+
+    check_teacher_tasks("embedded")
+    check_teacher_tasks("embedded:dateranges,iniconf")
+    for bad, says in (("synth", "embedded tasks only"), ("embedded:nope", "unknown: nope"), ("embedded:", "only")):
+        with pytest.raises(UserError, match=says):
+            check_teacher_tasks(bad)
+    full, subset = warm_model_dir(0, 720, tmp_path), warm_model_dir(0, 720, tmp_path, "embedded:dateranges")
+    assert full.name == "tiny-qwen3-mini-warm-v2-s0-n720" and subset.name.startswith(full.name + "-t")
+    assert subset != warm_model_dir(0, 720, tmp_path, "embedded:iniconf")

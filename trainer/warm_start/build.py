@@ -1,7 +1,8 @@
 """`intercept-rl warm-start`: build (once) the warm-started embedded policy that acts as mini-swe-agent's model.
 
-One command, no download, cached like the embedded models (`<cache root>/models/<name>`, keyed by the recipe name
-and the seed; bump WARM_MODEL_NAME's suffix whenever the recipe changes):
+One command, no download, cached like the embedded models (`<cache root>/models/<name>`, keyed by the recipe name,
+the seed, the rows and the task subset (`--tasks embedded:NAME,...`; all by default); bump WARM_MODEL_NAME's suffix
+whenever the recipe changes):
   1. the embedded architecture at its fixed random init (`local_engine.embedded.build_tiny_model`);
   2. teacher data: the real mini-swe-agent in bubblewrap, through the real gate and worker (`intercept-rl rollouts`),
      answered by the scripted teacher engine (`teacher.py`) on every embedded task, `TEACHER_GENERATIONS` times; every
@@ -15,6 +16,7 @@ renamed into place.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -30,19 +32,34 @@ WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v2"
 WARM_MODEL_ALIAS = "embedded-mini-warm"  # what `train --model-name-or-path` (and the mini-swe-warm preset) call it
 DEFAULT_STEPS = 720  # enough rows for well-formed tool calls from the 2-layer model (docs/benchmarks.md, warm start)
 TEACHER_GENERATIONS = 3  # one per look variant of the teacher
-TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--tasks", "embedded", "--max-tokens-per-turn", "1024",
-                        "--max-turns", "6", "--max-inflight", "2", "--sandbox", "local"]
+TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--max-tokens-per-turn", "1024", "--max-turns", "6",
+                        "--max-inflight", "2", "--sandbox", "local"]
 
 
-def warm_model_dir(seed: int, steps: int, cache_dir: str | os.PathLike | None = None) -> Path:
+def warm_model_dir(seed: int, steps: int, cache_dir: str | os.PathLike | None = None, tasks: str = "embedded") -> Path:
+    """`<cache root>/models/<recipe>-s<seed>-n<steps>[-t<hash of the task subset>]`."""
     from local_engine.embedded import default_cache_root
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    return root / "models" / f"{WARM_MODEL_NAME}-s{seed}-n{steps}"
+    subset = "" if tasks == "embedded" else "-t" + hashlib.sha256(tasks.encode()).hexdigest()[:8]
+    return root / "models" / f"{WARM_MODEL_NAME}-s{seed}-n{steps}{subset}"
 
 
-def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, log=print) -> dict:
-    """Run real mini-swe-agent against the teacher engine on every embedded task; write the records to `out`.
+def check_teacher_tasks(tasks: str) -> None:
+    """The teacher scripts the embedded tasks only: `embedded` or `embedded:name,...` of known names (UserError)."""
+    from rollout_worker.environment.tasks.embedded_tasks import embedded_task_names
+
+    names = tasks.partition(":")[2].split(",") if tasks.startswith("embedded:") else []
+    unknown = sorted(set(names) - set(embedded_task_names()))
+    if not (tasks == "embedded" or (names and all(names) and not unknown)):
+        raise UserError(f"--tasks {tasks}: the teacher knows the embedded tasks only: 'embedded' or "
+                        f"'embedded:NAME,...'" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+
+
+def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, log=print,
+                            tasks: str = "embedded") -> dict:
+    """Run real mini-swe-agent against the teacher engine on the embedded `tasks` (all by default, or
+    `embedded:name,...`); write the records to `out`.
 
     Returns the teacher's summary. Raises UserError when a rollout did not resolve its task in >= 2 turns (the
     data would teach something else than a solution)."""
@@ -60,7 +77,8 @@ def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, l
         runner, url = loop.run(start_site(server.app(), host="127.0.0.1", port=0), 30)
         try:
             argv = [sys.executable, "-m", "intercept_rl_cli", "rollouts", "--engine-url", url, "--model", "embedded",
-                    "--num-generations", str(generations), "--quiet", "--out", str(out), *TEACHER_ROLLOUT_ARGS]
+                    "--num-generations", str(generations), "--quiet", "--out", str(out), "--tasks", tasks,
+                    *TEACHER_ROLLOUT_ARGS]
             log(f"recording teacher rollouts: {' '.join(argv[3:])}")
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -78,7 +96,8 @@ def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, l
     return summarize(records, tokenizer)
 
 
-def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path | None = None, log=print) -> Path:
+def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path | None = None, log=print,
+                     tasks: str = "embedded") -> Path:
     """Build into `target` (via a staging sibling) unless it already holds a model; returns `target`."""
     if (target / "config.json").is_file():
         return target
@@ -99,14 +118,14 @@ def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path 
 
             teacher = summarize(read_records(data), load_qwen3_tokenizer())
         else:
-            teacher = record_teacher_rollouts(data, log=log)
+            teacher = record_teacher_rollouts(data, log=log, tasks=tasks)
         log(f"teacher: {json.dumps(teacher)}")
         build_tiny_model(staging)  # the embedded recipe: same architecture, same init
         model = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)
         config = SftConfig(steps=steps, seed=seed)
         losses = fine_tune(model, load_rows([data]), config, log=log)
         model.save_pretrained(staging, safe_serialization=True)
-        summary = {"name": WARM_MODEL_NAME, "sft": asdict(config), "teacher": teacher,
+        summary = {"name": WARM_MODEL_NAME, "tasks": tasks, "sft": asdict(config), "teacher": teacher,
                    "loss_first": losses[0], "loss_last20": sum(losses[-20:]) / len(losses[-20:])}
         (staging / "warm_start.json").write_text(json.dumps(summary, indent=1) + "\n")
         try:
@@ -120,13 +139,13 @@ def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path 
 
 
 def ensure_warm_model(seed: int = 0, steps: int = DEFAULT_STEPS, cache_dir: str | os.PathLike | None = None,
-                      log=print) -> Path:
-    """Path of the warm-started policy for (seed, steps), built on first use (see the module docstring)."""
-    target = warm_model_dir(seed, steps, cache_dir)
+                      log=print, tasks: str = "embedded") -> Path:
+    """Path of the warm-started policy for (seed, steps, teacher tasks), built on first use (module docstring)."""
+    target = warm_model_dir(seed, steps, cache_dir, tasks)
     if not (target / "config.json").is_file():
         log(f"building the warm-started policy into {target} (first use: ~25 min on 2 cores; "
             "`intercept-rl warm-start` builds it ahead)")
-    return build_warm_model(warm_model_dir(seed, steps, cache_dir), seed=seed, steps=steps, log=log)
+    return build_warm_model(target, seed=seed, steps=steps, log=log, tasks=tasks)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -144,15 +163,21 @@ def main(argv: list[str] | None = None) -> int:
                         "~/.cache/intercept-rl); the model goes to <root>/models/.")
     parser.add_argument("--teacher-data", default=None, help="Reuse recorded teacher rollouts (JSONL) instead of "
                         "recording them again.")
+    parser.add_argument("--tasks", default="embedded", help="The embedded tasks the teacher solves: 'embedded' (all) "
+                        "or 'embedded:NAME,...'; a subset is cached under its own name.")
     args = parser.parse_args(argv)
+    try:
+        check_teacher_tasks(args.tasks)
+    except UserError as exc:
+        parser.error(str(exc))
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.teacher_data is not None and not Path(args.teacher_data).is_file():
         parser.error(f"--teacher-data {args.teacher_data}: no such file")
-    target = warm_model_dir(args.seed, args.steps, args.cache_dir)
+    target = warm_model_dir(args.seed, args.steps, args.cache_dir, args.tasks)
     path = build_warm_model(target, seed=args.seed, steps=args.steps,
                             teacher_data=Path(args.teacher_data) if args.teacher_data else None,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
+                            log=lambda line: print(line, file=sys.stderr, flush=True), tasks=args.tasks)
     print(path)
     return 0
 
