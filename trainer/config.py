@@ -108,8 +108,9 @@ PRESETS["learning-demo"] = {
 # Multi-turn learning with a real agent (issue 26, bench/multiturn_learning.py): the warm-started tiny Qwen3
 # (`intercept-rl warm-start`, built on first use) acts as mini-swe-agent's model over several turns — look at the
 # code, edit it with sed, submit — in bubblewrap; the reward is the tasks' own tests. The tasks are the embedded ones
-# whose fix is one or two line edits (22-42 tokens of sed), the ones the 2-layer policy sometimes gets right (1 in 3
-# at temperature 1), so GRPO has groups with both outcomes. `max_staleness 1`, not learning-demo's 0: a turn without
+# whose fix is one or two line edits (22-42 tokens of sed), the ones the 2-layer policy sometimes gets right, so GRPO
+# has groups with both outcomes: temperature 0.7 (7 of 12 rollouts solved; 4 of 12 at temperature 1, and a 10-step
+# run at 1.0 with lr 2e-3 solved 3 of 48 and learned nothing, docs/benchmarks.md). `max_staleness 1`, not learning-demo's 0: a turn without
 # a tool call forks mini-swe-agent's history, so a group gives a varying number of samples (~2 per rollout); at 0 the
 # ones past the step's fixed-count batch would be dropped as stale, at 1 they are trained at the next step (PPO-clip
 # against their behaviour log-probs), so every fork is trained.
@@ -124,7 +125,8 @@ PRESETS["mini-swe-warm"] = {
     "max_turns": 4,
     "max_tokens_per_turn": 128,
     "max_completion_length": 2048,
-    "learning_rate": 2e-3,
+    "temperature": 0.7,
+    "learning_rate": 5e-4,
     "max_staleness": 1,
     "max_steps": 10,
     "seed": 0,
