@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,3 +98,19 @@ def check_writable(directory: str | os.PathLike, what: str = "--output-dir", min
     if free_mb < min_free_mb:
         raise PreflightError(f"only {free_mb:.0f} MB free on the filesystem of {path} (need {min_free_mb} MB): free "
                              f"some space or choose another {what}")
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """A fixed listening port is free now (0 = any free port: nothing to check). The bind at start-up still reports
+    a port taken in between; this only moves the common case before the slow imports and the engine start."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                return  # not ours to judge here (an address not on this machine, ...): the real bind reports it
+            raise PreflightError(f"the address is already in use ({host}:{port}): choose another port ({option}), "
+                                 "or stop the process that holds it") from None

@@ -285,10 +285,12 @@ def watch_engine(worker, url: str) -> None:
 
 def preflight(script: SweTrainArguments, training) -> None:
     """Fail in one line, before anything starts, on what would otherwise fail late or turn every rollout into an
-    infra error: no space / no write access for the output dir, Docker down, the agent not installed, vLLM away."""
-    from rollout_worker.preflight import check_agent, check_sandbox, check_writable
+    infra error: no space / no write access for the output dir, the gate's port taken, Docker down, the agent not
+    installed, vLLM away."""
+    from rollout_worker.preflight import check_agent, check_port_free, check_sandbox, check_writable
 
     check_writable(training.output_dir, what="--output-dir")
+    check_port_free(script.gate_host, script.gate_port, "--gate-port")
     check_agent(script.episode_options.agent)
     check_sandbox(script.episode_options.sandbox)
     if script.vllm_url and not engine_answers(script.vllm_url):
