@@ -16,7 +16,8 @@ samples the trainer already took for training at the current version (stale ones
 slot). A group whose first member was launched is always completed, so a group never waits for members that the
 bound would refuse. When nothing is in flight and the samples pending fall short of what the trainer takes, a rollout
 is always admitted, even if `k` exceeds the gap (a forking agent): otherwise the trainer would wait forever.
-Rollouts that fall behind anyway (a slow multi-turn rollout overtaken by faster ones) are aborted at their next turn by the turn server's stale check and counted (`rollout/aborted_stale_total`).
+Rollouts that fall behind anyway (a slow multi-turn rollout overtaken by faster ones) are aborted at their next turn
+by the turn server's stale check and counted (`rollout/aborted_stale_total`).
 
 `TrainerFeed` is the worker's `rollout_buffer`: a `queue.Queue` whose `_get` hook (the documented subclass hook, run
 when the trainer dequeues) counts what the trainer takes, and reports per-token staleness and generation utilisation.
