@@ -9,7 +9,8 @@ One run per seed; the seed changes sampling and the task order, not the warm sta
     python bench/multiturn_learning.py [--seeds 0 1 2] [--steps 10] [--quick]
 
 Per step it prints what the run's log recorded (`<output_dir>/train.log`, one metrics line per step): reward of the
-trained batch, solve rate, turns per rollout, parse failures, forks, and the fraction of sampled tokens trained. The
+trained batch, solve rate, turns per rollout, parse failures, forks, the fraction of sampled tokens trained and the
+samples TRL dropped as stale. The
 rise is the mean reward of the last K steps minus that of the first K (the first steps sample the warm start itself:
 the baseline, measured in the same run).
 """
@@ -27,6 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python bench/multiturn_learning.py` puts bench/ first on sys.path
+    sys.path.insert(0, str(REPO))
+
+from bench.report import machine_line, table, verdict  # noqa: E402
 TARGET_RISE = 0.1
 WINDOW = 3  # steps averaged at each end
 METRICS = re.compile(r"metrics at step (\d+): (\{.*\})$", re.M)
@@ -41,12 +46,9 @@ def step_table(log_text: str) -> list[dict]:
         rows.append({"step": int(step), "reward": logs.get("reward"), "solved": logs.get("rollout/resolved"),
                      "turns": logs.get("rollout/turns"), "parse_failures": logs.get("rollout/parse_failures_total"),
                      "forks": logs.get("rollout/forks_total"),
-                     "trained_fraction": trained / sampled if sampled else None})
+                     "trained_fraction": trained / sampled if sampled else None,
+                     "stale_dropped": logs.get("sample/dropped_stale_total", 0.0)})  # logged only when > 0
     return rows
-
-
-def _fmt(value, spec: str) -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
 def run_seed(seed: int, steps: int, work: Path, extra: list[str]) -> tuple[list[dict], float, int, str]:
@@ -71,31 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)  # anything else goes to `intercept-rl train`
     seeds, steps = ([args.seeds[0]], 4) if args.quick else (args.seeds, args.steps)
     work = Path(args.output_dir or tempfile.mkdtemp(prefix="intercept-rl-multiturn-"))
-    verdicts = []
+    verdicts: list[list] = []
     for seed in seeds:
         rows, wall, code, tail = run_seed(seed, steps, work, extra)
         if code != 0 or len(rows) < steps:
             print(tail)
             print(f"seed {seed}: training failed (exit {code}, {len(rows)} of {steps} steps logged)")
             return 1
+        columns = ("step", "reward", "solved", "turns", "parse_failures", "forks", "trained_fraction", "stale_dropped")
         print(f"\nseed {seed} ({wall:.0f} s wall)")
-        print("step | reward | solved | turns | parse failures | forks | trained fraction")
-        for r in rows:
-            print(f"{r['step']:>4} | {_fmt(r['reward'], '.3f'):>6} | {_fmt(r['solved'], '.2f'):>6} | "
-                  f"{_fmt(r['turns'], '.2f'):>5} | {_fmt(r['parse_failures'], '.0f'):>14} | "
-                  f"{_fmt(r['forks'], '.0f'):>5} | {_fmt(r['trained_fraction'], '.3f')}")
+        print(table(list(columns), [[float("nan") if r[c] is None else r[c] for c in columns] for r in rows]))
         rewards = [r["reward"] or 0.0 for r in rows]
         k = min(WINDOW, len(rewards) // 2)
         first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
         turns = [r["turns"] for r in rows if r["turns"] is not None]
-        mean_turns = sum(turns) / max(1, len(turns))
-        verdicts.append((seed, first, last, mean_turns, wall))
-    print("\nseed | reward, first steps | reward, last steps | rise | mean turns | wall")
-    for seed, first, last, mean_turns, wall in verdicts:
-        print(f"{seed:>4} | {first:.3f} | {last:.3f} | {last - first:+.3f} | {mean_turns:.2f} | {wall:.0f} s")
-    met = all(last - first >= TARGET_RISE for _, first, last, _, _ in verdicts)
-    print(f"target: rise >= {TARGET_RISE} on every seed (last {WINDOW} steps vs first {WINDOW}) -> "
-          f"{'met' if met else 'NOT met'}" + (" (--quick runs too few steps to judge)" if args.quick else ""))
+        verdicts.append([seed, first, last, last - first, sum(turns) / max(1, len(turns)), wall])
+    print("\n" + table(["seed", f"reward, first {WINDOW}", f"reward, last {WINDOW}", "rise", "mean turns", "wall s"],
+                       verdicts))
+    print(verdict("the smallest rise over the seeds", min(v[3] for v in verdicts), TARGET_RISE, "reward",
+                  higher_is_better=True) + (" (--quick runs too few steps to judge)" if args.quick else ""))
+    print(machine_line())
     print(f"(runs in {work})")
     return 0
 
