@@ -10,9 +10,8 @@ One run per seed; the seed changes sampling and the task order, not the warm sta
 
 Per step it prints what the run's log recorded (`<output_dir>/train.log`, one metrics line per step): reward of the
 trained batch, solve rate, turns per rollout, parse failures, forks, the fraction of sampled tokens trained and the
-samples TRL dropped as stale. The
-rise is the mean reward of the last K steps minus that of the first K (the first steps sample the warm start itself:
-the baseline, measured in the same run).
+samples TRL dropped as stale. The rise is the mean reward of the last K steps minus that of the first K (the first
+steps sample the warm start itself: the baseline, measured in the same run).
 """
 
 from __future__ import annotations
