@@ -28,6 +28,7 @@ from rollout_worker.environment.episode import EpisodeConfig
 from rollout_worker.factory import EpisodeOptions, build_episode_runner
 from rollout_worker.serving.chat_template import resolve_training_template
 from rollout_worker.worker import RolloutWorker
+from tests.support.exactness import teacher_forced_at
 from tests.support.sandboxes import make_task
 
 pytestmark = pytest.mark.slow
@@ -62,19 +63,6 @@ def test_long_variant_has_the_default_weights(long_model_dir):
     assert json.loads((long_model_dir / "config.json").read_text())["max_position_embeddings"] == 65536
     a, b = load_file(long_model_dir / "model.safetensors"), load_file(short / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def teacher_forced_at(model, ids: list[int], mask: np.ndarray, temperature: float) -> np.ndarray:
-    """Log-probs of ids[p] given ids[:p], only where mask[p] (the LM head on a 16k-token row would be 9 GB)."""
-    t = torch.tensor([ids])
-    out = np.zeros(len(ids))
-    positions = np.nonzero(mask)[0]
-    with torch.no_grad():
-        hidden = model.model(t).last_hidden_state[0]
-        logits = model.lm_head(hidden[torch.tensor(positions - 1)]).float() / temperature
-        logp = torch.log_softmax(logits, dim=-1)
-        out[positions] = logp.gather(1, t[0, torch.tensor(positions), None])[:, 0].numpy()
-    return out
 
 
 def run_agent_rollouts(agent: str, engine_url: str, tmp_path, n: int = 2) -> list[dict]:
