@@ -103,14 +103,16 @@ class RolloutExecutor:
         for client in self._clients:
             await client.close()
 
-    async def run(self, rollout_id: str, task: Task, state: TurnState) -> RolloutOutcome | None:
+    async def run(self, rollout_id: str, task: Task, state: TurnState,
+                  replica_url: str | None = None) -> RolloutOutcome | None:
         """One rollout, from opening it on the gate to its graded, final result. None when no engine replica is up
         (raised by nobody: the caller decides whether to wait for one or end the run). Cancellation is honoured at
-        any point: the episode runner cleans up its sandbox and agent."""
+        any point: the episode runner cleans up its sandbox and agent. `replica_url`: the replica the coordinator
+        chose (`ReplicaSet.acquire`'s `prefer`)."""
         started = time.time()
         stop = asyncio.Event()
         try:
-            replica = self.replicas.acquire()  # pinned for the rollout's whole life: its prefix cache is there
+            replica = self.replicas.acquire(replica_url)  # pinned for the rollout's whole life: its prefix cache is there
         except NoReplicaLeftError:
             return None
         try:

@@ -57,8 +57,8 @@ class RolloutNodeActor:
         await self.executor.start()
         return {"pid": os.getpid(), "host": this_host()}
 
-    async def run(self, rollout_id: str, task: Task) -> RolloutOutcome | None:
-        return await self.executor.run(rollout_id, task, TurnState())
+    async def run(self, rollout_id: str, task: Task, replica_url: str | None = None) -> RolloutOutcome | None:
+        return await self.executor.run(rollout_id, task, TurnState(), replica_url)
 
     def set_model_version(self, version: int) -> None:
         self._version = int(version)

@@ -10,7 +10,6 @@ the others.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 import time
@@ -72,6 +71,9 @@ class RayNodes:
         self._last_refresh = 0.0
         self._starts: set[asyncio.Task] = set()
         self._room = asyncio.Event()
+        # Replica routing over the whole cluster: per URL, rollouts in flight and rollouts given (a node's own count
+        # sees only its rollouts, so every node's first rollout would go to the same replica).
+        self._replica_load = {url: [0, 0] for url in spec.engine_urls}
 
     # -- placement ---------------------------------------------------------------------------------------------------
 
@@ -108,11 +110,7 @@ class RayNodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         name = f"{host}/{node_id[:8]}"
-        # Each node routes over the replicas by its own load; rotating their order per node (the order breaks ties)
-        # spreads the nodes' first rollouts over the replicas instead of sending every node's to the first.
-        urls, shift = list(self.spec.engine_urls), len(self.nodes)
-        spec = dataclasses.replace(self.spec, engine_urls=urls[shift % len(urls):] + urls[:shift % len(urls)]
-                                   if urls else urls)
+        spec = self.spec
         actor_class = ray.remote(RolloutNodeActor)
         handle = actor_class.options(
             num_cpus=0, resources={SLOT_RESOURCE: slots}, max_restarts=0, max_task_retries=0,
@@ -163,7 +161,8 @@ class RayNodes:
         if node is None:
             return None
         started = time.time()
-        ref = node.handle.run.remote(rollout_id, task)
+        replica_url = self._pick_replica()
+        ref = node.handle.run.remote(rollout_id, task, replica_url)
         future = _awaitable(ref)
         try:
             while True:  # the coordinator's staleness check sees a remote rollout as active while its node lives
@@ -182,6 +181,8 @@ class RayNodes:
             return self._failed(node, rollout_id, exc, started)
         finally:
             node.in_flight -= 1
+            if replica_url is not None:
+                self._replica_load[replica_url][0] -= 1
             self._room.set()
         if outcome is None:  # this node's engine replicas all stopped answering
             if node.state is NodeState.UP:
@@ -190,6 +191,16 @@ class RayNodes:
             return None
         node.rollouts += 1
         return outcome
+
+    def _pick_replica(self) -> str | None:
+        """The replica with the fewest rollouts in flight over every node, ties to the one given fewest, then by
+        `--engine-url` order. A node that finds it down routes by its own count instead."""
+        if not self._replica_load:
+            return None
+        url = min(self._replica_load, key=lambda u: tuple(self._replica_load[u]))
+        self._replica_load[url][0] += 1
+        self._replica_load[url][1] += 1
+        return url
 
     async def _acquire(self) -> _Node | None:
         while True:

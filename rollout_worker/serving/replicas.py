@@ -92,13 +92,17 @@ class ReplicaSet:
     def up(self) -> list[Replica]:
         return [r for r in self.replicas if r.state is ReplicaState.UP]
 
-    def acquire(self) -> Replica:
-        """Pin a new rollout to the least-loaded replica still up (ties by order); `release` it when it ends."""
+    def acquire(self, prefer: str | None = None) -> Replica:
+        """Pin a new rollout to the least-loaded replica still up; `release` it when it ends. Ties go to the replica
+        that was given fewest rollouts so far, then by order: rollouts that run one after another (a single slot, or
+        a step's last stragglers) alternate over the replicas instead of all landing on the first. `prefer`: the URL a
+        cluster's coordinator chose by its count over every node; taken while that replica is up here."""
         live = self.up
         if not live:
             raise NoReplicaLeftError("every engine replica stopped answering: "
                                      + "; ".join(f"{r.url} ({r.down_reason})" for r in self.replicas))
-        replica = min(live, key=lambda r: r.in_flight)  # min keeps the first of equals: ties go by order
+        chosen = [r for r in live if prefer and r.url == prefer]  # a cluster's coordinator routes over all nodes
+        replica = chosen[0] if chosen else min(live, key=lambda r: (r.in_flight, r.rollouts))  # first of equals
         replica.in_flight += 1
         replica.rollouts += 1
         return replica

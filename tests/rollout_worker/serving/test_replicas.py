@@ -33,7 +33,7 @@ def _set(n: int) -> ReplicaSet:
     return ReplicaSet([(f"http://r{i}", FakeEngine()) for i in range(n)])
 
 
-def test_new_rollouts_go_to_the_least_loaded_replica_ties_by_order():
+def test_new_rollouts_go_to_the_least_loaded_replica_ties_by_fewest_given_then_order():
     replicas = _set(3)
     picks = [replicas.acquire().url for _ in range(4)]
     assert picks == ["http://r0", "http://r1", "http://r2", "http://r0"]  # ties by --engine-url order
@@ -45,6 +45,25 @@ def test_new_rollouts_go_to_the_least_loaded_replica_ties_by_order():
     assert replicas.replicas[2].in_flight == 0
     assert replicas.acquire().url == "http://r2"
     assert [r.rollouts for r in replicas.replicas] == [2, 2, 2]
+
+
+def test_rollouts_one_after_another_alternate_over_the_replicas():
+    """Nothing in flight at each start (one slot, or a step's stragglers): each replica still gets its share."""
+    replicas = _set(2)
+    picks = []
+    for _ in range(5):
+        replica = replicas.acquire()
+        picks.append(replica.url)
+        replicas.release(replica)
+    assert picks == ["http://r0", "http://r1", "http://r0", "http://r1", "http://r0"]
+
+
+def test_a_preferred_replica_is_taken_while_it_is_up():
+    """A cluster's coordinator chooses by its count over every node; the node honours it, or routes by its own."""
+    replicas = _set(2)
+    assert replicas.acquire(prefer="http://r1").url == "http://r1"
+    replicas.mark_down(replicas.replicas[1], "refused")
+    assert replicas.acquire(prefer="http://r1").url == "http://r0"
 
 
 async def test_pinned_engine_counts_calls_and_takes_a_gone_replica_out_once(caplog):
