@@ -1,7 +1,7 @@
-"""No leaks under abuse: ≥ 50 container rollouts through the gate, agents ended at random points (own exit, the
-worker's stop, cancellation mid-create or mid-run), and one dockerd restart in the middle → 0 containers, 0 relay
-sockets, 0 sandbox dirs left, counted. Runs on a private dockerd (own data root and socket) so the restart touches
-nothing else on the machine."""
+"""No leaks under abuse: 56 container rollouts (24 in `make test`'s quick slice) through the gate, agents ended at
+random points (own exit, the worker's stop, cancellation mid-create or mid-run), and one dockerd restart in the
+middle → 0 containers, 0 relay sockets, 0 sandbox dirs left, counted. Runs on a private dockerd (own data root and
+socket) so the restart touches nothing else on the machine."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from tests.support.sandboxes import make_task, sandbox_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROLLOUTS = 56
+# `make test` runs the quick slice; the full reliability run (`make test-reliability`, RELIABILITY_FULL=1) the 56.
+ROLLOUTS = 56 if os.environ.get("RELIABILITY_FULL") == "1" else 24
 
 
 @dataclass
