@@ -36,7 +36,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str, *needles: s
 
 # The failures found before anything starts, run through the real dispatcher in one probe process
 # (tests/support/cli_probe.py): the heavy imports are paid once instead of once per case. Each case: (argv with {tmp}
-# for the module's directory, the command the one line names, the words it must hold).
+# for the module's directory, the command the one line names, the words it must hold[, environment for that case]).
 EARLY_FAILURES = {
     "rollouts_engine_unreachable": (
         ["rollouts", "--engine-url", "http://127.0.0.1:9", "--tasks", "learning", "--agent", "single-shot",
@@ -56,6 +56,19 @@ EARLY_FAILURES = {
                            ["already in use", "--port"]),
     "train_output_dir_not_writable": (["train", "--preset", "learning-demo", "--output-dir", "/dev/full/run"], "train",
                                       ["cannot write to /dev/full/run", "--output-dir"]),
+    "rollouts_docker_down": (
+        ["rollouts", "--sandbox", "docker", "--tasks", "learning", "--agent", "single-shot", "--engine-url",
+         "http://127.0.0.1:9", "--out", "{tmp}/r.jsonl"], "rollouts", ["no Docker engine reachable", "--sandbox local"],
+        {"DOCKER_HOST": "unix://{tmp}/no-docker.sock"}),
+    "train_docker_down": (
+        ["train", "--preset", "learning-demo", "--sandbox", "docker", "--output-dir", "{tmp}/o"], "train",
+        ["no Docker engine reachable"], {"DOCKER_HOST": "unix://{tmp}/no-docker.sock"}),
+    "rollouts_agent_not_installed": (
+        ["rollouts", "--agent", "mini-swe-agent", "--engine-url", "http://127.0.0.1:9", "--out", "{tmp}/r.jsonl"],
+        "rollouts", ["not installed", "make setup"], {"INTERCEPT_RL_AGENTS_VENV": "{tmp}/empty-venv"}),
+    "train_agent_not_installed": (
+        ["train", "--preset", "cpu-demo", "--agent", "pi", "--output-dir", "{tmp}/o"], "train",
+        ["'pi' is not installed", "make setup"], {"INTERCEPT_RL_PI_PREFIX": "{tmp}/np"}),
 }
 
 
@@ -75,9 +88,10 @@ def early_failures(tmp_path_factory):
                 text = text.replace(key, value)
             return text
 
-        cases = {name: ([filled(a) for a in argv], command, [filled(n) for n in needles])
-                 for name, (argv, command, needles) in EARLY_FAILURES.items()}
-        (tmp / "cases.json").write_text(json.dumps([argv for argv, _, _ in cases.values()]))
+        cases = {name: ([filled(a) for a in argv], command, [filled(n) for n in needles],
+                        {k: filled(v) for k, v in (env[0] if env else {}).items()})
+                 for name, (argv, command, needles, *env) in EARLY_FAILURES.items()}
+        (tmp / "cases.json").write_text(json.dumps([{"argv": argv, "env": env} for argv, _, _, env in cases.values()]))
         proc = subprocess.run([sys.executable, "-m", "tests.support.cli_probe", str(tmp / "cases.json")], cwd=REPO,
                               capture_output=True, text=True, timeout=800,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TRACKIO_DIR": str(tmp / "trackio")})
@@ -88,30 +102,11 @@ def early_failures(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(EARLY_FAILURES))
 def test_failure_found_before_anything_starts_is_one_line(early_failures, name):
-    (argv, command, needles), result = early_failures[name]
+    (argv, command, needles, _), result = early_failures[name]
     proc = subprocess.CompletedProcess(argv, result["code"], "", result["stderr"])
     assert result["traceback"] is None, result["traceback"]
     _one_line_error(proc, command, *needles)
     assert not result["children"], result  # nothing it started is left running
-
-
-def test_docker_down(tmp_path):
-    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    proc = _cli("rollouts", "--sandbox", "docker", "--tasks", "learning", "--agent", "single-shot",
-                "--engine-url", "http://127.0.0.1:9", "--out", str(tmp_path / "r.jsonl"), env=env)
-    _one_line_error(proc, "rollouts", "no Docker engine reachable", "--sandbox local")
-    proc = _cli("train", "--preset", "learning-demo", "--sandbox", "docker", "--output-dir", str(tmp_path / "o"),
-                env=env)
-    _one_line_error(proc, "train", "no Docker engine reachable")
-
-
-def test_missing_agent_install(tmp_path):
-    env = {"INTERCEPT_RL_AGENTS_VENV": str(tmp_path / "empty-venv"), "INTERCEPT_RL_PI_PREFIX": str(tmp_path / "np")}
-    proc = _cli("rollouts", "--agent", "mini-swe-agent", "--engine-url", "http://127.0.0.1:9",
-                "--out", str(tmp_path / "r.jsonl"), env=env)
-    _one_line_error(proc, "rollouts", "not installed", "make setup")
-    proc = _cli("train", "--preset", "cpu-demo", "--agent", "pi", "--output-dir", str(tmp_path / "o"), env=env)
-    _one_line_error(proc, "train", "'pi' is not installed", "make setup")
 
 
 @pytest.mark.slow

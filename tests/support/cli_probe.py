@@ -1,7 +1,7 @@
 """Runs `intercept-rl` commands in this process, one after another, and reports how each ended (no tests here).
 
-`python -m tests.support.cli_probe CASES.json` reads a list of argv lists (`["rollouts", "--max-turns", "0", ...]`),
-runs each through the real dispatcher (`intercept_rl_cli.main`), and prints one JSON list: per case its exit code,
+`python -m tests.support.cli_probe CASES.json` reads a list of cases, each an argv list (`["rollouts", "--max-turns",
+"0", ...]`) or `{"argv": [...], "env": {NAME: VALUE}}` (set for that case only), runs each through the real dispatcher (`intercept_rl_cli.main`), and prints one JSON list: per case its exit code,
 its stderr, whether an exception escaped the dispatcher (a traceback), and what it left running: child processes of
 this process and threads (an engine, a sandbox, a gate). One process for many cases: the imports are paid once.
 """
@@ -37,7 +37,27 @@ def child_pids() -> list[int]:
     return found
 
 
-def run_case(argv: list[str]) -> dict:
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_case(case: list[str] | dict) -> dict:
+    argv, env = (case["argv"], case.get("env", {})) if isinstance(case, dict) else (case, {})
+    with _environment(env):
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> dict:
     import intercept_rl_cli
 
     threads_before = {t.ident for t in threading.enumerate()}
