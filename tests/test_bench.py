@@ -184,3 +184,13 @@ def test_ray_overhead_script_prints_its_table():
     out = run_script("ray_overhead", "--tokens", "1000", "--calls", "5")
     rows = table_rows(out, "context tokens | pickled MB")
     assert [row[0] for row in rows] == ["1000"] and float(rows[0][3]) > float(rows[0][2]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.bench  # ~30 s (a 160k-token page in headless Chromium): `make test-bench`, outside CI
+def test_inspect_page_script_prints_its_table():
+    out = run_script("inspect_page", "--tokens", "20000")
+    (row,) = table_rows(out, "tokens | sampled")
+    tokens, rendered = (int(cell.replace(",", "")) for cell in (row[0], row[4]))
+    assert tokens >= 20_000 and rendered == tokens  # every token became a span
+    assert len(re.findall(r"^target: .* -> (met|NOT met)$", out, re.M)) == 2

@@ -1,6 +1,6 @@
 """`intercept-rl inspect`: the page renders in headless Chromium, the token counts it shows match the record (per
-row, after the JavaScript rendered every token), policy versions per sampled turn and forks are marked, a
-160k-token rollout stays fast (Python and browser side measured), and failures are one line with exit 2."""
+row, after the JavaScript rendered every token), policy versions per sampled turn and forks are marked, and failures
+are one line with exit 2. (A 160k-token rollout's write and render times are a benchmark: bench/inspect_page.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -98,28 +97,6 @@ def test_page_renders_in_chromium_and_counts_match(tmp_path):
     _chromium(["--virtual-time-budget=10000", "--window-size=1280,900", f"--screenshot={screenshot}",
                f"file://{page}#open=1"])
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
-
-
-@needs_chromium
-def test_160k_token_rollout_stays_fast(tmp_path):
-    rng = random.Random(1)
-    turns, total = [], 0
-    while total < 160_000:
-        context, sampled = rng.randint(2000, 4000), rng.randint(100, 600)
-        turns.append((context, sampled))
-        total += context + sampled
-    big = _record("big", "big", 0.5, 0.1, [_row(turns, [1 + i // 4 for i in range(len(turns))], rng)])
-    page = tmp_path / "big.html"
-    started = time.monotonic()
-    assert main([str(_write(tmp_path, [big])), "--out", str(page)]) == 0
-    python_s = time.monotonic() - started
-    dom = _chromium(["--virtual-time-budget=60000", "--dump-dom", f"file://{page}#open=0"], timeout=600).stdout
-    rendered = int(re.search(r'class="toks" data-rendered="(\d+)"', dom).group(1))
-    render_ms = float(re.search(r'data-render-ms="([\d.]+)"', dom).group(1))
-    print(f"160k-token rollout: page written in {python_s:.1f} s ({page.stat().st_size / 1e6:.1f} MB), "
-          f"rendered {rendered} tokens in {render_ms:.0f} ms (JS)")
-    assert rendered == len(big["rows"][0]["input_ids"]) >= 160_000
-    assert python_s < 30 and render_ms < 20_000  # generous: the 2-core box is shared; typical 1-5 s / 0.7-2 s
 
 
 def test_failures_are_one_line_with_exit_2(tmp_path, capsys):
