@@ -178,11 +178,7 @@ async def test_every_attack_scores_zero_and_the_oracle_one(make_gate, state_dir,
     results, failures = {}, []
     # The attacks run a few at a time (each is its own sandbox, rollout and grading run): most of an episode is spent
     # waiting on process starts and the grading run (measured at load 10: 181 s for both settings, 276 s one by one).
-    # Docker attacks run one at a time: 3 at once made one or two sandbox creations fail with a 404 on another,
-    # already destroyed sandbox's container id (5 of 5 runs on 2026-12-07 evening, also at d6259bb, which passed CI
-    # that afternoon; 0 of 1 serial). That race is an open defect of concurrent image-task sandboxes (closing note),
-    # not an attack's success: it must not hide the attacks' verdicts.
-    limit = asyncio.Semaphore(1 if sandbox == "docker" else ATTACKS_AT_ONCE)
+    limit = asyncio.Semaphore(ATTACKS_AT_ONCE)
 
     async def attack(code: str) -> tuple[object, float]:
         async with limit:

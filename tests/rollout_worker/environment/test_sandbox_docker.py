@@ -216,6 +216,29 @@ async def test_create_failure_and_orphans_leave_nothing(client, dbackend, state_
         orphan.remove(force=True) if orphan.id in {c.id for c in sandbox_containers(client)} else None
 
 
+def test_reaping_passes_over_a_container_removed_while_it_lists(client, monkeypatch):
+    """Another rollout's container removed between the listing's ids and its per-container fetch (a 404 there made
+    concurrent rollouts of one task fail their creation): reaping goes on with the rest."""
+    image = "intercept-rl/base:1"
+    gone = client.containers.create(image, ["true"], labels={LABEL: "sb-gone", OWNER_PID_LABEL: "999999999"})
+    orphan = client.containers.create(image, ["true"], labels={LABEL: "sb-orphan2", OWNER_PID_LABEL: "999999999"})
+    listed = client.api.containers
+
+    def list_then_remove_one(*args, **kwargs):
+        found = listed(*args, **kwargs)
+        client.api.remove_container(gone.id, force=True)  # as a concurrent rollout's destroy() does
+        return found
+
+    monkeypatch.setattr(client.api, "containers", list_then_remove_one)
+    try:
+        assert reap_docker_orphans(client) == ["sb-orphan2"]
+    finally:
+        monkeypatch.undo()
+        for container in (gone, orphan):
+            if container.id in {c.id for c in sandbox_containers(client)}:
+                container.remove(force=True)
+
+
 async def test_oracle_and_noop_episodes_in_containers(make_gate, dbackend, task):
     gate = await make_gate()
     grader = FailPassGrader(LocalSandboxTestExecutor())

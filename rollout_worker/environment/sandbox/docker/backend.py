@@ -382,7 +382,9 @@ def reap_docker_orphans(client: Any, *, include_live_owners: bool = False) -> li
     """Remove this project's containers whose owning process is gone (its pid and start time no longer match), or
     all of them with `include_live_owners`. The state dirs go with `registry.reap_orphans`."""
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    # ignore_removed: the listing fetches each container after listing ids; one that another process or rollout
+    # removed in between is a 404 there (concurrent rollouts of one task failed their creation on it).
+    for container in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         labels = container.labels or {}
         owner = int(labels.get(OWNER_PID_LABEL, "0") or 0)
         start = labels.get(OWNER_START_LABEL) or None
