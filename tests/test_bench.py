@@ -150,6 +150,7 @@ def test_concurrency_script_prints_its_tables():
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # ~27 s (two TRL steps per mode): `make test-bench`, outside CI
 def test_cpu_train_step_script_prints_its_table():
     out = run_script("cpu_train_step", "--budgets", "128", "--modes", "full", "lora", "--steps", "2")
     rows = table_rows(out, "token budget | mode")
@@ -160,6 +161,7 @@ def test_cpu_train_step_script_prints_its_table():
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # ~19 s: `make test-bench`, outside CI
 def test_tokenize_scaling_script_prints_its_table():
     out = run_script("tokenize_scaling", "--quick", machine_line=False)
     assert "held tokens" in out and "0 forks" in out
