@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 from intercept_common.qwen3_tokenizer import load_qwen3_tokenizer
 from rollout_worker.environment.tasks import embedded_task_names, materialize_embedded_repo
 from rollout_worker.environment.tasks.embedded_tasks import EMBEDDED_DIR
 from rollout_worker.serving.chat_template import resolve_training_template
 from rollout_worker.serving.parsing import parse_completion
+from trainer.warm_start.build import _run_bounded
 from trainer.warm_start.measure import bash_command
 from trainer.warm_start.teacher import SUBMIT, Teacher, load_task_scripts
 
@@ -89,3 +91,13 @@ def test_warm_start_tasks_are_embedded_ones_and_a_subset_is_cached_apart(tmp_pat
     full, subset = warm_model_dir(0, 720, tmp_path), warm_model_dir(0, 720, tmp_path, "embedded:dateranges")
     assert full.name == "tiny-qwen3-mini-warm-v2-s0-n720" and subset.name.startswith(full.name + "-t")
     assert subset != warm_model_dir(0, 720, tmp_path, "embedded:iniconf")
+
+
+def test_teacher_rollouts_past_their_bound_are_stopped_as_ctrl_c_would_stop_them():
+    """The recording subprocess is bounded: past the limit it gets SIGINT (its `finally` cleans up), then no more."""
+    code = ("import sys, time\ntry:\n    print('started', file=sys.stderr, flush=True); time.sleep(60)\n"
+            "finally:\n    print('cleaned up', file=sys.stderr, flush=True)")
+    code_, stderr = _run_bounded([sys.executable, "-c", code], 1)
+    assert code_ is None and stderr.startswith("started\ncleaned up\n") and "KeyboardInterrupt" in stderr
+    assert _run_bounded([sys.executable, "-c", "import sys; sys.exit(3)"], 30) == (3, "")
+

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ WARM_MODEL_NAME = "tiny-qwen3-mini-warm-v2"
 WARM_MODEL_ALIAS = "embedded-mini-warm"  # what `train --model-name-or-path` (and the mini-swe-warm preset) call it
 DEFAULT_STEPS = 720  # enough rows for well-formed tool calls from the 2-layer model (docs/benchmarks.md, warm start)
 TEACHER_GENERATIONS = 3  # one per look variant of the teacher
+TEACHER_ROLLOUTS_TIMEOUT_S = 3600  # measured ~5 min for all 39 on 2 cores
 TEACHER_ROLLOUT_ARGS = ["--agent", "mini-swe-agent", "--max-tokens-per-turn", "1024", "--max-turns", "6",
                         "--max-inflight", "2", "--sandbox", "local"]
 
@@ -80,9 +82,12 @@ def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, l
                     "--num-generations", str(generations), "--quiet", "--out", str(out), "--tasks", tasks,
                     *TEACHER_ROLLOUT_ARGS]
             log(f"recording teacher rollouts: {' '.join(argv[3:])}")
-            proc = subprocess.run(argv, capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            code, stderr = _run_bounded(argv, TEACHER_ROLLOUTS_TIMEOUT_S)
+            if code is None:
+                raise UserError(f"the teacher rollouts did not finish within {TEACHER_ROLLOUTS_TIMEOUT_S} s "
+                                "(stopped; is the machine overloaded?)")
+            if code != 0:
+                tail = stderr.strip().splitlines()[-1:] or ["(no output)"]
                 raise UserError(f"the teacher rollouts failed: {tail[0]}")
         finally:
             loop.run(runner.cleanup(), 30)
@@ -94,6 +99,27 @@ def record_teacher_rollouts(out: Path, generations: int = TEACHER_GENERATIONS, l
         raise UserError(f"teacher rollouts that did not resolve in >= 2 turns: {', '.join(bad) or 'none recorded'}"
                           f" (log: {out.with_suffix('.log')})")
     return summarize(records, tokenizer)
+
+
+def _run_bounded(argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+    """(exit code, stderr) of `argv`; (None, stderr) when it ran past `timeout_s`. Stopped as Ctrl-C would (the
+    rollouts command then ends its sandboxes and agents), killed if that takes over a minute."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+        return proc.returncode, stderr
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+        return None, stderr
+    finally:
+        if proc.poll() is None:  # interrupted here (Ctrl-C): never leave it running
+            proc.kill()
+            proc.wait()
 
 
 def build_warm_model(target: Path, *, seed: int, steps: int, teacher_data: Path | None = None, log=print,
