@@ -17,9 +17,7 @@ steps sample the warm start itself: the baseline, measured in the same run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,16 +29,17 @@ if str(REPO) not in sys.path:  # `python bench/multiturn_learning.py` puts bench
     sys.path.insert(0, str(REPO))
 
 from bench.report import machine_line, table, verdict  # noqa: E402
+from trainer.progress import read_step_metrics  # noqa: E402
+
 TARGET_RISE = 0.1
 WINDOW = 3  # steps averaged at each end
-METRICS = re.compile(r"metrics at step (\d+): (\{.*\})$", re.M)
 
 
 def step_table(log_text: str) -> list[dict]:
     """One row per optimizer step from the run log's metrics lines."""
     rows = []
-    for step, blob in METRICS.findall(log_text):
-        logs = json.loads(blob)
+    for line in read_step_metrics(log_text):
+        step, logs = line.step, line.metrics
         sampled, trained = logs.get("rollout/sampled_tokens_total"), logs.get("rollout/trained_tokens_total")
         rows.append({"step": int(step), "reward": logs.get("reward"), "solved": logs.get("rollout/resolved"),
                      "turns": logs.get("rollout/turns"), "parse_failures": logs.get("rollout/parse_failures_total"),

@@ -18,15 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*metrics at step (\d+): (\{.*\})$", re.M)
+if str(REPO) not in sys.path:  # `python bench/off_policy.py` puts bench/ first on sys.path
+    sys.path.insert(0, str(REPO))
+
+from trainer.progress import read_step_metrics  # noqa: E402
 
 REACHED = 0.78  # the plateau of this task is 0.80 (docs/benchmarks.md, learning)
 
@@ -64,9 +65,8 @@ def parse_steps(log: str, started: float) -> list[dict]:
     """Per step: reward, seconds since the command started, and cumulative generation / waste counts."""
     rows, totals = [], {"rollouts": 0.0, "dropped": 0.0, "aborted": 0.0, "generated_tokens": 0.0,
                         "trained_tokens": 0.0}
-    for stamp, step, payload in METRICS.findall(log):
-        m = json.loads(payload)
-        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    for line in read_step_metrics(log):
+        m, step, at = line.metrics, line.step, line.logged_at
         totals["rollouts"] += m.get("rollout/rollouts_total") or 0.0
         totals["dropped"] += m.get("sample/dropped_stale_total") or 0.0
         totals["aborted"] += m.get("rollout/aborted_stale_total") or 0.0

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,25 @@ from intercept_common.run_logging import LOG_FILE, PREFIX, RunLogging, WarningSu
 
 logger = logging.getLogger(__name__)
 METRICS_LINE = "metrics at step"  # the log-file line carrying one step's full metric dict as JSON
+# LOG_FORMAT's asctime, then the line `on_log` writes
+_METRICS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*" + METRICS_LINE + r" (\d+): (\{.*\})$", re.M)
 
-__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "WarningSummary", "short_message", "make_progress_callback",
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One optimizer step's full metric dict, read back from `train.log`."""
+
+    step: int
+    logged_at: float  # epoch seconds, from the line's timestamp (local time, millisecond resolution)
+    metrics: dict[str, Any]
+
+
+def read_step_metrics(log_text: str) -> list[StepMetrics]:
+    """Every step's metrics line of a `train.log`'s text, in order (benchmarks read runs with this)."""
+    return [StepMetrics(int(step), datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), json.loads(blob))
+            for stamp, step, blob in _METRICS_RE.findall(log_text)]
+
+__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "StepMetrics", "read_step_metrics", "WarningSummary", "short_message", "make_progress_callback",
            "quiet_trainer",
            "quiet_trackio_banners", "reward_chart", "reward_summary"]
 

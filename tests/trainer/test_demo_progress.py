@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from intercept_common.run_logging import RunLogging
-from trainer.progress import ProgressReporter, reward_chart, reward_summary
+from trainer.progress import ProgressReporter, make_progress_callback, read_step_metrics, reward_chart, reward_summary
 
 
 def test_step_line_has_every_column_and_the_steps_events():
@@ -40,6 +40,29 @@ def test_warnings_are_counted_per_step_not_printed(capsys, tmp_path):
         for handler in list(root.handlers):
             root.removeHandler(handler)
             handler.close()
+
+
+def test_the_metrics_line_in_train_log_reads_back_as_the_step_dict(tmp_path):
+    """What the reporter writes to the run's log file (the real handler and format) is what benchmarks read."""
+    import time
+
+    run_logging = RunLogging().start()
+    try:
+        run_logging.attach_file(tmp_path)
+        reporter = make_progress_callback(show_bar=False)
+        state = type("State", (), {"is_world_process_zero": True, "global_step": 2, "max_steps": 3})()
+        logs = {"loss": 0.5, "reward": 0.25, "rollout/turns": 3.5, "flag": True}
+        before = time.time()
+        reporter.on_log(None, state, None, logs=logs)
+        logging.getLogger("intercept_rl.test").info("not a metrics line {\"loss\": 1}")
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+    (line,) = read_step_metrics((tmp_path / "train.log").read_text())
+    assert (line.step, line.metrics) == (2, logs)
+    assert before - 1 <= line.logged_at <= time.time() + 1
 
 
 def test_reward_chart():
