@@ -24,13 +24,13 @@ from rollout_worker.environment.tasks import load_tasks
 from rollout_worker.groups import GroupScheduler
 from tests.paths import REPO
 from tests.support.sandboxes import processes_with_marker, run_to_end
-from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter
-from trainer.train_swe_async_grpo import (
+from trainer.checkpoints import (
     WORKER_STATE_FILE,
     WorkerStateCallback,
     load_worker_state,
     restore_model_version,
 )
+from trainer.rollout_records import ROLLOUTS_FILE, RolloutRecordWriter
 
 # -- the record writer -------------------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ def _start(out: Path, tmp: Path, marker: str, extra: list[str]) -> subprocess.Po
 def test_regression_latest_skips_a_checkpoint_whose_save_did_not_finish(tmp_path):
     """Found by the SIGKILL test below: a run killed mid-save left `checkpoint-2/` without `trainer_state.json`, and
     `--resume-from-checkpoint latest` chose it and crashed."""
-    from trainer.train_swe_async_grpo import resolve_checkpoint
+    from trainer.checkpoints import resolve_checkpoint
 
     for step, complete in ((1, True), (2, True), (3, False), (10, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()

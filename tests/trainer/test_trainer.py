@@ -28,14 +28,8 @@ from trainer.config import (
     peft_config_from,
     trackio_dir_for,
 )
-from trainer.train_swe_async_grpo import (
-    WORKER_STATE_FILE,
-    WorkerStateCallback,
-    dashboard_command,
-    load_worker_state,
-    main,
-    resolve_checkpoint,
-)
+from trainer.checkpoints import WORKER_STATE_FILE, WorkerStateCallback, load_worker_state, resolve_checkpoint
+from trainer.train_swe_async_grpo import dashboard_command, main
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Arguments
