@@ -31,14 +31,12 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# install_locked VENV LOCK [PIP_OPTION...]: pip pinned, then exactly the lock's pins, hash-checked, without resolving
-# anything.
+# install_locked VENV LOCK: pip pinned, then exactly the lock's pins, hash-checked, without resolving anything.
 install_locked() {
   local venv=$1 lock=$2
-  shift 2
   [[ -x "$venv/bin/python" ]] || "$PYTHON" -m venv "$venv"
   "$venv/bin/python" -m pip install -q "pip==${PIP_VERSION}"
-  "$venv/bin/python" -m pip install -q --require-hashes --no-deps "$@" -r "$lock"
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r "$lock"
   # ...and nothing else: what venv seeded or an older lock left behind goes (torch and pip stay, see doctor/locks.py).
   local extra=()
   mapfile -t extra < <("$PYTHON" -m doctor.locks unlocked "$venv/bin/python" "$lock")
@@ -51,22 +49,11 @@ install_locked() {
 project_hash=$(lock_hash locks/project.txt pyproject.toml)
 if ! fresh .venv/.installed "$project_hash"; then
   log "installing .venv from locks/project.txt"
-  # --no-compile: Python writes the .pyc of what it imports on first use; compiling every file of torch and the lock
-  # up front cost ~90 s of a fresh install on 2 cores (measured: 140 + 33 s with, 68 + 15 s without). What runs
-  # where it cannot write them is compiled below: the grader's pytest, run from this venv mounted read-only into the
-  # test sandboxes. (The agents' venv is mounted read-only into every sandbox: compiled whole.)
-  install_locked .venv locks/project.txt --no-compile
+  install_locked .venv locks/project.txt
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/python -m pip install -q --no-compile --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
-      "torch==${TORCH_VERSION}"
+    .venv/bin/python -m pip install -q --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
   fi
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-  .venv/bin/python - <<'PY'
-import compileall, pathlib, sysconfig
-site = pathlib.Path(sysconfig.get_paths()["purelib"])
-for name in ("_pytest", "pytest", "pluggy", "iniconfig", "packaging", "pygments"):
-    compileall.compile_dir(site / name, quiet=1, workers=0)
-PY
   .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
   echo "$project_hash" > .venv/.installed
 fi
