@@ -10,13 +10,18 @@ One run per seed; the seed changes sampling and the task order, not the warm sta
 
 Per step it prints what the run's log recorded (`<output_dir>/train.log`, one metrics line per step): reward of the
 trained batch, solve rate, turns per rollout, parse failures, forks, the fraction of sampled tokens trained and the
-samples TRL dropped as stale. The rise is the mean reward of the last K steps minus that of the first K (the first
-steps sample the warm start itself: the baseline, measured in the same run).
+samples TRL dropped as stale. The rise is judged on rollouts, not batches: the mean reward (binary: the solve rate)
+of the scorable rollouts sampled by the last K policy versions minus that of the first K, each rollout counted once,
+from `<output_dir>/rollouts.jsonl`. (The first versions sample the warm start itself: the baseline, measured in the
+same run.) The trained batch's reward is a poor estimator here: a forked rollout adds several rows, and a batch of
+8 rows can hold part of a group, so one step's batch reward was 0.0 while 6 of the 8 rollouts its version sampled
+were solved.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +52,27 @@ def step_table(log_text: str) -> list[dict]:
                      "trained_fraction": trained / sampled if sampled else None,
                      "stale_dropped": logs.get("sample/dropped_stale_total", 0.0)})  # logged only when > 0
     return rows
+
+
+def reward_by_version(records: list[dict]) -> dict[int, list[float]]:
+    """Rewards of the scorable rollouts in `rollouts.jsonl` records, by the policy version that sampled them."""
+    by_version: dict[int, list[float]] = {}
+    for record in records:
+        if record.get("scorable") and record.get("reward") is not None and record.get("model_version") is not None:
+            by_version.setdefault(int(record["model_version"]), []).append(float(record["reward"]))
+    return dict(sorted(by_version.items()))
+
+
+def rise(by_version: dict[int, list[float]], window: int) -> tuple[float, float, int, int]:
+    """(mean reward of the first `window` versions' rollouts, of the last `window` versions', and how many rollouts
+    each mean is over). The windows never overlap: with fewer than 2 x `window` versions each takes half."""
+    versions = list(by_version)
+    k = min(window, len(versions) // 2)
+    if k == 0:
+        raise ValueError(f"rollouts of {len(versions)} policy version(s): no first and last window to compare")
+    first = [r for v in versions[:k] for r in by_version[v]]
+    last = [r for v in versions[-k:] for r in by_version[v]]
+    return sum(first) / len(first), sum(last) / len(last), len(first), len(last)
 
 
 def run_seed(seed: int, steps: int, work: Path, extra: list[str]) -> tuple[list[dict], float, int, str]:
@@ -81,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         columns = ("step", "reward", "solved", "turns", "parse_failures", "forks", "trained_fraction", "stale_dropped")
         print(f"\nseed {seed} ({wall:.0f} s wall)")
         print(table(list(columns), [[float("nan") if r[c] is None else r[c] for c in columns] for r in rows]))
-        rewards = [r["reward"] or 0.0 for r in rows]
-        k = min(WINDOW, len(rewards) // 2)
-        first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+        records_path = work / f"seed-{seed}" / "rollouts.jsonl"
+        records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+        first, last, n_first, n_last = rise(reward_by_version(records), WINDOW)
         turns = [r["turns"] for r in rows if r["turns"] is not None]
-        verdicts.append([seed, first, last, last - first, sum(turns) / max(1, len(turns)), wall])
-    print("\n" + table(["seed", f"reward, first {WINDOW}", f"reward, last {WINDOW}", "rise", "mean turns", "wall s"],
-                       verdicts))
-    print(verdict("the smallest rise over the seeds", min(v[3] for v in verdicts), TARGET_RISE, "reward",
+        verdicts.append([seed, first, n_first, last, n_last, last - first, sum(turns) / max(1, len(turns)), wall])
+    print("\n" + table(["seed", f"solve rate, first {WINDOW} versions", "rollouts", f"solve rate, last {WINDOW}",
+                        "rollouts", "rise", "mean turns", "wall s"], verdicts))
+    print(verdict("the smallest rise over the seeds", min(v[5] for v in verdicts), TARGET_RISE, "reward",
                   higher_is_better=True) + (" (--quick runs too few steps to judge)" if args.quick else ""))
     print(machine_line())
     print(f"(runs in {work})")

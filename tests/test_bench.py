@@ -89,6 +89,20 @@ async def test_agent_fleet_grows_its_history_and_windows_its_records(standin, cl
     assert (await fleet.stats())["latencies"] == []
 
 
+def test_multiturn_learning_judges_rollouts_by_the_version_that_sampled_them():
+    from bench.multiturn_learning import reward_by_version, rise
+
+    records = [{"scorable": True, "reward": r, "model_version": v} for v, r in
+               [(1, 0.0), (1, 1.0), (2, 0.0), (3, 1.0), (4, 1.0), (4, 1.0), (5, 0.0), (5, 1.0)]]
+    records += [{"scorable": False, "reward": None, "model_version": 5}, {"scorable": True, "reward": 1.0}]
+    by_version = reward_by_version(records)
+    assert by_version == {1: [0.0, 1.0], 2: [0.0], 3: [1.0], 4: [1.0, 1.0], 5: [0.0, 1.0]}
+    assert rise(by_version, 2) == (1 / 3, 3 / 4, 3, 4)  # versions 1-2 vs 4-5, each rollout once
+    assert rise(by_version, 3) == rise(by_version, 2)  # 5 versions: the windows take 2 each, never overlapping
+    with pytest.raises(ValueError, match="no first and last window"):
+        rise({1: [1.0]}, 3)
+
+
 def test_report_helpers():
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
     assert percentile([1.0, 2.0], 100) == 2.0
@@ -196,3 +210,16 @@ def test_inspect_page_script_prints_its_table():
     tokens, rendered = (int(cell.replace(",", "")) for cell in (row[0], row[4]))
     assert tokens >= 20_000 and rendered == tokens  # every token became a span
     assert len(re.findall(r"^target: .* -> (met|NOT met)$", out, re.M)) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.long  # the default warm start (~30 min to build once, then cached) and ~6 min of GRPO: `make test-long`
+def test_multiturn_learning_script_prints_its_tables(tmp_path):
+    out = run_script("multiturn_learning", "--quick", "--output-dir", str(tmp_path), timeout=3600)
+    steps = table_rows(out, "step | reward")
+    assert [int(row[0]) for row in steps] == [1, 2, 3, 4]
+    assert all(float(row[3]) >= 1 for row in steps)  # turns per rollout, from the run's own metrics lines
+    (seed,) = table_rows(out, "seed | solve rate")
+    assert seed[0] == "0" and int(seed[2]) >= 1 and float(seed[6]) >= 1  # rollouts in the first window; turns
+    assert re.search(r"^target: the smallest rise over the seeds .* -> (met|NOT met) \(--quick", out, re.M)
+
