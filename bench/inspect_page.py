@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         write_s = time.monotonic() - started
         size_mb = page.stat().st_size / 1e6
-        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--virtual-time-budget=60000", "--dump-dom", f"file://{page}#open=0"],
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-background-networking", "--virtual-time-budget=60000", "--dump-dom",
+                              f"file://{page}#open=0"],
                              capture_output=True, text=True, timeout=600).stdout
     rendered = re.search(r'class="toks" data-rendered="(\d+)"', dom)
     render_ms = re.search(r'data-render-ms="([\d.]+)"', dom)

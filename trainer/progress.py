@@ -42,9 +42,10 @@ def read_step_metrics(log_text: str) -> list[StepMetrics]:
     return [StepMetrics(int(step), datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), json.loads(blob))
             for stamp, step, blob in _METRICS_RE.findall(log_text)]
 
-__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "StepMetrics", "read_step_metrics", "WarningSummary", "short_message", "make_progress_callback",
-           "quiet_trainer",
-           "quiet_trackio_banners", "reward_chart", "reward_summary"]
+
+__all__ = ["LOG_FILE", "METRICS_LINE", "RunLogging", "StepMetrics", "WarningSummary", "make_progress_callback",
+           "quiet_trackio_banners", "quiet_trainer", "read_step_metrics", "reward_chart", "reward_summary",
+           "short_message"]
 
 
 def quiet_trackio_banners() -> None:

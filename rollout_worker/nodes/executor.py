@@ -112,7 +112,8 @@ class RolloutExecutor:
         started = time.time()
         stop = asyncio.Event()
         try:
-            replica = self.replicas.acquire(replica_url)  # pinned for the rollout's whole life: its prefix cache is there
+            # pinned for the rollout's whole life: its prefix cache is there
+            replica = self.replicas.acquire(replica_url)
         except NoReplicaLeftError:
             return None
         try:

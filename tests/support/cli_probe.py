@@ -1,9 +1,10 @@
 """Runs `intercept-rl` commands in this process, one after another, and reports how each ended (no tests here).
 
 `python -m tests.support.cli_probe CASES.json` reads a list of cases, each an argv list (`["rollouts", "--max-turns",
-"0", ...]`) or `{"argv": [...], "env": {NAME: VALUE}}` (set for that case only), runs each through the real dispatcher (`intercept_rl_cli.main`), and prints one JSON list: per case its exit code,
-its stderr, whether an exception escaped the dispatcher (a traceback), and what it left running: child processes of
-this process and threads (an engine, a sandbox, a gate). One process for many cases: the imports are paid once.
+"0", ...]`) or `{"argv": [...], "env": {NAME: VALUE}}` (set for that case only), runs each through the real
+dispatcher (`intercept_rl_cli.main`), and prints one JSON list: per case its exit code, its stderr, whether an
+exception escaped the dispatcher (a traceback), and what it left running: child processes of this process and
+threads (an engine, a sandbox, a gate). One process for many cases: the imports are paid once.
 """
 
 from __future__ import annotations
