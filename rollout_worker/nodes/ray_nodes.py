@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..outcomes import EpisodeStatus
-from ..serving.replicas import NoReplicaLeftError
+from ..serving.replicas import NoEngine, NoReplicaLeftError, ReplicaSet
 from ..serving.turns import TurnState
 from ..types import EpisodeResult, Task
 from . import NODE_START_TIMEOUT_S
@@ -71,9 +71,9 @@ class RayNodes:
         self._last_refresh = 0.0
         self._starts: set[asyncio.Task] = set()
         self._room = asyncio.Event()
-        # Replica routing over the whole cluster: per URL, rollouts in flight and rollouts given (a node's own count
-        # sees only its rollouts, so every node's first rollout would go to the same replica).
-        self._replica_load = {url: [0, 0] for url in spec.engine_urls}
+        # Replica routing over the whole cluster, by the same rule as one process's (a node's own count sees only its
+        # rollouts, so every node's first rollout would go to the same replica). Counting only: nodes call the engines.
+        self._routing = ReplicaSet([(url, NoEngine()) for url in spec.engine_urls]) if spec.engine_urls else None
 
     # -- placement ---------------------------------------------------------------------------------------------------
 
@@ -110,12 +110,11 @@ class RayNodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         name = f"{host}/{node_id[:8]}"
-        spec = self.spec
         actor_class = ray.remote(RolloutNodeActor)
         handle = actor_class.options(
             num_cpus=0, resources={SLOT_RESOURCE: slots}, max_restarts=0, max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(spec, name)
+        ).remote(self.spec, name)
         node = self.nodes[node_id] = _Node(name=name, ray_node_id=node_id, capacity=slots, handle=handle)
         task = asyncio.get_running_loop().create_task(self._await_start(node))
         self._starts.add(task)
@@ -161,8 +160,8 @@ class RayNodes:
         if node is None:
             return None
         started = time.time()
-        replica_url = self._pick_replica()
-        ref = node.handle.run.remote(rollout_id, task, replica_url)
+        replica = self._routing.acquire() if self._routing is not None else None
+        ref = node.handle.run.remote(rollout_id, task, replica.url if replica is not None else None)
         future = _awaitable(ref)
         try:
             while True:  # the coordinator's staleness check sees a remote rollout as active while its node lives
@@ -181,8 +180,8 @@ class RayNodes:
             return self._failed(node, rollout_id, exc, started)
         finally:
             node.in_flight -= 1
-            if replica_url is not None:
-                self._replica_load[replica_url][0] -= 1
+            if replica is not None:
+                self._routing.release(replica)
             self._room.set()
         if outcome is None:  # this node's engine replicas all stopped answering
             if node.state is NodeState.UP:
@@ -191,16 +190,6 @@ class RayNodes:
             return None
         node.rollouts += 1
         return outcome
-
-    def _pick_replica(self) -> str | None:
-        """The replica with the fewest rollouts in flight over every node, ties to the one given fewest, then by
-        `--engine-url` order. A node that finds it down routes by its own count instead."""
-        if not self._replica_load:
-            return None
-        url = min(self._replica_load, key=lambda u: tuple(self._replica_load[u]))
-        self._replica_load[url][0] += 1
-        self._replica_load[url][1] += 1
-        return url
 
     async def _acquire(self) -> _Node | None:
         while True:
