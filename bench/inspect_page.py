@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=160_000, help="length of the rollout's one row")
     args = parser.parse_args(argv)
+    if args.tokens < 1:
+        parser.error(f"--tokens must be >= 1, got {args.tokens}")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("inspect_page: chromium is not installed (apt-get install chromium)", file=sys.stderr)
